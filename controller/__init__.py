@@ -1,0 +1,1 @@
+"""EdgeFlow controller side: model zoo, layer graph, partitions, plans, and the CLI."""

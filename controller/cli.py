@@ -1,0 +1,100 @@
+"""``edgeflow`` command line. Entry points configure logging and print for people; the
+modules they call stay pure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from controller.graph.trace import trace_model
+from controller.verify import TOLERANCE, check_partition, partitions_to_check, reference_outputs
+from controller.zoo import ZOO, build_model, parse_shape
+from edgeflowd import __version__
+from edgeflowd.errors import EdgeFlowError
+
+__all__ = ["main"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model, shape = build_model(args.model, args.input_shape, args.seed)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    graph = trace_model(model, x, args.model)
+    want = reference_outputs(model, x)
+    print(f"{graph.summary()}; input {'x'.join(map(str, shape))}; traced in {time.perf_counter() - t0:.1f} s")
+    for layer in graph.compute_layers:
+        if layer.note:
+            print(f"  note: layer {layer.name}: {layer.note}")
+    print(
+        f"{'partition':<12} {'units':>6} {'messages':>9} {'sent MiB':>9} "
+        f"{'max abs err':>12} {'relative':>10} {'time s':>7}  result"
+    )
+    failures = 0
+    for name, partition in partitions_to_check(graph, args.devices, args.random_partitions, args.seed):
+        c = check_partition(name, graph, partition, x, want)
+        failures += not c.ok
+        print(
+            f"{c.name:<12} {c.units:>6} {c.messages:>9} {c.remote_bytes / 2**20:>9.2f} {c.max_abs:>12.3e} "
+            f"{c.relative:>10.2e} {c.seconds:>7.2f}  {'ok' if c.ok else 'FAIL'}",
+            flush=True,
+        )
+    total = args.random_partitions + 1
+    print(
+        f"{total - failures}/{total} partitions exact within {TOLERANCE:g} (relative); "
+        f"{time.perf_counter() - t0:.1f} s in all"
+    )
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeflow", description="Distributed DNN inference across heterogeneous edge devices."
+    )
+    parser.add_argument("--version", action="version", version=f"edgeflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser(
+        "verify",
+        help="check that split execution equals the unsplit model",
+        description="Run the even split and random partitions unit by unit and compare with the unsplit model.",
+    )
+    verify.add_argument("--model", required=True, help=f"zoo name ({', '.join(ZOO)}) or package.module:factory")
+    verify.add_argument(
+        "--input-shape", type=_shape, default=None, help="NxCxHxW (default: the zoo entry's, else 1x3x224x224)"
+    )
+    verify.add_argument("--devices", type=_positive, default=4)
+    verify.add_argument("--random-partitions", type=int, default=5, metavar="K")
+    verify.add_argument("--seed", type=int, default=0)
+    verify.set_defaults(func=_cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        return int(args.func(args))
+    except EdgeFlowError as exc:
+        print(f"edgeflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Row maps: for the first op of a layer, which rows of each input its output rows read.
+
+Rules implemented (H = output height, NCHW tensors; anything that is not NCHW is one row):
+- conv2d / max_pool2d: window of the dilated kernel with stride and top padding;
+- avg_pool2d: window too when every window is full (count_include_pad and no partial
+  ceil-mode windows), otherwise whole;
+- interpolate, mode 'nearest', integer factors: row ``r`` reads ``r // f``;
+- element-wise ops (activations, batchnorm, add/mul/sub/div with broadcasting): identity for
+  inputs of height H, whole for inputs broadcast along rows (height 1);
+- concat, split and chunk along channels, channel slicing: identity;
+- everything else (linear, flatten, global pooling, softmax, views, unknown ops): whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgeflowd.ops import ELEMENTWISE, Const, In, OpCall
+from edgeflowd.slicing import RowRule
+
+__all__ = ["Classified", "classify", "row_local"]
+
+WHOLE = RowRule("whole")
+IDENTITY = RowRule("identity")
+_CHANNEL_SPLITS = {"torch.split", "torch.chunk", "method.split", "method.chunk"}
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: str
+    rules: tuple[RowRule, ...]
+    splittable: bool
+    note: str = ""
+
+
+def _whole(kind: str, n_inputs: int, note: str = "") -> Classified:
+    return Classified(kind, (WHOLE,) * n_inputs, False, note)
+
+
+def _h_extent(shape: Sequence[int]) -> int:
+    """Size of the dimension that broadcasting aligns with an NCHW output's rows."""
+    return int(shape[-2]) if len(shape) >= 2 else 1
+
+
+def _operands(value: Any) -> list[Any]:
+    if isinstance(value, (In, Const)):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [item for v in value for item in _operands(v)]
+    return []
+
+
+def _kind(call: OpCall, in_shapes: Sequence[tuple[int, ...]], consts: Mapping[str, torch.Tensor]) -> str:
+    target = call.target
+    if target == "F.conv2d":
+        weight = call.kwargs.get("weight")
+        groups = int(call.kwargs.get("groups", 1))
+        depthwise = isinstance(weight, Const) and groups > 1 and consts[weight.name].shape[1] == 1
+        return "dwconv" if depthwise else "conv"
+    if target in ("F.linear", "torch.matmul", "torch.bmm"):
+        return "matmul"
+    if target in ("F.max_pool2d", "F.avg_pool2d", "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d"):
+        return "pool"
+    if target == "F.interpolate":
+        return "upsample"
+    if target == "torch.cat":
+        return "concat"
+    if target in ELEMENTWISE:
+        return "eltwise"
+    return "unknown" if target.startswith("local.") else "reshape"
+
+
+def classify(
+    call: OpCall,
+    in_shapes: Sequence[tuple[int, ...]],
+    out_shape: tuple[int, ...],
+    consts: Mapping[str, torch.Tensor],
+) -> Classified:
+    """Row rules of ``call`` (the first op of a layer) for each of its ``In`` inputs."""
+    n = len(in_shapes)
+    kind = _kind(call, in_shapes, consts)
+    if call.target.startswith("local."):
+        return _whole(kind, n, f"op {call.target} is unknown to EdgeFlow; its layer runs whole")
+    if len(out_shape) != 4 or any(len(s) != 4 for s in in_shapes):
+        return _whole(kind, n)
+    height, kw = out_shape[2], call.kwargs
+    if call.target in ("F.conv2d", "F.max_pool2d") and "padding" in kw and isinstance(kw["padding"], tuple):
+        if call.target == "F.conv2d" and not isinstance(kw.get("weight"), Const):
+            return _whole(kind, n, "convolution with a computed weight")
+        k = consts[kw["weight"].name].shape[2] if call.target == "F.conv2d" else kw["kernel_size"][0]
+        span = kw["dilation"][0] * (k - 1) + 1
+        return Classified(kind, (RowRule("window", span=span, stride=kw["stride"][0], pad=kw["padding"][0]),), True)
+    if call.target == "F.avg_pool2d" and isinstance(kw.get("padding"), tuple):
+        full = all(
+            (out - 1) * s + k <= size + 2 * p
+            for out, s, k, size, p in zip(
+                out_shape[2:], kw["stride"], kw["kernel_size"], in_shapes[0][2:], kw["padding"], strict=False
+            )
+        )
+        if not (kw["count_include_pad"] and full):
+            return _whole(kind, n, "average pooling with partial windows")
+        return Classified(
+            kind, (RowRule("window", span=kw["kernel_size"][0], stride=kw["stride"][0], pad=kw["padding"][0]),), True
+        )
+    if call.target == "F.interpolate":
+        (h_in, w_in) = in_shapes[0][2:]
+        if kw.get("mode") == "nearest" and height % h_in == 0 and out_shape[3] % w_in == 0:
+            return Classified(kind, (RowRule("upsample", factor=height // h_in),), True)
+        return _whole(kind, n, f"interpolate mode {kw.get('mode')!r} without an integer factor")
+    if call.target == "torch.cat" or call.target in _CHANNEL_SPLITS:
+        dim = call.args[1] if len(call.args) > 1 else kw.get("dim", 0)
+        same_rows = all(s[2] == height for s in in_shapes)
+        if isinstance(dim, int) and dim % 4 != 2 and same_rows:
+            return Classified(kind, (IDENTITY,) * n, True)
+        return _whole(kind, n)
+    if call.target in ("operator.getitem", "method.__getitem__"):
+        return Classified(kind, (IDENTITY,), True) if _keeps_rows(call.args[1]) else _whole(kind, n)
+    if call.target in ELEMENTWISE:
+        return _elementwise(call, kind, in_shapes, height, consts)
+    return _whole(kind, n)
+
+
+def _keeps_rows(index: Any) -> bool:
+    """Indexing that keeps every row in place: plain slices on N, C, W only."""
+    index = index if isinstance(index, tuple) else (index,)
+    if len(index) > 4 or not all(isinstance(i, slice) for i in index):
+        return False
+    return len(index) < 3 or index[2] == slice(None)
+
+
+def _elementwise(
+    call: OpCall, kind: str, in_shapes: Sequence[tuple[int, ...]], height: int, consts: Mapping[str, torch.Tensor]
+) -> Classified:
+    rules: list[RowRule] = []
+    for _k, shape in enumerate(in_shapes):
+        extent = _h_extent(shape)
+        if extent == height:
+            rules.append(IDENTITY)
+        elif extent == 1:
+            rules.append(WHOLE)
+        else:
+            return _whole(kind, len(in_shapes))
+    if not row_local(call, consts):
+        return _whole(kind, len(in_shapes), "element-wise op with a constant that varies along rows")
+    if all(rule.kind == "whole" for rule in rules) and height != 1:
+        return _whole(kind, len(in_shapes))
+    return Classified(kind, tuple(rules), True)
+
+
+def row_local(call: OpCall, consts: Mapping[str, torch.Tensor]) -> bool:
+    """Whether an element-wise op applied to a row slice (its only tensor input) gives those
+    rows of its output: no constant operand may vary along rows."""
+    return call.target in ELEMENTWISE and not any(
+        isinstance(o, Const) and _h_extent(consts[o.name].shape) != 1
+        for o in _operands((call.args, tuple(call.kwargs.values())))
+    )

@@ -1,0 +1,311 @@
+"""Trace a model with torch.fx into a :class:`LayerGraph`.
+
+Each fx node is one of: a **data** node (a tensor computed from the input: becomes an op),
+a **constant** (weights, buffers, anything computed without the input), or a **shape** value
+(``x.shape``, ``x.size(2)``...), which is specialised to the traced input shape. A node whose
+non-tensor value depends on the input's data cannot be planned and gets a :class:`GraphError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from controller.graph.convert import canonical_window, function_name, method_name, module_call
+from controller.graph.flops import op_flops
+from controller.graph.layers import Layer, LayerGraph
+from controller.graph.rowmap import classify, row_local
+from edgeflowd.errors import GraphError
+from edgeflowd.ops import Const, In, OpCall, Prev, method_caller
+from edgeflowd.slicing import WINDOW_TARGETS
+
+__all__ = ["trace_model"]
+
+_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """Where in the user's code tracing failed (the innermost frame outside torch)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+
+
+def _symbolic_trace(model: nn.Module, name: str) -> torch.fx.GraphModule:
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types; all mean "cannot trace"
+        raise GraphError(f"cannot trace model {name!r} with torch.fx: {exc}{_user_frame(exc)}") from exc
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the traced graph once and keeps every node's value."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[torch.fx.Node, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        try:
+            value = super().run_node(n)
+        except Exception as exc:
+            raise GraphError(
+                f"node {n.name} ({n.op} {n.target}) failed on the example input: {str(exc).splitlines()[0]}"
+            ) from exc
+        self.values[n] = value
+        return value
+
+
+def _is_tensors(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
+
+
+@dataclass
+class _Builder:
+    gm: torch.fx.GraphModule
+    values: dict[torch.fx.Node, Any]
+    data: set[torch.fx.Node] = field(default_factory=set)  # tensor or tuple-of-tensor from input
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    local_ops: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    layer_of: dict[torch.fx.Node, str] = field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # -- constants -------------------------------------------------------------------------
+    def literal(self, node: torch.fx.Node) -> Any:
+        value = self.values[node]
+        base = str(node.target) if node.op == "get_attr" else node.name
+        return self._constify(value, base)
+
+    def _constify(self, value: Any, base: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            self.tensors.setdefault(base, value.detach())
+            return Const(base)
+        if isinstance(value, torch.Size):
+            return tuple(value)
+        if isinstance(value, (tuple, list)):
+            items = [self._constify(v, f"{base}.{i}") for i, v in enumerate(value)]
+            return tuple(items) if isinstance(value, tuple) else items
+        return value
+
+    def map_args(self, value: Any, inputs: list[torch.fx.Node], prev: torch.fx.Node | None) -> Any:
+        if isinstance(value, torch.fx.Node):
+            if value in self.data:
+                if value is prev:
+                    return Prev()
+                if value not in inputs:
+                    inputs.append(value)
+                return In(inputs.index(value))
+            return self.literal(value)
+        if isinstance(value, (tuple, list)):
+            mapped = [self.map_args(v, inputs, prev) for v in value]
+            return tuple(mapped) if isinstance(value, tuple) else mapped
+        if isinstance(value, dict):
+            return {k: self.map_args(v, inputs, prev) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(*(self.map_args(v, inputs, prev) for v in (value.start, value.stop, value.step)))
+        return value
+
+    # -- ops ---------------------------------------------------------------------------------
+    def op_call(self, node: torch.fx.Node, inputs: list[torch.fx.Node], prev: torch.fx.Node | None = None) -> OpCall:
+        args = self.map_args(node.args, inputs, prev)
+        kwargs = self.map_args(dict(node.kwargs), inputs, prev)
+        if kwargs.get("inplace") is True:
+            kwargs["inplace"] = False
+        if node.op == "call_module":
+            module = self.gm.get_submodule(str(node.target))
+            converted = module_call(module, str(node.target), args[0]) if len(args) == 1 and not kwargs else None
+            if converted is None:
+                target = f"local.module.{node.target}"
+                self.local_ops[target] = module
+                return OpCall(target, args, kwargs, node.name)
+            self.tensors.update(converted.consts)
+            target, args, kwargs = converted.target, converted.args, converted.kwargs
+        elif node.op == "call_method":
+            name = method_name(str(node.target))
+            target = name or f"local.method.{node.target}"
+            if name is None:
+                self.local_ops[target] = method_caller(str(node.target))
+        else:
+            fn = node.target
+            assert callable(fn)
+            name = function_name(fn)
+            target = name or f"local.{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
+            if name is None:
+                self.local_ops[target] = fn
+        if target in WINDOW_TARGETS or target == "F.interpolate":
+            weight = kwargs.get("weight", args[1] if target == "F.conv2d" and len(args) > 1 else None)
+            shape = tuple(self.tensors[weight.name].shape) if isinstance(weight, Const) else None
+            canonical = canonical_window(target, args, kwargs, shape)
+            if canonical is not None:
+                return OpCall(target, (), canonical, node.name)
+        return OpCall(target, tuple(args), kwargs, node.name)
+
+    def add_layer(self, name: str, first: OpCall, inputs: list[torch.fx.Node], out_value: torch.Tensor) -> None:
+        in_shapes = [tuple(self.values[i].shape) if isinstance(self.values[i], torch.Tensor) else () for i in inputs]
+        out_shape = tuple(out_value.shape)
+        c = classify(first, in_shapes, out_shape, self.tensors)
+        self.layers[name] = {
+            "name": name,
+            "kind": c.kind,
+            "ops": [first],
+            "inputs": [self.layer_of[i] for i in inputs],
+            "rules": c.rules,
+            "out_shape": out_shape,
+            "splittable": c.splittable,
+            "note": c.note,
+            "flops": op_flops(first, in_shapes, out_shape, self.tensors),
+        }
+
+    def try_fuse(self, node: torch.fx.Node, producers: list[torch.fx.Node]) -> bool:
+        """Append a row-local, single-input op to its producer's layer when nothing else reads
+        the producer: saves a message round per fused op without changing any result."""
+        if len(producers) != 1:
+            return False
+        (u,) = producers
+        if u.op == "placeholder" or len(u.users) != 1 or u not in self.layer_of:
+            return False
+        layer = self.layers[self.layer_of[u]]
+        if layer["ops"][-1].node != u.name:
+            return False
+        call = self.op_call(node, [], prev=u)
+        value = self.values[node]
+        if not isinstance(value, torch.Tensor):
+            return False
+        if layer["splittable"]:
+            if tuple(value.shape) != layer["out_shape"] or not row_local(call, self.tensors):
+                return False
+        else:  # the producer runs whole anyway: fuse any op that would run whole on its own
+            standalone: list[torch.fx.Node] = []
+            alone = classify(self.op_call(node, standalone), [layer["out_shape"]], tuple(value.shape), self.tensors)
+            if alone.splittable:
+                return False
+        layer["ops"].append(call)
+        layer["flops"] += op_flops(call, [layer["out_shape"]], tuple(value.shape), self.tensors)
+        layer["out_shape"] = tuple(value.shape)
+        self.layer_of[node] = layer["name"]
+        return True
+
+    def freeze(self) -> dict[str, Layer]:
+        out: dict[str, Layer] = {}
+        for spec in self.layers.values():
+            names = {n for call in spec["ops"] for n in call.const_names()}
+            params = sum(self.tensors[n].nbytes for n in names)
+            for call in spec["ops"]:
+                module = self.local_ops.get(call.target)
+                if isinstance(module, nn.Module):
+                    params += sum(p.nbytes for p in module.parameters())
+            out[spec["name"]] = Layer(
+                name=spec["name"],
+                kind=spec["kind"],
+                ops=tuple(spec["ops"]),
+                inputs=tuple(spec["inputs"]),
+                rules=tuple(spec["rules"]),
+                out_shape=spec["out_shape"],
+                flops=spec["flops"],
+                param_bytes=params,
+                splittable=spec["splittable"],
+                note=spec["note"],
+            )
+        return out
+
+
+def _shape_query(node: torch.fx.Node) -> bool:
+    if node.op == "call_function" and node.target is builtins.getattr:
+        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+    return node.op == "call_method" and node.target in _SHAPE_METHODS
+
+
+def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> LayerGraph:
+    """Layer graph of ``model`` for inputs shaped like ``example`` (shapes are specialised)."""
+    model.eval()
+    gm = _symbolic_trace(model, name)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise GraphError(
+            f"model {name!r} takes {len(placeholders)} inputs; EdgeFlow plans models with one input tensor"
+        )
+    recorder = _Recorder(gm)
+    with torch.no_grad():
+        recorder.run(example)
+    b = _Builder(gm, recorder.values)
+    outputs: list[torch.fx.Node] = []
+    output_is_tuple = False
+    for node in gm.graph.nodes:
+        value = b.values[node] if node.op != "output" else None
+        if node.op == "placeholder":
+            assert isinstance(value, torch.Tensor)
+            b.data.add(node)
+            b.layer_of[node] = node.name
+            b.layers[node.name] = {
+                "name": node.name,
+                "kind": "input",
+                "ops": [],
+                "inputs": [],
+                "rules": (),
+                "out_shape": tuple(value.shape),
+                "splittable": True,
+                "note": "",
+                "flops": 0.0,
+            }
+            continue
+        if node.op == "output":
+            result = node.args[0]
+            output_is_tuple = isinstance(result, (tuple, list))
+            outputs = list(result) if output_is_tuple else [result]
+            continue
+        producers = [a for a in node.all_input_nodes if a in b.data]
+        if node.op == "get_attr" or not producers:
+            continue  # a constant: materialised where it is used
+        if isinstance(value, torch.Tensor):
+            b.data.add(node)
+        elif _is_tensors(value):
+            b.data.add(node)
+            if any(u.target is not operator.getitem for u in node.users):
+                raise GraphError(
+                    f"node {node.name} ({node.target}) returns several tensors and is used other than by indexing"
+                )
+            continue  # each getitem user becomes a layer that recomputes this op
+        elif _shape_query(node):
+            continue  # specialised to the traced shape
+        else:
+            raise GraphError(
+                f"node {node.name} ({node.op} {node.target}) computes a {type(value).__name__} from tensor data; "
+                "EdgeFlow can specialise only shape queries (x.shape, x.size())"
+            )
+        if node.target is operator.getitem and producers[0] in b.data and _is_tensors(b.values[producers[0]]):
+            source = producers[0]
+            inputs: list[torch.fx.Node] = []
+            first = b.op_call(source, inputs)
+            second = OpCall("operator.getitem", (Prev(), node.args[1]), {}, node.name)
+            b.add_layer(node.name, first, inputs, value)
+            b.layers[node.name]["ops"].append(second)
+            b.layer_of[node] = node.name
+            continue
+        if b.try_fuse(node, producers):
+            continue
+        inputs = []
+        first = b.op_call(node, inputs)
+        b.layer_of[node] = node.name
+        b.add_layer(node.name, first, inputs, value)
+    for out in outputs:
+        if not isinstance(out, torch.fx.Node) or out not in b.layer_of:
+            raise GraphError(f"model {name!r} returns {out!r}, which is not a tensor computed from the input")
+    return LayerGraph(
+        model=name,
+        input_shape=tuple(example.shape),
+        layers=b.freeze(),
+        outputs=tuple(b.layer_of[o] for o in outputs),
+        output_is_tuple=output_is_tuple,
+        tensors=b.tensors,
+        local_ops=b.local_ops,
+    )

@@ -1,0 +1,146 @@
+"""Plans: a partition turned into execution units with forwarding tables.
+
+A plan prints itself (rows per device per layer), round-trips through JSON + tensor bytes, and
+:meth:`Plan.validate` proves, before anything runs, that every unit receives exactly the rows it
+needs and no unit sends rows nobody needs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from controller.graph.layers import LayerGraph
+from controller.partitions import Partition
+from edgeflowd.errors import PlanError
+from edgeflowd.rows import RowRange
+from edgeflowd.units import CLIENT, SINK, ExecutionUnit, Forward, UnitInput, unit_id
+
+__all__ = ["Plan", "build_plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    n_devices: int
+    units: tuple[ExecutionUnit, ...]
+    outputs: tuple[str, ...]
+
+    def unit(self, uid: str) -> ExecutionUnit:
+        for u in self.units:
+            if u.uid == uid:
+                return u
+        raise KeyError(uid)
+
+    def on_device(self, device: int) -> list[ExecutionUnit]:
+        return [u for u in self.units if u.device == device]
+
+    def messages(self) -> list[tuple[ExecutionUnit, Forward, int]]:
+        """Every forward with its destination device (:data:`CLIENT` for the sink)."""
+        device_of = {u.uid: u.device for u in self.units}
+        return [(u, f, device_of.get(f.consumer, CLIENT)) for u in self.units for f in u.forwards]
+
+    def validate(self) -> None:
+        by_uid = {u.uid: u for u in self.units}
+        received: dict[tuple[str, str], list[RowRange]] = defaultdict(list)
+        for u in self.units:
+            for f in u.forwards:
+                if not u.rows.contains(f.rows) or f.rows.empty:
+                    raise PlanError(f"unit {u.uid} forwards rows {f.rows} it does not hold ({u.rows})")
+                if f.consumer != SINK and f.consumer not in by_uid:
+                    raise PlanError(f"unit {u.uid} forwards to unknown unit {f.consumer}")
+                received[(f.consumer, u.layer)].append(f.rows)
+        wanted = [(u.uid, i.producer, i.rows) for u in self.units for i in u.inputs]
+        heights = {u.layer: (u.out_shape[2] if len(u.out_shape) == 4 else 1) for u in self.units}
+        wanted += [(SINK, layer, RowRange(0, heights[layer])) for layer in dict.fromkeys(self.outputs)]
+        for consumer, producer, rows in wanted:
+            got = sorted(received.pop((consumer, producer), []))
+            cursor = rows.start
+            for r in got:
+                if r.start != cursor:
+                    raise PlanError(
+                        f"{consumer} gets rows {r} of {producer} but needs {rows} (gap or overlap at {cursor})"
+                    )
+                cursor = r.stop
+            if cursor != rows.stop and not rows.empty:
+                raise PlanError(f"{consumer} needs rows {rows} of {producer}, receives up to {cursor}")
+        if received:
+            (consumer, producer), extra = next(iter(received.items()))
+            raise PlanError(f"rows {extra} of {producer} are sent to {consumer}, which does not read them")
+
+    def __str__(self) -> str:
+        lines = [f"plan for {self.model} on {self.n_devices} devices: {len(self.units)} units"]
+        by_layer: dict[str, list[ExecutionUnit]] = defaultdict(list)
+        for u in self.units:
+            by_layer[u.layer].append(u)
+        for layer, units in by_layer.items():
+            parts = ", ".join(
+                f"{'client' if u.device == CLIENT else f'd{u.device}'}:{u.rows}"
+                for u in sorted(units, key=lambda u: u.rows)
+            )
+            lines.append(f"  {layer:<32} {parts}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "edgeflow.plan/1",
+            "model": self.model,
+            "n_devices": self.n_devices,
+            "outputs": list(self.outputs),
+            "units": [u.to_json() for u in self.units],
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Plan:
+        if not isinstance(value, dict) or value.get("schema") != "edgeflow.plan/1":
+            raise PlanError("plan JSON needs schema 'edgeflow.plan/1'")
+        return cls(
+            model=str(value["model"]),
+            n_devices=int(value["n_devices"]),
+            units=tuple(ExecutionUnit.from_json(u, f"plan.units[{i}]") for i, u in enumerate(value["units"])),
+            outputs=tuple(str(o) for o in value["outputs"]),
+        )
+
+
+def build_plan(graph: LayerGraph, partition: Partition) -> Plan:
+    """Execution units and forwarding tables for ``partition`` of ``graph``."""
+    partition.validate(graph)
+    pending: dict[str, dict[str, Any]] = {}
+    heights = {layer.name: layer.height for layer in graph}
+    for layer in graph:
+        placed = (
+            [(CLIENT, RowRange(0, layer.height))]
+            if layer.is_source
+            else [(d, r) for d, r in enumerate(partition.rows[layer.name]) if not r.empty]
+        )
+        for device, rows in placed:
+            inputs = []
+            for producer, rule in zip(layer.inputs, layer.rules, strict=False):
+                needed = rule.needed(rows, heights[producer])
+                inputs.append(UnitInput(producer, needed, needed.clip(heights[producer]), rule))
+            pending[unit_id(layer.name, device)] = {
+                "layer": layer.name,
+                "device": device,
+                "rows": rows,
+                "out_shape": layer.out_shape,
+                "inputs": tuple(inputs),
+                "ops": layer.ops,
+                "forwards": [],
+            }
+    by_layer: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for spec in pending.values():
+        by_layer[spec["layer"]].append(spec)
+    for uid, spec in pending.items():
+        for inp in spec["inputs"]:
+            for source in by_layer[inp.producer]:
+                overlap = source["rows"].intersect(inp.rows)
+                if not overlap.empty:
+                    source["forwards"].append(Forward(uid, overlap))
+    for name in dict.fromkeys(graph.outputs):
+        for source in by_layer[name]:
+            source["forwards"].append(Forward(SINK, source["rows"]))
+    units = tuple(ExecutionUnit(**{**spec, "forwards": tuple(spec["forwards"])}) for spec in pending.values())
+    plan = Plan(graph.model, partition.n_devices, units, graph.outputs)
+    plan.validate()
+    return plan

@@ -1,0 +1,365 @@
+"""Operators as data: an allow-listed callable plus arguments that reference layer inputs,
+the previous op's result, or named constant tensors.
+
+Only names in :data:`ALLOWED` can be rebuilt from the wire, so nothing executable crosses it.
+Ops the graph does not know (a user's own function or module) get a ``local.`` name; they run
+in-process through a resolver the controller supplies, and a node without that resolver refuses
+them with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeflowd.errors import ProtocolError
+
+__all__ = [
+    "ALLOWED",
+    "ELEMENTWISE",
+    "Const",
+    "In",
+    "OpCall",
+    "Prev",
+    "Resolver",
+    "decode_value",
+    "encode_value",
+    "method_caller",
+    "run_call",
+]
+
+
+@dataclass(frozen=True)
+class In:
+    """The k-th input of the layer (a row slice of a producer's output)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Prev:
+    """The result of the previous op of the same (fused) layer."""
+
+
+@dataclass(frozen=True)
+class Const:
+    """A named constant tensor (weights, buffers, folded shape-only values)."""
+
+    name: str
+
+
+def method_caller(name: str) -> Callable[..., Any]:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def _identity(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return x
+
+
+# Row-local ops: output row r depends on input row r only (per-channel or per-element math).
+_ELEMENTWISE_F = [
+    "relu",
+    "relu6",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "leaky_relu",
+    "gelu",
+    "elu",
+    "selu",
+    "celu",
+    "mish",
+    "softplus",
+    "softsign",
+    "logsigmoid",
+    "dropout",
+    "dropout2d",
+    "batch_norm",
+]
+_ELEMENTWISE_TORCH = [
+    "relu",
+    "sigmoid",
+    "tanh",
+    "add",
+    "mul",
+    "sub",
+    "div",
+    "neg",
+    "exp",
+    "log",
+    "abs",
+    "sqrt",
+    "rsqrt",
+    "clamp",
+    "maximum",
+    "minimum",
+    "pow",
+]
+_ELEMENTWISE_OPERATOR = ["add", "mul", "sub", "truediv", "neg", "pow"]
+_ELEMENTWISE_METHODS = [
+    "relu",
+    "sigmoid",
+    "tanh",
+    "add",
+    "mul",
+    "sub",
+    "div",
+    "neg",
+    "exp",
+    "log",
+    "abs",
+    "sqrt",
+    "clamp",
+    "pow",
+    "contiguous",
+    "float",
+]
+# Known ops that mix rows: they run whole, on one device.
+_WHOLE_F = [
+    "linear",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "softmax",
+    "log_softmax",
+    "pad",
+    "normalize",
+    "layer_norm",
+    "group_norm",
+    "instance_norm",
+]
+_WHOLE_TORCH = [
+    "flatten",
+    "cat",
+    "stack",
+    "split",
+    "chunk",
+    "matmul",
+    "bmm",
+    "mean",
+    "sum",
+    "amax",
+    "softmax",
+    "reshape",
+    "permute",
+    "transpose",
+    "unsqueeze",
+    "squeeze",
+]
+_WHOLE_METHODS = [
+    "view",
+    "reshape",
+    "permute",
+    "transpose",
+    "flatten",
+    "mean",
+    "sum",
+    "amax",
+    "softmax",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "split",
+    "chunk",
+    "repeat",
+]
+
+
+def _build_allowed() -> dict[str, Callable[..., Any]]:
+    table: dict[str, Callable[..., Any]] = {}
+    for name in (*_ELEMENTWISE_F, *_WHOLE_F, "conv2d", "max_pool2d", "avg_pool2d", "interpolate"):
+        table[f"F.{name}"] = getattr(F, name)
+    for name in (*_ELEMENTWISE_TORCH, *_WHOLE_TORCH):
+        table[f"torch.{name}"] = getattr(torch, name)
+    for name in (*_ELEMENTWISE_OPERATOR, "getitem"):
+        table[f"operator.{name}"] = getattr(operator, name)
+    for name in (*_ELEMENTWISE_METHODS, *_WHOLE_METHODS):
+        table[f"method.{name}"] = method_caller(name)
+    table["identity"] = _identity
+    return table
+
+
+ALLOWED: dict[str, Callable[..., Any]] = _build_allowed()
+ELEMENTWISE: frozenset[str] = frozenset(
+    [f"F.{n}" for n in _ELEMENTWISE_F]
+    + [f"torch.{n}" for n in _ELEMENTWISE_TORCH]
+    + [f"operator.{n}" for n in _ELEMENTWISE_OPERATOR]
+    + [f"method.{n}" for n in _ELEMENTWISE_METHODS]
+    + ["identity"]
+)
+
+Resolver = Callable[[str], Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One call: ``ALLOWED[target](*args, **kwargs)`` with :class:`In`/:class:`Prev`/
+    :class:`Const` placeholders resolved at run time. ``node`` is the fx node it came from."""
+
+    target: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    node: str = ""
+
+    @property
+    def portable(self) -> bool:
+        return self.target in ALLOWED
+
+    def const_names(self) -> list[str]:
+        names: list[str] = []
+        _walk_consts((self.args, dict(self.kwargs)), names)
+        return names
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "args": encode_value(self.args),
+            "kwargs": {k: encode_value(v) for k, v in self.kwargs.items()},
+            "node": self.node,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> OpCall:
+        if not isinstance(value, dict) or not isinstance(value.get("target"), str):
+            raise ProtocolError(f"{where}: an op is an object with a string 'target'")
+        args = decode_value(value.get("args", {"$tuple": []}), f"{where}.args")
+        kwargs = value.get("kwargs", {})
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise ProtocolError(f"{where}: 'args' must encode a tuple and 'kwargs' an object")
+        return cls(
+            target=value["target"],
+            args=args,
+            kwargs={k: decode_value(v, f"{where}.kwargs.{k}") for k, v in kwargs.items()},
+            node=str(value.get("node", "")),
+        )
+
+
+def _walk_consts(value: Any, out: list[str]) -> None:
+    if isinstance(value, Const):
+        out.append(value.name)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _walk_consts(item, out)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _walk_consts(item, out)
+
+
+def encode_value(value: Any) -> Any:
+    """JSON form of an argument tree. Non-JSON leaves get a ``{"$kind": ...}`` wrapper."""
+    if isinstance(value, In):
+        return {"$in": value.index}
+    if isinstance(value, Prev):
+        return {"$prev": 0}
+    if isinstance(value, Const):
+        return {"$t": value.name}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, tuple):
+        return {"$tuple": [encode_value(v) for v in value]}
+    if isinstance(value, list):
+        return [encode_value(v) for v in value]
+    if isinstance(value, slice):
+        return {"$slice": [encode_value(value.start), encode_value(value.stop), encode_value(value.step)]}
+    if value is Ellipsis:
+        return {"$ellipsis": 0}
+    if isinstance(value, torch.dtype):
+        return {"$dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"$device": str(value)}
+    raise ProtocolError(f"cannot encode argument of type {type(value).__name__}: {value!r}")
+
+
+def decode_value(value: Any, where: str) -> Any:
+    """Inverse of :func:`encode_value`; ``where`` names the field in errors."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [decode_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ProtocolError(f"{where}: expected a value or a one-key {{'$kind': ...}} object")
+    ((kind, body),) = value.items()
+    try:
+        if kind == "$in":
+            return In(int(body))
+        if kind == "$prev":
+            return Prev()
+        if kind == "$t":
+            return Const(str(body))
+        if kind == "$tuple":
+            return tuple(decode_value(v, f"{where}[{i}]") for i, v in enumerate(body))
+        if kind == "$slice":
+            start, stop, step = (decode_value(v, where) for v in body)
+            return slice(start, stop, step)
+        if kind == "$ellipsis":
+            return Ellipsis
+        if kind == "$float":
+            if body not in ("inf", "-inf", "nan"):
+                raise ValueError(body)
+            return float(body)
+        if kind == "$dtype":
+            dtype = getattr(torch, str(body), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(body)
+            return dtype
+        if kind == "$device":
+            return torch.device(str(body))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{where}: bad {kind} value {body!r}") from exc
+    raise ProtocolError(f"{where}: unknown value kind {kind!r}")
+
+
+def allowed_resolver(name: str) -> Callable[..., Any]:
+    try:
+        return ALLOWED[name]
+    except KeyError:
+        raise ProtocolError(
+            f"op {name!r} is not allow-listed on this node (a model-local op runs only where the "
+            "model itself is loaded)"
+        ) from None
+
+
+def substitute(
+    value: Any, inputs: Sequence[torch.Tensor], prev: torch.Tensor | None, tensors: Mapping[str, torch.Tensor]
+) -> Any:
+    if isinstance(value, In):
+        return inputs[value.index]
+    if isinstance(value, Prev):
+        return prev
+    if isinstance(value, Const):
+        return tensors[value.name]
+    if isinstance(value, tuple):
+        return tuple(substitute(v, inputs, prev, tensors) for v in value)
+    if isinstance(value, list):
+        return [substitute(v, inputs, prev, tensors) for v in value]
+    return value
+
+
+def run_call(
+    call: OpCall,
+    inputs: Sequence[torch.Tensor],
+    prev: torch.Tensor | None,
+    tensors: Mapping[str, torch.Tensor],
+    resolve: Resolver = allowed_resolver,
+    **overrides: Any,
+) -> Any:
+    """Run ``call`` as written; ``overrides`` replace keyword arguments (used by row slicing)."""
+    fn = resolve(call.target)
+    args = substitute(call.args, inputs, prev, tensors)
+    kwargs = {k: substitute(v, inputs, prev, tensors) for k, v in call.kwargs.items()}
+    kwargs.update(overrides)
+    return fn(*args, **kwargs)

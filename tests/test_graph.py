@@ -1,0 +1,141 @@
+"""Layer graph: row maps, fusion, unknown ops and the errors users see."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from controller.graph.layers import Layer, LayerGraph
+from controller.graph.trace import trace_model
+from controller.partitions import even_partition, random_partition
+from controller.verify import TOLERANCE, check_partition, reference_outputs
+from controller.zoo import build_model, parse_shape
+from edgeflowd.errors import GraphError
+from edgeflowd.rows import RowRange
+from edgeflowd.slicing import RowRule
+from tests import models
+
+
+def test_window_rule_reaches_into_padding() -> None:
+    conv = RowRule("window", span=5, stride=2, pad=2)  # 3x3, dilation 2, stride 2
+    assert conv.needed(RowRange(0, 1), 9) == RowRange(-2, 3)
+    assert conv.needed(RowRange(3, 5), 9) == RowRange(4, 11)
+    assert conv.needed(RowRange(3, 5), 9).clip(9) == RowRange(4, 9)
+    assert conv.needed(RowRange(2, 2), 9).empty
+
+
+def test_upsample_and_whole_rules() -> None:
+    assert RowRule("upsample", factor=2).needed(RowRange(3, 6), 10) == RowRange(1, 3)
+    assert RowRule("whole").needed(RowRange(3, 4), 10) == RowRange(0, 10)
+    assert RowRule("identity").needed(RowRange(3, 4), 10) == RowRange(3, 4)
+
+
+def _graph(model: nn.Module, shape: tuple[int, ...]) -> tuple[LayerGraph, torch.Tensor]:
+    x = torch.randn(shape)
+    return trace_model(model.eval(), x, type(model).__name__), x
+
+
+def test_conv_bn_activation_fuse_into_one_layer() -> None:
+    model, shape = build_model("resnet18")
+    graph, _ = _graph(model, shape)
+    conv1 = graph["conv1"]
+    assert [op.target for op in conv1.ops] == ["F.conv2d", "F.batch_norm", "F.relu"]
+    assert conv1.rules == (RowRule("window", span=7, stride=2, pad=3),)
+    assert conv1.kind == "conv" and conv1.splittable
+
+
+def test_rule_per_op_kind_in_yolov5s() -> None:
+    model, _ = build_model("yolov5s")
+    graph, _ = _graph(model, (1, 3, 64, 64))
+    kinds: dict[str, Layer] = {}
+    for layer in graph:
+        kinds.setdefault(layer.kind, layer)  # the first of each kind
+    assert kinds["upsample"].rules == (RowRule("upsample", factor=2),)
+    assert all(rule.kind == "identity" for rule in kinds["concat"].rules)
+    assert kinds["pool"].rules == (RowRule("window", span=5, stride=1, pad=2),)  # SPPF
+    stem = graph["model_0_conv"]
+    assert stem.rules == (RowRule("window", span=6, stride=2, pad=2),)
+    head = graph[graph.outputs[0]]
+    assert head.out_shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85) and not head.splittable
+
+
+def test_depthwise_and_broadcast_layers() -> None:
+    model, _ = build_model("mobilenet_v2")
+    graph, _ = _graph(model, (1, 3, 64, 64))
+    assert any(layer.kind == "dwconv" for layer in graph)
+
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(F.adaptive_avg_pool2d(x, 1))
+
+    g, _ = _graph(Gate(), (1, 2, 7, 5))
+    mul = next(layer for layer in g if layer.ops and layer.ops[0].target == "operator.mul")
+    assert [r.kind for r in mul.rules] == ["identity", "whole"] and mul.splittable
+
+
+def test_flops_of_a_convolution() -> None:
+    graph, _ = _graph(nn.Conv2d(3, 8, 3, 1, 1), (1, 3, 10, 6))
+    (conv,) = graph.compute_layers
+    assert conv.flops == 2 * 8 * 10 * 6 * 3 * 3 * 3
+    assert conv.param_bytes == 4 * (8 * 3 * 3 * 3 + 8)
+
+
+def test_unknown_ops_run_whole_and_stay_exact() -> None:
+    model = models.unknown_ops()
+    graph, x = _graph(model, (1, 3, 13, 7))
+    notes = {layer.name: layer.note for layer in graph if layer.note}
+    assert len(notes) == 3 and all("unknown to EdgeFlow" in n for n in notes.values())
+    want = reference_outputs(model, x)
+    rng = random.Random(1)
+    for i, partition in enumerate([even_partition(graph, 3)] + [random_partition(graph, 3, rng) for _ in range(10)]):
+        assert check_partition(f"p{i}", graph, partition, x, want).relative <= TOLERANCE
+
+
+def test_a_wrong_row_map_is_caught() -> None:
+    """The exactness check can fail: treat torch.roll's layer as row-local and it does."""
+    model = models.unknown_ops()
+    graph, x = _graph(model, (1, 3, 13, 7))
+    want = reference_outputs(model, x)
+    roll = next(layer for layer in graph.compute_layers if "roll" in layer.ops[0].target)
+    graph.layers[roll.name] = dataclasses.replace(roll, splittable=True, rules=(RowRule("identity"),))
+    check = check_partition("even", graph, even_partition(graph, 3), x, want)
+    assert check.relative > TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (models.ControlFlow, r"cannot trace model .*control flow.*tests/models.py:\d+ in forward"),
+        (models.DataDependent, r"node item .* computes a .* from tensor data"),
+        (models.TwoInputs, r"takes 2 inputs"),
+    ],
+)
+def test_models_that_cannot_be_planned_get_a_clear_error(factory: type[nn.Module], message: str) -> None:
+    with pytest.raises(GraphError, match=message):
+        trace_model(factory(), torch.randn(1, 3, 8, 8), factory.__name__)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("tests.models:missing", "has no callable 'missing'"),
+        ("no_such_package.mod:f", "cannot import no_such_package.mod"),
+        ("tests.models:not_a_module", "returned int, not a torch.nn.Module"),
+        ("resnet", "expected a zoo name"),
+    ],
+)
+def test_bad_model_specs(spec: str, message: str) -> None:
+    with pytest.raises(GraphError, match=message):
+        build_model(spec)
+
+
+def test_parse_shape() -> None:
+    assert parse_shape("1x3x640x640") == (1, 3, 640, 640)
+    for bad in ("3x640x640", "1x3xax4", "1x3x0x4"):
+        with pytest.raises(ValueError, match="1x3xHxW"):
+            parse_shape(bad)

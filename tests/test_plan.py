@@ -1,0 +1,97 @@
+"""Partitions, plans and forwarding tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from controller.executor import execute
+from controller.graph.layers import LayerGraph
+from controller.graph.trace import trace_model
+from controller.partitions import Partition, even_partition, random_partition, split_rows
+from controller.plan import build_plan
+from edgeflowd.errors import PlanError
+from edgeflowd.rows import RowRange
+from edgeflowd.units import SINK
+from tests import models
+
+
+@pytest.fixture(scope="module")
+def unet() -> tuple[LayerGraph, torch.Tensor]:
+    x = torch.randn(1, 3, 17, 12)
+    return trace_model(models.tiny_unet(), x, "tiny_unet"), x
+
+
+def test_split_rows_is_exact_and_deterministic() -> None:
+    assert split_rows(10, [1, 1, 1]) == (RowRange(0, 4), RowRange(4, 7), RowRange(7, 10))
+    assert split_rows(5, [3, 0, 1]) == (RowRange(0, 4), RowRange(0, 0), RowRange(4, 5))
+    for height in range(1, 40):
+        ranges = split_rows(height, [0.3, 2.0, 1.1, 0.7])
+        assert sum(len(r) for r in ranges) == height
+
+
+def test_random_partitions_cover_every_layer(unet: tuple[LayerGraph, torch.Tensor]) -> None:
+    graph, _ = unet
+    rng = random.Random(0)
+    for _ in range(50):
+        random_partition(graph, 4, rng).validate(graph)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows, h: (RowRange(0, h - 1), RowRange(0, 0)), r"rows \[\d+,\d+\) are on no device"),
+        (lambda rows, h: (RowRange(0, 3), RowRange(2, h)), r"rows \[2,3\) are on two devices"),
+        (lambda rows, h: (RowRange(0, h),), "1 ranges for 2 devices"),
+    ],
+)
+def test_invalid_partitions_name_the_layer(unet: tuple[LayerGraph, torch.Tensor], edit: object, message: str) -> None:
+    graph, _ = unet
+    good = even_partition(graph, 2)
+    layer = graph.compute_layers[0]
+    bad = Partition(2, {**good.rows, layer.name: edit(good.rows[layer.name], layer.height)})  # type: ignore[operator]
+    with pytest.raises(PlanError, match=f"layer {layer.name}: {message}"):
+        bad.validate(graph)
+
+
+def test_an_unsplittable_layer_cannot_be_split() -> None:
+    x = torch.randn(1, 3, 9, 5)
+    graph = trace_model(models.unknown_ops(), x, "unknown")
+    whole = next(layer for layer in graph.compute_layers if not layer.splittable)
+    rows = dict(even_partition(graph, 2).rows)
+    rows[whole.name] = split_rows(whole.height, [1, 1])
+    with pytest.raises(PlanError, match=f"layer {whole.name} cannot be split by rows"):
+        Partition(2, rows).validate(graph)
+
+
+def test_forwarding_tables_send_only_needed_rows(unet: tuple[LayerGraph, torch.Tensor]) -> None:
+    graph, x = unet
+    plan = build_plan(graph, even_partition(graph, 3))
+    needed = {(u.uid, i.producer): i.rows for u in plan.units for i in u.inputs}
+    for unit in plan.units:
+        for fwd in unit.forwards:
+            if fwd.consumer != SINK:
+                assert needed[(fwd.consumer, unit.layer)].contains(fwd.rows)
+    _, stats = execute(plan, x, graph.tensors, graph.resolve)
+    assert stats.messages == sum(len(u.forwards) for u in plan.units)
+    assert 0 < stats.remote_bytes < stats.bytes
+
+
+def test_validate_catches_a_dropped_forward(unet: tuple[LayerGraph, torch.Tensor]) -> None:
+    graph, _ = unet
+    plan = build_plan(graph, even_partition(graph, 2))
+    victim = next(u for u in plan.units if len(u.forwards) > 1)
+    broken = dataclasses.replace(victim, forwards=victim.forwards[1:])
+    units = tuple(broken if u is victim else u for u in plan.units)
+    with pytest.raises(PlanError, match="needs rows"):
+        dataclasses.replace(plan, units=units).validate()
+
+
+def test_plan_prints_rows_per_device(unet: tuple[LayerGraph, torch.Tensor]) -> None:
+    graph, _ = unet
+    text = str(build_plan(graph, even_partition(graph, 2)))
+    assert text.startswith("plan for tiny_unet on 2 devices")
+    assert "d0:[0,9) d1:[9,17)".replace(" ", ", ") in text

@@ -1,0 +1,32 @@
+"""Random partitions of random small DAGs compute exactly what the unsplit model computes."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controller.graph.trace import trace_model
+from controller.partitions import even_partition, random_partition
+from controller.verify import TOLERANCE, check_partition, reference_outputs
+from tests.synthetic import C, Stage, SyntheticDag, stages_and_height
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=stages_and_height(), devices=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_random_partitions_of_random_dags_are_exact(
+    spec: tuple[list[Stage], int, int], devices: int, seed: int
+) -> None:
+    stages, in_h, in_w = spec
+    torch.manual_seed(seed)
+    model = SyntheticDag(stages, (1, C, in_h, in_w)).eval()
+    x = torch.randn(1, C, in_h, in_w)
+    want = reference_outputs(model, x)
+    graph = trace_model(model, x, "synthetic")
+    rng = random.Random(seed)
+    partitions = [even_partition(graph, devices)] + [random_partition(graph, devices, rng) for _ in range(3)]
+    for i, partition in enumerate(partitions):
+        check = check_partition(f"p{i}", graph, partition, x, want)
+        assert check.relative <= TOLERANCE, (stages, in_h, in_w, partition)
