@@ -108,6 +108,7 @@ def build_plan(graph: LayerGraph, partition: Partition) -> Plan:
     partition.validate(graph)
     pending: dict[str, dict[str, Any]] = {}
     heights = {layer.name: layer.height for layer in graph}
+    shapes = {layer.name: layer.out_shape for layer in graph}
     for layer in graph:
         placed = (
             [(CLIENT, RowRange(0, layer.height))]
@@ -118,7 +119,7 @@ def build_plan(graph: LayerGraph, partition: Partition) -> Plan:
             inputs = []
             for producer, rule in zip(layer.inputs, layer.rules, strict=False):
                 needed = rule.needed(rows, heights[producer])
-                inputs.append(UnitInput(producer, needed, needed.clip(heights[producer]), rule))
+                inputs.append(UnitInput(producer, needed, needed.clip(heights[producer]), rule, shapes[producer]))
             pending[unit_id(layer.name, device)] = {
                 "layer": layer.name,
                 "device": device,

@@ -85,6 +85,9 @@ def take_rows(tensor: torch.Tensor, rows: RowRange, held: RowRange) -> torch.Ten
 
 
 def _pads(needed: RowRange, have: RowRange) -> tuple[int, int]:
+    """Rows of padding to synthesise above and below the rows we have."""
+    if have.empty:  # the window lies wholly in padding
+        return len(needed), 0
     return have.start - needed.start, needed.stop - have.stop
 
 

@@ -31,12 +31,19 @@ class UnitInput:
     """Rows this unit needs of one producer layer's output.
 
     ``needed`` is where the op's windows reach (may extend into padding); ``rows`` is the clipped
-    part that producers actually send."""
+    part that producers actually send; ``shape`` is the producer's full output shape."""
 
     producer: str
     needed: RowRange
     rows: RowRange
     rule: RowRule
+    shape: tuple[int, ...]
+
+    def slice_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor this input arrives as: the producer's, with only ``rows``."""
+        if len(self.shape) != 4:
+            return self.shape
+        return (self.shape[0], self.shape[1], len(self.rows), self.shape[3])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +51,7 @@ class UnitInput:
             "needed": self.needed.to_json(),
             "rows": self.rows.to_json(),
             "rule": self.rule.to_json(),
+            "shape": list(self.shape),
         }
 
     @classmethod
@@ -54,6 +62,7 @@ class UnitInput:
                 needed=RowRange.from_json(value["needed"]),
                 rows=RowRange.from_json(value["rows"]),
                 rule=RowRule.from_json(value["rule"], f"{where}.rule"),
+                shape=tuple(int(v) for v in value["shape"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"{where}: bad unit input: {exc}") from exc
@@ -139,6 +148,12 @@ def run_unit(
     """Compute the unit's rows from ``inputs[k]`` = rows ``unit.inputs[k].rows`` of producer k."""
     if len(inputs) != len(unit.inputs):
         raise ProtocolError(f"unit {unit.uid}: expected {len(unit.inputs)} inputs, got {len(inputs)}")
+    for spec, tensor in zip(unit.inputs, inputs, strict=True):
+        if tuple(tensor.shape) != spec.slice_shape():
+            raise ProtocolError(
+                f"unit {unit.uid}: input {spec.producer} rows {spec.rows} has shape {tuple(tensor.shape)}, "
+                f"expected {spec.slice_shape()}"
+            )
     result = run_layer_rows(
         unit.ops,
         [i.rule for i in unit.inputs],

@@ -139,3 +139,13 @@ def test_parse_shape() -> None:
     for bad in ("3x640x640", "1x3xax4", "1x3x0x4"):
         with pytest.raises(ValueError, match="1x3xHxW"):
             parse_shape(bad)
+
+
+def test_rows_computed_from_padding_alone() -> None:
+    """Padding wider than the kernel: edge rows read no input row at all."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, padding=2), nn.ReLU(), nn.Conv2d(4, 2, 3, 2, 3))
+    graph, x = _graph(model, (1, 3, 6, 5))
+    want = reference_outputs(model, x)
+    rng = random.Random(2)
+    for partition in [even_partition(graph, 4)] + [random_partition(graph, 4, rng) for _ in range(10)]:
+        assert check_partition("p", graph, partition, x, want).relative <= TOLERANCE
