@@ -66,115 +66,29 @@ def _identity(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return x
 
 
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 # Row-local ops: output row r depends on input row r only (per-channel or per-element math).
-_ELEMENTWISE_F = [
-    "relu",
-    "relu6",
-    "silu",
-    "sigmoid",
-    "tanh",
-    "hardswish",
-    "hardsigmoid",
-    "hardtanh",
-    "leaky_relu",
-    "gelu",
-    "elu",
-    "selu",
-    "celu",
-    "mish",
-    "softplus",
-    "softsign",
-    "logsigmoid",
-    "dropout",
-    "dropout2d",
-    "batch_norm",
-]
-_ELEMENTWISE_TORCH = [
-    "relu",
-    "sigmoid",
-    "tanh",
-    "add",
-    "mul",
-    "sub",
-    "div",
-    "neg",
-    "exp",
-    "log",
-    "abs",
-    "sqrt",
-    "rsqrt",
-    "clamp",
-    "maximum",
-    "minimum",
-    "pow",
-]
-_ELEMENTWISE_OPERATOR = ["add", "mul", "sub", "truediv", "neg", "pow"]
-_ELEMENTWISE_METHODS = [
-    "relu",
-    "sigmoid",
-    "tanh",
-    "add",
-    "mul",
-    "sub",
-    "div",
-    "neg",
-    "exp",
-    "log",
-    "abs",
-    "sqrt",
-    "clamp",
-    "pow",
-    "contiguous",
-    "float",
-]
+_ELEMENTWISE_F = _words(
+    "relu relu6 silu sigmoid tanh hardswish hardsigmoid hardtanh leaky_relu gelu elu selu celu mish softplus "
+    "softsign logsigmoid dropout dropout2d batch_norm"
+)
+_ELEMENTWISE_TORCH = _words("relu sigmoid tanh add mul sub div neg exp log abs sqrt rsqrt clamp maximum minimum pow")
+_ELEMENTWISE_OPERATOR = _words("add mul sub truediv neg pow")
+_ELEMENTWISE_METHODS = _words("relu sigmoid tanh add mul sub div neg exp log abs sqrt clamp pow contiguous float")
 # Known ops that mix rows: they run whole, on one device.
-_WHOLE_F = [
-    "linear",
-    "adaptive_avg_pool2d",
-    "adaptive_max_pool2d",
-    "softmax",
-    "log_softmax",
-    "pad",
-    "normalize",
-    "layer_norm",
-    "group_norm",
-    "instance_norm",
-]
-_WHOLE_TORCH = [
-    "flatten",
-    "cat",
-    "stack",
-    "split",
-    "chunk",
-    "matmul",
-    "bmm",
-    "mean",
-    "sum",
-    "amax",
-    "softmax",
-    "reshape",
-    "permute",
-    "transpose",
-    "unsqueeze",
-    "squeeze",
-]
-_WHOLE_METHODS = [
-    "view",
-    "reshape",
-    "permute",
-    "transpose",
-    "flatten",
-    "mean",
-    "sum",
-    "amax",
-    "softmax",
-    "unsqueeze",
-    "squeeze",
-    "expand",
-    "split",
-    "chunk",
-    "repeat",
-]
+_WHOLE_F = _words(
+    "linear adaptive_avg_pool2d adaptive_max_pool2d softmax log_softmax pad normalize layer_norm group_norm "
+    "instance_norm"
+)
+_WHOLE_TORCH = _words(
+    "flatten cat stack split chunk matmul bmm mean sum amax softmax reshape permute transpose unsqueeze squeeze"
+)
+_WHOLE_METHODS = _words(
+    "view reshape permute transpose flatten mean sum amax softmax unsqueeze squeeze expand split chunk repeat"
+)
 
 
 def _build_allowed() -> dict[str, Callable[..., Any]]:

@@ -136,7 +136,8 @@ def canonical_window(
     return bound
 
 
-_ACTIVATIONS: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
+# Modules whose functional form takes the input plus some of the module's attributes as keywords.
+_BY_ATTRIBUTES: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
     nn.ReLU: ("F.relu", ()),
     nn.ReLU6: ("F.relu6", ()),
     nn.SiLU: ("F.silu", ()),
@@ -152,6 +153,16 @@ _ACTIVATIONS: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
     nn.Identity: ("identity", ()),
     nn.Dropout: ("identity", ()),
     nn.Dropout2d: ("identity", ()),
+    nn.MaxPool2d: ("F.max_pool2d", ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
+    nn.AvgPool2d: (
+        "F.avg_pool2d",
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    ),
+    nn.AdaptiveAvgPool2d: ("F.adaptive_avg_pool2d", ("output_size",)),
+    nn.AdaptiveMaxPool2d: ("F.adaptive_max_pool2d", ("output_size",)),
+    nn.Flatten: ("torch.flatten", ("start_dim", "end_dim")),
+    nn.Upsample: ("F.interpolate", ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor")),
+    nn.Softmax: ("F.softmax", ("dim",)),
 }
 
 
@@ -167,63 +178,20 @@ def module_call(module: nn.Module, qualname: str, x: Any) -> Converted | None:
         return {f"{qualname}.{a}": getattr(module, a).detach() for a in attrs if getattr(module, a, None) is not None}
 
     kind = type(module)
-    if kind in _ACTIVATIONS:
-        target, attrs = _ACTIVATIONS[kind]
+    if kind in _BY_ATTRIBUTES and not getattr(module, "return_indices", False):
+        target, attrs = _BY_ATTRIBUTES[kind]
         return Converted(target, (x,), {a: getattr(module, a) for a in attrs})
-    if isinstance(module, nn.Conv2d) and kind is nn.Conv2d and module.padding_mode == "zeros":
-        kwargs = {
-            "input": x,
-            "weight": const("weight"),
-            "bias": const("bias"),
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "groups": module.groups,
-        }
-        return Converted("F.conv2d", (), kwargs, consts("weight", "bias"))
+    if kind is nn.Conv2d and module.padding_mode == "zeros":
+        args = (x, const("weight"), const("bias"), module.stride, module.padding, module.dilation, module.groups)
+        return Converted("F.conv2d", args, {}, consts("weight", "bias"))
     if kind is nn.BatchNorm2d and module.track_running_stats and module.running_mean is not None:
-        args = (x, const("running_mean"), const("running_var"), const("weight"), const("bias"), False, 0.0, module.eps)
-        return Converted("F.batch_norm", args, {}, consts("running_mean", "running_var", "weight", "bias"))
-    if kind is nn.MaxPool2d and not module.return_indices:
-        kwargs = {
-            "input": x,
-            "kernel_size": module.kernel_size,
-            "stride": module.stride,
-            "padding": module.padding,
-            "dilation": module.dilation,
-            "ceil_mode": module.ceil_mode,
-            "return_indices": False,
-        }
-        return Converted("F.max_pool2d", (), kwargs)
-    if kind is nn.AvgPool2d:
-        kwargs = {
-            "input": x,
-            "kernel_size": module.kernel_size,
-            "stride": module.stride,
-            "padding": module.padding,
-            "ceil_mode": module.ceil_mode,
-            "count_include_pad": module.count_include_pad,
-            "divisor_override": module.divisor_override,
-        }
-        return Converted("F.avg_pool2d", (), kwargs)
-    if kind is nn.AdaptiveAvgPool2d:
-        return Converted("F.adaptive_avg_pool2d", (x, module.output_size), {})
-    if kind is nn.AdaptiveMaxPool2d and not module.return_indices:
-        return Converted("F.adaptive_max_pool2d", (x, module.output_size), {})
+        stats = (const("running_mean"), const("running_var"), const("weight"), const("bias"))
+        return Converted(
+            "F.batch_norm",
+            (x, *stats, False, 0.0, module.eps),
+            {},
+            consts("running_mean", "running_var", "weight", "bias"),
+        )
     if kind is nn.Linear:
         return Converted("F.linear", (x, const("weight"), const("bias")), {}, consts("weight", "bias"))
-    if kind is nn.Flatten:
-        return Converted("torch.flatten", (x, module.start_dim, module.end_dim), {})
-    if kind is nn.Upsample:
-        kwargs = {
-            "input": x,
-            "size": module.size,
-            "scale_factor": module.scale_factor,
-            "mode": module.mode,
-            "align_corners": module.align_corners,
-            "recompute_scale_factor": module.recompute_scale_factor,
-        }
-        return Converted("F.interpolate", (), kwargs)
-    if kind is nn.Softmax:
-        return Converted("F.softmax", (x,), {"dim": module.dim})
     return None
