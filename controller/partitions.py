@@ -1,7 +1,9 @@
 """Partitions: for every compute layer, the row range each device computes (pure data).
 
-A splittable layer's ranges are disjoint and cover ``[0, H)`` in any device order; empty ranges
-mean the device holds no unit of that layer. An unsplittable layer has all its rows on one device.
+A splittable layer's ranges cover ``[0, H)`` in any device order; empty ranges mean the device
+holds no unit of that layer. Ranges may overlap: a device then computes rows that another device
+also computes, which fused-tile plans use to avoid exchanging halos. An unsplittable layer has all
+its rows on one device.
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ class Partition:
             for r in used:
                 if r.start > cursor:
                     raise PlanError(f"layer {layer.name}: rows {RowRange(cursor, r.start)} are on no device")
-                if r.start < cursor:
-                    raise PlanError(f"layer {layer.name}: rows {RowRange(r.start, cursor)} are on two devices")
-                cursor = r.stop
+                cursor = max(cursor, r.stop)
             if cursor > layer.height:
                 raise PlanError(f"layer {layer.name}: rows reach {cursor}, the layer has {layer.height}")
             if cursor < layer.height:
@@ -85,9 +85,10 @@ def even_partition(graph: LayerGraph, n_devices: int) -> Partition:
     return Partition(n_devices, rows)
 
 
-def random_partition(graph: LayerGraph, n_devices: int, rng: random.Random) -> Partition:
-    """Random cuts per layer, devices in random order, some devices empty, 1-row ranges often:
-    the adversarial partitions that exactness must survive."""
+def random_partition(graph: LayerGraph, n_devices: int, rng: random.Random, overlap: bool = True) -> Partition:
+    """Random cuts per layer, devices in random order, some devices empty, 1-row ranges often,
+    and (with ``overlap``) ranges widened into their neighbours' rows now and then: the
+    adversarial partitions that exactness must survive."""
     rows: dict[str, tuple[RowRange, ...]] = {}
     for layer in graph.compute_layers:
         height = layer.height
@@ -104,6 +105,7 @@ def random_partition(graph: LayerGraph, n_devices: int, rng: random.Random) -> P
         devices = rng.sample(range(n_devices), len(bounds) - 1)
         assigned = [RowRange(0, 0)] * n_devices
         for device, start, stop in zip(devices, bounds, bounds[1:], strict=False):
-            assigned[device] = RowRange(start, stop)
+            grow = rng.randint(0, 2) if overlap and rng.random() < 0.3 else 0
+            assigned[device] = RowRange(max(0, start - grow), min(height, stop + grow))
         rows[layer.name] = tuple(assigned)
     return Partition(n_devices, rows)

@@ -103,6 +103,30 @@ class Plan:
         )
 
 
+def _subtract(piece: RowRange, taken: RowRange) -> list[RowRange]:
+    below = RowRange(piece.start, min(piece.stop, taken.start)) if piece.start < taken.start else None
+    above = RowRange(max(piece.start, taken.stop), piece.stop) if taken.stop < piece.stop else None
+    return [r for r in (below, above) if r is not None and not r.empty]
+
+
+def _route(consumer: str, device: int, rows: RowRange, sources: list[dict[str, Any]]) -> None:
+    """Add forwards so that ``consumer`` receives each of ``rows`` exactly once: from the unit on
+    its own device first (free), then from the other holders in device order."""
+    missing = [rows] if not rows.empty else []
+    for source in sorted(sources, key=lambda s: (s["device"] != device, s["device"])):
+        still: list[RowRange] = []
+        for piece in missing:
+            overlap = source["rows"].intersect(piece)
+            if overlap.empty:
+                still.append(piece)
+            else:
+                source["forwards"].append(Forward(consumer, overlap))
+                still += _subtract(piece, overlap)
+        missing = still
+    if missing:
+        raise PlanError(f"{consumer}: rows {missing[0]} are held by no unit")
+
+
 def build_plan(graph: LayerGraph, partition: Partition) -> Plan:
     """Execution units and forwarding tables for ``partition`` of ``graph``."""
     partition.validate(graph)
@@ -134,13 +158,9 @@ def build_plan(graph: LayerGraph, partition: Partition) -> Plan:
         by_layer[spec["layer"]].append(spec)
     for uid, spec in pending.items():
         for inp in spec["inputs"]:
-            for source in by_layer[inp.producer]:
-                overlap = source["rows"].intersect(inp.rows)
-                if not overlap.empty:
-                    source["forwards"].append(Forward(uid, overlap))
+            _route(uid, spec["device"], inp.rows, by_layer[inp.producer])
     for name in dict.fromkeys(graph.outputs):
-        for source in by_layer[name]:
-            source["forwards"].append(Forward(SINK, source["rows"]))
+        _route(SINK, CLIENT, RowRange(0, heights[name]), by_layer[name])
     units = tuple(ExecutionUnit(**{**spec, "forwards": tuple(spec["forwards"])}) for spec in pending.values())
     plan = Plan(graph.model, partition.n_devices, units, graph.outputs)
     plan.validate()

@@ -1,0 +1,271 @@
+"""EdgeFlow's progressive partitioner: layers in topological order, one linear program per layer.
+
+With the producers' units fixed (their rows, devices and finish times), the split of layer ``l``
+that finishes it earliest solves, over the rows ``x_d`` of each device ``d`` (devices in a fixed
+order, so device ``d`` gets rows ``[S_d, S_d + x_d)`` with ``S_d = sum of x_j for j before d``)::
+
+    minimise T
+    T >= max(free_d, local_ready_d) + a_d x_d + o_d
+    T >= remote_ready_d + sum_p beta_pd * remote_pd + latency_d + a_d x_d + o_d
+    sum_d x_d = H,   x >= 0
+
+where ``a_d`` is the time per row, ``o_d`` the per-unit overhead, and ``remote_pd`` the rows of
+producer ``p`` that ``d`` reads but does not hold. The integer program has integer ``x`` and
+``remote_pd = |needed_pd(x) \\ held_pd|``, a non-convex function of the position ``S_d``. The
+relaxation: rows are continuous, and the set difference is linearised as the two overhangs
+``u >= held.start - needed.start``, ``v >= needed.stop - held.stop``, ``u, v >= 0`` (exact when
+the needed range overlaps what ``d`` holds, an over-estimate otherwise), with ``needed`` an affine
+function of ``x`` through the row map (stride, padding, kernel span, upsampling factor). HiGHS
+solves it; the rows are rounded by largest remainder so they still sum to ``H``, and the rounded
+split is re-evaluated with the exact cost model.
+
+Devices whose constant costs (latency, waiting for inputs) make any share a loss get ``x_d = 0``
+but still bound ``T`` in the LP, so they are dropped and the LP is solved again. Each layer also
+considers every single device, so a layer is never split when one device finishes it sooner;
+unsplittable layers go to the device that finishes them first. Finally the whole pass is run on
+the 1, 2, ... fastest devices and the plan the simulator predicts fastest wins: when distributing
+does not pay, the result degrades to the best single device or a subset, never below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.optimize import linprog
+
+from controller.costmodel import comm_s_per_byte, compute_s, per_row_s, row_bytes
+from controller.graph.layers import Layer, LayerGraph
+from controller.partitioners.baselines import fused_prefix_partition, fusion_depths, single, single_on
+from controller.partitioners.evaluate import predicted_latency
+from controller.partitioners.fused import fusable_prefix
+from controller.partitioners.state import Placement, PlanState
+from controller.partitions import Partition, split_rows
+from controller.profiles import Cluster
+from edgeflowd.rows import RowRange
+
+__all__ = ["progressive_partition", "progressive_pass"]
+
+
+def _affine(
+    rule_kind: str, stride: int, pad: int, span: int, factor: int, m: int, i: int
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """needed.start and needed.stop of device position ``i`` as affine functions of x."""
+    s = np.zeros(m)
+    s[:i] = 1.0  # S_i
+    e = s.copy()
+    e[i] = 1.0  # S_i + x_i
+    if rule_kind == "window":
+        return stride * s, -pad, stride * e, float(span - stride - pad)
+    if rule_kind == "upsample":
+        return s / factor, 0.0, e / factor, 1.0
+    return s, 0.0, e, 0.0
+
+
+def _solve(state: PlanState, layer: Layer, devices: list[int]) -> np.ndarray | None:
+    """Continuous rows per device in ``devices`` (ascending ids) minimising the layer's finish."""
+    m = len(devices)
+    n_aux = 2 * m * len(layer.inputs)
+    n_var = m + 1 + n_aux  # x..., T, (u, v)...
+    t_col = m
+    a_ub: list[np.ndarray] = []
+    b_ub: list[float] = []
+    aux = m + 1
+    for i, d in enumerate(devices):
+        dev = state.cluster.devices[d]
+        a, o = per_row_s(layer, dev), dev.profile.op_overhead_ms / 1e3
+        local_ready = remote_ready = comm_const = 0.0
+        comm = np.zeros(n_var)
+        remote_any = False
+        for producer, rule in zip(layer.inputs, layer.rules, strict=True):
+            p = state.graph[producer]
+            holders = state.holders(producer)
+            held = next((r for h, r in holders if h == d), None)
+            if held is not None:
+                local_ready = max(local_ready, state.finish[producer][d])
+            others = [h for h, _ in holders if h != d]
+            if not others:
+                continue
+            remote_any = True
+            remote_ready = max(remote_ready, *(state.finish[producer][h] for h in others))
+            links = [state.link(h) for h in others]
+            beta = row_bytes(p) * max(comm_s_per_byte(link, state.link(d)) for link in links)
+            comm_const += (max(link.latency_ms for link in links) + state.link(d).latency_ms) / 1e3
+            if rule.kind == "whole":
+                comm_const += beta * (p.height - (len(held) if held is not None else 0))
+                continue
+            s_coef, s_const, e_coef, e_const = _affine(rule.kind, rule.stride, rule.pad, rule.span, rule.factor, m, i)
+            if held is None:
+                comm[:m] += beta * (e_coef - s_coef)
+                comm_const += beta * (e_const - s_const)
+                continue
+            u, v = aux, aux + 1
+            aux += 2
+            row = np.zeros(n_var)  # held.start - needed.start <= u
+            row[:m] = -s_coef
+            row[u] = -1.0
+            a_ub.append(row)
+            b_ub.append(s_const - held.start)
+            row = np.zeros(n_var)  # needed.stop - held.stop <= v
+            row[:m] = e_coef
+            row[v] = -1.0
+            a_ub.append(row)
+            b_ub.append(held.stop - e_const)
+            comm[u] += beta
+            comm[v] += beta
+        row = np.zeros(n_var)
+        row[i], row[t_col] = a, -1.0
+        a_ub.append(row)
+        b_ub.append(-(max(state.free[d], local_ready) + o))
+        if remote_any:
+            row = comm.copy()
+            row[i] += a
+            row[t_col] = -1.0
+            a_ub.append(row)
+            b_ub.append(-(max(state.free[d], remote_ready) + comm_const + o))
+    cost = np.zeros(n_var)
+    cost[t_col] = 1.0
+    cost[m + 1 :] = 1e-9  # keeps the overhangs tight without trading against T
+    a_eq = np.zeros((1, n_var))
+    a_eq[0, :m] = 1.0
+    result = linprog(
+        cost,
+        A_ub=np.array(a_ub),
+        b_ub=np.array(b_ub),
+        A_eq=a_eq,
+        b_eq=[float(layer.height)],
+        bounds=[(0, None)] * n_var,
+        method="highs",
+    )
+    return result.x[:m] if result.status == 0 else None
+
+
+def _lp_placements(state: PlanState, layer: Layer, eligible: list[int]) -> list[Placement]:
+    devices = sorted(eligible)
+    found: list[Placement] = []
+    while len(devices) > 1:
+        x = _solve(state, layer, devices)
+        if x is None:
+            break
+        shares = [0.0] * len(state.cluster)
+        for d, rows in zip(devices, x, strict=True):
+            shares[d] = max(0.0, float(rows))
+        found.append(state.evaluate(layer, split_rows(layer.height, shares)))
+        keep = [d for d, rows in zip(devices, x, strict=True) if rows >= 0.5]
+        if len(keep) == len(devices):
+            break
+        devices = keep
+    return found
+
+
+def _stable_shares(state: PlanState, layer: Layer, eligible: list[int]) -> list[list[float]]:
+    """Splits that keep row boundaries where they were: each device's share of the first split
+    producer, and shares in proportion to capacity. Boundaries that do not move need only halos
+    exchanged, which a per-layer LP cannot see coming."""
+    n = len(state.cluster)
+    capacity = [state.cluster.devices[d].rate(layer.kind) if d in eligible else 0.0 for d in range(n)]
+    shares = [capacity]
+    for producer in layer.inputs:
+        held = state.rows.get(producer, ())
+        follow = [float(len(r)) if d in eligible else 0.0 for d, r in enumerate(held)]
+        if sum(follow) > 0 and sum(1 for f in follow if f) > 1:
+            shares.append(follow)
+            break
+    return shares
+
+
+LOOKAHEAD = 3
+SHORTLIST = 4
+LP_MIN_S = 2e-3
+"""Layers quicker than this on one device are not worth an LP: the stable splits and the single
+devices are the only candidates that can pay off against a message's latency."""
+"""Layers a candidate split is rolled forward (each following its producer's split) before it is
+judged: the earliest finish of one layer alone favours splits whose shifted boundaries cost
+halo traffic in the layers after it."""
+
+
+def _rollout(state: PlanState, layers: list[Layer], i: int, placement: Placement, allowed: list[int]) -> float:
+    trial = state.fork()
+    trial.commit(layers[i], placement)
+    end = placement.end
+    for layer in layers[i + 1 : i + 1 + LOOKAHEAD]:
+        if layer.splittable and layer.height > 1:
+            shares = _stable_shares(trial, layer, allowed)[-1]
+            nxt = trial.evaluate(layer, split_rows(layer.height, shares))
+        else:  # the devices that hold its inputs, or the fastest
+            near = {d for producer in layer.inputs for d, _ in trial.holders(producer) if d in allowed} or {allowed[0]}
+            nxt = min((trial.evaluate(layer, trial.single(layer, d)) for d in sorted(near)), key=lambda p: p.end)
+        trial.commit(layer, nxt)
+        end = nxt.end
+    return end
+
+
+def progressive_pass(
+    graph: LayerGraph,
+    cluster: Cluster,
+    allowed: list[int],
+    fixed: Mapping[str, tuple[RowRange, ...]] | None = None,
+) -> Partition:
+    """One progressive pass that places rows only on ``allowed`` devices (where memory permits);
+    layers in ``fixed`` (a fused-tile prefix) keep the rows given there."""
+    state = PlanState(graph, cluster)
+    layers = graph.compute_layers
+    for i, layer in enumerate(layers):
+        if fixed is not None and layer.name in fixed:
+            state.commit(layer, state.evaluate(layer, fixed[layer.name]))
+            continue
+        fits = state.eligible(layer)
+        eligible = [d for d in fits if d in allowed] or fits
+        candidates = [state.evaluate(layer, state.single(layer, d)) for d in eligible]
+        stable: list[Placement] = []
+        if layer.splittable and layer.height > 1 and len(eligible) > 1:
+            stable = [
+                state.evaluate(layer, split_rows(layer.height, s)) for s in _stable_shares(state, layer, eligible)
+            ]
+            if compute_s(layer, layer.height, cluster.devices[eligible[0]]) >= LP_MIN_S:
+                candidates += _lp_placements(state, layer, eligible)
+        # Roll out the stable splits and the few that finish this layer first: a split far
+        # behind now rarely catches up, a stable one often does.
+        shortlist = stable + sorted(candidates, key=lambda p: p.end)[:SHORTLIST]
+        best = min(shortlist, key=lambda p: _rollout(state, layers, i, p, eligible))
+        state.commit(layer, best)
+    return Partition(len(cluster), {layer.name: state.rows[layer.name] for layer in layers})
+
+
+def subset_sizes(n: int) -> list[int]:
+    """Sizes of the fastest-device subsets to try: one device, half of them, all of them."""
+    return sorted({1, (n + 1) // 2, n})
+
+
+def _fused_prefix(graph: LayerGraph, cluster: Cluster, allowed: list[int]) -> dict[str, tuple[RowRange, ...]]:
+    """The fused-tile prefix (capacity shares over ``allowed``) whose depth the simulator
+    prefers with the rest on the fastest allowed device; empty when fusing does not pay."""
+    shares = [dev.rate("conv") if d in allowed else 0.0 for d, dev in enumerate(cluster.devices)]
+    rest = single_on(graph, cluster, allowed[0])
+    best: tuple[float, dict[str, tuple[RowRange, ...]]] = (predicted_latency(graph, cluster, rest), {})
+    prefix = fusable_prefix(graph)
+    for depth in fusion_depths(graph, steps=6):
+        partition = fused_prefix_partition(graph, cluster, depth, shares, rest)
+        latency = predicted_latency(graph, cluster, partition)
+        if latency < best[0]:
+            best = (latency, {layer.name: partition.rows[layer.name] for layer in prefix[:depth]})
+    return best[1]
+
+
+def progressive_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
+    """Best by simulated latency of: the best single device, and progressive passes over the
+    fastest half and over all devices, each with and without a fused-tile prefix."""
+    order = sorted(range(len(cluster)), key=lambda d: (-cluster.devices[d].rate("conv"), d))
+    best_single = single(graph, cluster)
+    best = (predicted_latency(graph, cluster, best_single), best_single)
+    for k in subset_sizes(len(cluster)):
+        if k == 1:
+            continue
+        allowed = order[:k]
+        fused = _fused_prefix(graph, cluster, allowed)
+        for fixed in [None, fused] if fused else [None]:
+            partition = progressive_pass(graph, cluster, allowed, fixed)
+            latency = predicted_latency(graph, cluster, partition)
+            if latency < best[0]:
+                best = (latency, partition)
+    return best[1]
