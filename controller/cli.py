@@ -4,13 +4,20 @@ modules they call stay pure."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from controller.gantt import draw_gantt
+from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
+from controller.partitioners import METHODS, lower_bound_s, plan_model
+from controller.profiles import load_cluster
+from controller.report import compare_table, method_summary, plan_figures
 from controller.verify import TOLERANCE, check_partition, partitions_to_check, reference_outputs
 from controller.zoo import ZOO, build_model, parse_shape
 from edgeflowd import __version__
@@ -64,6 +71,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _load_graph(args: argparse.Namespace) -> tuple[LayerGraph, tuple[int, ...]]:
+    model, shape = build_model(args.model, args.input_shape, args.seed)
+    return trace_model(model, torch.zeros(shape), args.model), shape
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    graph, shape = _load_graph(args)
+    cluster = load_cluster(args.cluster)
+    print(f"{graph.summary()}; input {'x'.join(map(str, shape))}")
+    print(f"cluster {cluster.name}: " + ", ".join(f"{d.id} ({d.profile.name})" for d in cluster.devices))
+    names = list(METHODS) if args.compare else [args.method]
+    results = {name: plan_model(graph, cluster, name) for name in names}
+    chosen = results[args.method]
+    for line in method_summary(graph, cluster, chosen):
+        print(line)
+    bound = lower_bound_s(graph, cluster)
+    if args.compare:
+        print()
+        for line in compare_table(results, bound):
+            print(line)
+    if args.json:
+        report = {
+            "model": args.model,
+            "cluster": cluster.name,
+            "input_shape": list(shape),
+            "lower_bound_s": bound,
+            "methods": {name: plan_figures(p) for name, p in results.items()},
+            "partition": {
+                "method": args.method,
+                "devices": [d.id for d in cluster.devices],
+                "rows": {name: [r.to_json() for r in ranges] for name, ranges in chosen.partition.rows.items()},
+            },
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.gantt:
+        draw_gantt(chosen.timeline, cluster, f"{args.model} on {cluster.name}, {args.method}", args.gantt)
+        print(f"wrote {args.gantt}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeflow", description="Distributed DNN inference across heterogeneous edge devices."
@@ -83,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--random-partitions", type=int, default=5, metavar="K")
     verify.add_argument("--seed", type=int, default=0)
     verify.set_defaults(func=_cmd_verify)
+    plan = sub.add_parser(
+        "plan",
+        help="partition a model over a cluster and predict its latency",
+        description="Plan a model on a cluster profile and print the predicted timeline.",
+    )
+    plan.add_argument("--model", required=True, help=f"zoo name ({', '.join(ZOO)}) or package.module:factory")
+    plan.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    plan.add_argument("--method", choices=list(METHODS), default="edgeflow")
+    plan.add_argument("--compare", action="store_true", help="plan with every method and compare")
+    plan.add_argument("--json", metavar="OUT", help="write figures and the chosen partition as JSON")
+    plan.add_argument("--gantt", metavar="OUT.png", help="draw the predicted per-device timeline")
+    plan.add_argument("--input-shape", type=_shape, default=None)
+    plan.add_argument("--seed", type=int, default=0)
+    plan.set_defaults(func=_cmd_plan)
     return parser
 
 

@@ -58,3 +58,4 @@ def fused_ranges(
                 for have, r in zip(need[producer], ranges, strict=True)
             ]
     return out
+
