@@ -21,7 +21,7 @@ from controller.report import compare_table, method_summary, plan_figures
 from controller.verify import TOLERANCE, check_partition, partitions_to_check, reference_outputs
 from controller.zoo import ZOO, build_model, parse_shape
 from edgeflowd import __version__
-from edgeflowd.errors import EdgeFlowError
+from edgeflowd.errors import EdgeFlowError, PlanError
 
 __all__ = ["main"]
 
@@ -82,7 +82,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(f"{graph.summary()}; input {'x'.join(map(str, shape))}")
     print(f"cluster {cluster.name}: " + ", ".join(f"{d.id} ({d.profile.name})" for d in cluster.devices))
     names = list(METHODS) if args.compare else [args.method]
-    results = {name: plan_model(graph, cluster, name) for name in names}
+    results = {}
+    for name in names:
+        try:
+            results[name] = plan_model(graph, cluster, name)
+        except PlanError as exc:
+            if name == args.method:
+                raise
+            print(f"{name}: skipped: {exc}")
     chosen = results[args.method]
     for line in method_summary(graph, cluster, chosen):
         print(line)

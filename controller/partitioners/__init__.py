@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from controller.graph.layers import LayerGraph
 from controller.partitioners.baselines import chain, coedge, equal, ftp, single
+from controller.partitioners.optimal import optimal
 from controller.partitioners.progressive import progressive_partition
 from controller.partitions import Partition
 from controller.plan import Plan, build_plan
@@ -26,6 +27,7 @@ METHODS: dict[str, Method] = {
     "coedge": coedge,
     "ftp": ftp,
     "chain": chain,
+    "optimal": optimal,  # small graphs only: raises PlanError beyond the MILP's reach
 }
 
 

@@ -58,4 +58,3 @@ def fused_ranges(
                 for have, r in zip(need[producer], ranges, strict=True)
             ]
     return out
-
