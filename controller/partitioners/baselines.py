@@ -19,8 +19,10 @@ from controller.costmodel import compute_s, transfer_s
 from controller.graph.layers import Layer, LayerGraph
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.fused import fusable_prefix, fused_ranges
+from controller.partitioners.state import PlanState
 from controller.partitions import Partition, split_rows
 from controller.profiles import Cluster
+from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
 
 __all__ = ["chain", "coedge", "equal", "ftp", "single", "single_on"]
@@ -38,8 +40,17 @@ def single_on(graph: LayerGraph, cluster: Cluster, device: int) -> Partition:
     return Partition(len(cluster), {layer.name: _on(layer, device, len(cluster)) for layer in graph.compute_layers})
 
 
+def whole_model_bytes(graph: LayerGraph) -> float:
+    """Memory one device needs for the whole model (weights plus every layer's output)."""
+    return sum(PlanState.memory_need(layer, RowRange(0, layer.height)) for layer in graph.compute_layers)
+
+
 def single(graph: LayerGraph, cluster: Cluster) -> Partition:
-    options = [single_on(graph, cluster, d) for d in range(len(cluster))]
+    need = whole_model_bytes(graph)
+    fits = [d for d, dev in enumerate(cluster.devices) if dev.profile.memory_mb * 2**20 >= need]
+    if not fits:
+        raise PlanError(f"single: no device can hold the whole model ({need / 2**20:.1f} MiB)")
+    options = [single_on(graph, cluster, d) for d in fits]
     return min(options, key=lambda p: predicted_latency(graph, cluster, p))
 
 

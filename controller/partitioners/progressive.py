@@ -42,6 +42,7 @@ from controller.partitioners.fused import fusable_prefix
 from controller.partitioners.state import Placement, PlanState
 from controller.partitions import Partition, split_rows
 from controller.profiles import Cluster
+from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
 
 __all__ = ["progressive_partition", "progressive_pass"]
@@ -256,16 +257,21 @@ def progressive_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
     """Best by simulated latency of: the best single device, and progressive passes over the
     fastest half and over all devices, each with and without a fused-tile prefix."""
     order = sorted(range(len(cluster)), key=lambda d: (-cluster.devices[d].rate("conv"), d))
-    best_single = single(graph, cluster)
-    best = (predicted_latency(graph, cluster, best_single), best_single)
+    best: tuple[float, Partition] | None = None
+    try:
+        best_single = single(graph, cluster)
+        best = (predicted_latency(graph, cluster, best_single), best_single)
+    except PlanError:  # no device holds the whole model: only splits remain
+        pass
     for k in subset_sizes(len(cluster)):
-        if k == 1:
+        if k == 1 and best is not None:
             continue
         allowed = order[:k]
         fused = _fused_prefix(graph, cluster, allowed)
         for fixed in [None, fused] if fused else [None]:
             partition = progressive_pass(graph, cluster, allowed, fixed)
             latency = predicted_latency(graph, cluster, partition)
-            if latency < best[0]:
+            if best is None or latency < best[0]:
                 best = (latency, partition)
+    assert best is not None
     return best[1]
