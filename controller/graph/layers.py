@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -33,11 +34,11 @@ class Layer:
     splittable: bool
     note: str = ""
 
-    @property
+    @cached_property
     def height(self) -> int:
         return height_of(self.out_shape)
 
-    @property
+    @cached_property
     def out_bytes(self) -> int:
         n = 1
         for d in self.out_shape:

@@ -12,4 +12,6 @@ __all__ = ["predicted_latency"]
 
 
 def predicted_latency(graph: LayerGraph, cluster: Cluster, partition: Partition) -> float:
-    return simulate(build_plan(graph, partition), graph, cluster).latency_s
+    """Planners call this on candidates they built themselves, so the plan is not re-validated
+    here; :func:`controller.partitioners.plan_model` validates the plan it returns."""
+    return simulate(build_plan(graph, partition, check=False), graph, cluster).latency_s

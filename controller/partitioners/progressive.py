@@ -176,13 +176,22 @@ def _stable_shares(state: PlanState, layer: Layer, eligible: list[int]) -> list[
 
 
 LOOKAHEAD = 3
-SHORTLIST = 4
+SHORTLIST = 3
 LP_MIN_S = 2e-3
 """Layers quicker than this on one device are not worth an LP: the stable splits and the single
 devices are the only candidates that can pay off against a message's latency."""
 """Layers a candidate split is rolled forward (each following its producer's split) before it is
 judged: the earliest finish of one layer alone favours splits whose shifted boundaries cost
 halo traffic in the layers after it."""
+
+
+def _single_candidates(state: PlanState, layer: Layer, eligible: list[int]) -> list[int]:
+    """Devices worth trying alone: all of them for an unsplittable layer; for a splittable one,
+    those that hold its inputs and the fastest (others only add transfers to a slower device)."""
+    if not layer.splittable:
+        return eligible
+    near = {d for producer in layer.inputs for d, _ in state.holders(producer) if d in eligible}
+    return sorted(near | {eligible[0]})
 
 
 def _rollout(state: PlanState, layers: list[Layer], i: int, placement: Placement, allowed: list[int]) -> float:
@@ -217,7 +226,7 @@ def progressive_pass(
             continue
         fits = state.eligible(layer)
         eligible = [d for d in fits if d in allowed] or fits
-        candidates = [state.evaluate(layer, state.single(layer, d)) for d in eligible]
+        candidates = [state.evaluate(layer, state.single(layer, d)) for d in _single_candidates(state, layer, eligible)]
         stable: list[Placement] = []
         if layer.splittable and layer.height > 1 and len(eligible) > 1:
             stable = [
@@ -234,8 +243,9 @@ def progressive_pass(
 
 
 def subset_sizes(n: int) -> list[int]:
-    """Sizes of the fastest-device subsets to try: one device, half of them, all of them."""
-    return sorted({1, (n + 1) // 2, n})
+    """Sizes of the fastest-device subsets to try: one device, all of them, and on small clusters
+    (where a pass is cheap) half of them."""
+    return sorted({1, n} | ({(n + 1) // 2} if n <= 4 else set()))
 
 
 def _fused_prefix(graph: LayerGraph, cluster: Cluster, allowed: list[int]) -> dict[str, tuple[RowRange, ...]]:

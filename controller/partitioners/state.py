@@ -41,6 +41,8 @@ class PlanState:
     free: list[float] = field(default_factory=list)
     memory_used: list[float] = field(default_factory=list)
     link_free: dict[tuple[int, str], float] = field(default_factory=dict)  # (device, up|down)
+    _held: dict[str, list[tuple[int, RowRange]]] = field(default_factory=dict)  # cache of holders()
+    _compute: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)  # (row s, overhead s)
 
     def __post_init__(self) -> None:
         n = len(self.cluster)
@@ -56,49 +58,57 @@ class PlanState:
         copy.graph, copy.cluster = self.graph, self.cluster
         copy.rows, copy.finish = dict(self.rows), dict(self.finish)
         copy.free, copy.memory_used, copy.link_free = list(self.free), list(self.memory_used), dict(self.link_free)
+        copy._held, copy._compute = dict(self._held), self._compute  # the compute cache never changes
         return copy
 
     def link(self, device: int) -> Link:
         return self.cluster.client if device == CLIENT else self.cluster.devices[device].link
 
-    def holders(self, producer: str) -> list[tuple[int, RowRange]]:
-        """(device, rows) of every unit of ``producer``; the client holds model inputs."""
-        if not self.rows[producer]:
-            return [(CLIENT, RowRange(0, self.graph[producer].height))]
-        return [(d, r) for d, r in enumerate(self.rows[producer]) if not r.empty]
+    def holders(self, producer: str, first: int | None = None) -> list[tuple[int, RowRange]]:
+        """(device, rows) of every unit of ``producer``, ``first``'s own unit first; the client
+        holds model inputs."""
+        held = self._held.get(producer)
+        if held is None:
+            ranges = self.rows[producer]
+            if not ranges:
+                held = [(CLIENT, RowRange(0, self.graph[producer].height))]
+            else:
+                held = [(d, r) for d, r in enumerate(ranges) if not r.empty]
+            self._held[producer] = held
+        if first is not None and len(held) > 1 and held[0][0] != first:
+            return [h for h in held if h[0] == first] + [h for h in held if h[0] != first]
+        return held
 
     def arrival(self, layer: Layer, device: int, rows: RowRange, links: dict[tuple[int, str], float]) -> float:
         """When every input row that ``rows`` of ``layer`` on ``device`` reads has arrived; remote
-        slices queue on the sender's uplink and the receiver's downlink (``links`` is updated)."""
+        slices queue on the sender's uplink and the receiver's downlink (``links`` is updated).
+        Hot loop of planning: rows are plain ints here."""
         ready = 0.0
         for producer, rule in zip(layer.inputs, layer.rules, strict=True):
             p = self.graph[producer]
-            missing = [rule.needed(rows, p.height).clip(p.height)]
-            holders = sorted(self.holders(producer), key=lambda h: h[0] != device)
-            for holder, held in holders:
-                still: list[RowRange] = []
-                for piece in missing:
-                    got = piece.intersect(held)
-                    if got.empty:
-                        still.append(piece)
+            need = rule.needed(rows, p.height).clip(p.height)
+            missing = [(need.start, need.stop)] if not need.empty else []
+            for holder, held in self.holders(producer, first=device):
+                still: list[tuple[int, int]] = []
+                for lo, hi in missing:
+                    start, stop = max(lo, held.start), min(hi, held.stop)
+                    if start >= stop:
+                        still.append((lo, hi))
                         continue
                     done = self.finish[producer][holder]
                     if holder != device:
                         up, down = (holder, "up"), (device, "down")
-                        hop = send(
-                            len(got) * row_bytes(p),
-                            self.link(holder),
-                            self.link(device),
-                            done,
-                            links.get(up, 0.0),
-                            links.get(down, 0.0),
-                        )
+                        hop = send((stop - start) * row_bytes(p), self.link(holder), self.link(device), done,
+                                   links.get(up, 0.0), links.get(down, 0.0))  # fmt: skip
                         links[up], links[down], done = hop.up_end, hop.down_end, hop.arrival
                     ready = max(ready, done)
-                    still += [
-                        r for r in (RowRange(piece.start, got.start), RowRange(got.stop, piece.stop)) if not r.empty
-                    ]
+                    if lo < start:
+                        still.append((lo, start))
+                    if stop < hi:
+                        still.append((stop, hi))
                 missing = still
+                if not missing:
+                    break
         return ready
 
     def evaluate(self, layer: Layer, ranges: tuple[RowRange, ...]) -> Placement:
@@ -108,11 +118,19 @@ class PlanState:
             if rows.empty:
                 continue
             start = max(self.free[device], self.arrival(layer, device, rows, links))
-            finish[device] = start + compute_s(layer, len(rows), self.cluster.devices[device])
+            key = (layer.name, device)
+            if key not in self._compute:
+                self._compute[key] = (
+                    compute_s(layer, 1, self.cluster.devices[device]),
+                    self.cluster.devices[device].profile.op_overhead_ms / 1e3,
+                )
+            per_row, overhead = self._compute[key]
+            finish[device] = start + (per_row - overhead) * len(rows) + overhead
         return Placement(ranges, finish, links)
 
     def commit(self, layer: Layer, placement: Placement) -> None:
         self.rows[layer.name] = placement.ranges
+        self._held.pop(layer.name, None)
         self.finish[layer.name] = placement.finish
         self.link_free = dict(placement.links)
         for device, end in placement.finish.items():
