@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null 2>&1; then \
@@ -33,7 +33,11 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not integration"
 
 demo: $(STAMP)
-	$(BIN)/edgeflow verify --model yolov5s --devices 4 --random-partitions 5
+	$(BIN)/edgeflow verify --model yolov5s --devices 4 --random-partitions 3
+	$(BIN)/edgeflow plan --model yolov5s --cluster paper-4 --compare
+
+bench: $(STAMP)
+	$(BIN)/python bench/plan_quality.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
