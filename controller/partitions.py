@@ -16,7 +16,7 @@ from controller.graph.layers import LayerGraph
 from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
 
-__all__ = ["Partition", "even_partition", "random_partition", "split_rows"]
+__all__ = ["Partition", "even_partition", "on_one_device", "random_partition", "split_rows"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def split_rows(height: int, shares: list[float]) -> tuple[RowRange, ...]:
     return tuple(ranges)
 
 
-def _single(height: int, device: int, n: int) -> tuple[RowRange, ...]:
+def on_one_device(height: int, device: int, n: int) -> tuple[RowRange, ...]:
+    """All ``height`` rows on ``device`` of ``n``."""
     return tuple(RowRange(0, height) if d == device else RowRange(0, 0) for d in range(n))
 
 
@@ -79,7 +80,7 @@ def even_partition(graph: LayerGraph, n_devices: int) -> Partition:
     rows = {
         layer.name: split_rows(layer.height, [1.0] * n_devices)
         if layer.splittable
-        else _single(layer.height, 0, n_devices)
+        else on_one_device(layer.height, 0, n_devices)
         for layer in graph.compute_layers
     }
     return Partition(n_devices, rows)
@@ -93,7 +94,7 @@ def random_partition(graph: LayerGraph, n_devices: int, rng: random.Random, over
     for layer in graph.compute_layers:
         height = layer.height
         if not layer.splittable or height == 1:
-            rows[layer.name] = _single(height, rng.randrange(n_devices), n_devices)
+            rows[layer.name] = on_one_device(height, rng.randrange(n_devices), n_devices)
             continue
         parts = rng.randint(1, min(n_devices, height))
         cuts: set[int] = set()

@@ -7,6 +7,7 @@ from typing import Any
 from controller.graph.layers import LayerGraph
 from controller.partitioners import Planned
 from controller.profiles import Cluster
+from edgeflowd.slicing import row_numel
 from edgeflowd.units import CLIENT
 
 __all__ = ["compare_table", "method_summary", "plan_figures", "split_summary"]
@@ -15,7 +16,7 @@ __all__ = ["compare_table", "method_summary", "plan_figures", "split_summary"]
 def plan_figures(planned: Planned) -> dict[str, Any]:
     """Figures of one planned method, as written to ``--json``."""
     remote = [(u, f) for u, f, dst in planned.plan.messages() if dst != u.device]
-    row_bytes = {u.uid: 4 * _row_elems(u.out_shape) for u in planned.plan.units}
+    row_bytes = {u.uid: 4 * row_numel(u.out_shape) for u in planned.plan.units}
     return {
         "latency_s": planned.latency_s,
         "plan_time_s": planned.plan_time_s,
@@ -23,13 +24,6 @@ def plan_figures(planned: Planned) -> dict[str, Any]:
         "remote_messages": len(remote),
         "remote_bytes": sum(row_bytes[u.uid] * len(f.rows) for u, f in remote),
     }
-
-
-def _row_elems(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n // (shape[2] if len(shape) == 4 else 1)
 
 
 def split_summary(graph: LayerGraph, cluster: Cluster, planned: Planned) -> list[str]:
@@ -91,5 +85,6 @@ def compare_table(results: dict[str, Planned], lower_bound_s: float) -> list[str
     if "edgeflow" in results and baselines:
         best = min(baselines, key=lambda n: baselines[n])
         change = (results["edgeflow"].latency_s - baselines[best]) / baselines[best]
-        lines.append(f"edgeflow vs best baseline ({best}): {change * 100:+.1f}% predicted latency")
+        verdict = "faster than" if change < 0 else "slower than" if change > 0 else "as fast as"
+        lines.append(f"edgeflow is {abs(change) * 100:.1f}% {verdict} the best baseline ({best}), predicted")
     return lines

@@ -17,7 +17,7 @@ from controller.costmodel import compute_s, send
 from controller.graph.layers import LayerGraph
 from controller.plan import Plan
 from controller.profiles import Cluster, Link
-from edgeflowd.slicing import height_of
+from edgeflowd.slicing import row_numel
 from edgeflowd.units import CLIENT, SINK
 
 __all__ = ["Interval", "Timeline", "simulate"]
@@ -73,7 +73,7 @@ def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
             finish = start + compute_s(layer, len(unit.rows), cluster.devices[unit.device])
             free[(unit.device, "compute")] = finish
             intervals.append(Interval(unit.device, "compute", start, finish, uid))
-        row_bytes = 4.0 * _row_elems(unit.out_shape)
+        row_bytes = 4.0 * row_numel(unit.out_shape)
         for fwd in unit.forwards:
             dst = CLIENT if fwd.consumer == SINK else units[fwd.consumer].device
             if dst == unit.device:
@@ -94,10 +94,3 @@ def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
             if arrived[fwd.consumer] == expected[fwd.consumer]:
                 heapq.heappush(heap, (ready_at[fwd.consumer], order[fwd.consumer], fwd.consumer))
     return Timeline(latency, intervals)
-
-
-def _row_elems(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n // height_of(shape)

@@ -18,7 +18,7 @@ from edgeflowd.errors import ProtocolError
 from edgeflowd.ops import OpCall, Resolver, allowed_resolver, run_call
 from edgeflowd.rows import RowRange
 
-__all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "run_layer_rows", "take_rows"]
+__all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "row_numel", "run_layer_rows", "take_rows"]
 
 RuleKind = Literal["window", "upsample", "identity", "whole"]
 WINDOW_TARGETS = frozenset({"F.conv2d", "F.max_pool2d", "F.avg_pool2d"})
@@ -75,6 +75,14 @@ class RowRule:
 def height_of(shape: Sequence[int]) -> int:
     """Rows of a tensor: its height for NCHW maps; anything else is one indivisible row."""
     return int(shape[2]) if len(shape) == 4 else 1
+
+
+def row_numel(shape: Sequence[int]) -> int:
+    """Elements in one row of a tensor of ``shape`` (the whole tensor when it is one row)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n // height_of(shape)
 
 
 def take_rows(tensor: torch.Tensor, rows: RowRange, held: RowRange) -> torch.Tensor:

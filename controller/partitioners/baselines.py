@@ -16,11 +16,11 @@ from __future__ import annotations
 import itertools
 
 from controller.costmodel import compute_s, transfer_s
-from controller.graph.layers import Layer, LayerGraph
+from controller.graph.layers import LayerGraph
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.fused import fusable_prefix, fused_ranges
 from controller.partitioners.state import PlanState
-from controller.partitions import Partition, split_rows
+from controller.partitions import Partition, on_one_device, split_rows
 from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
@@ -32,12 +32,10 @@ def _fastest(cluster: Cluster) -> int:
     return min(range(len(cluster)), key=lambda d: (-cluster.devices[d].rate("conv"), d))
 
 
-def _on(layer: Layer, device: int, n: int) -> tuple[RowRange, ...]:
-    return tuple(RowRange(0, layer.height) if d == device else RowRange(0, 0) for d in range(n))
-
-
 def single_on(graph: LayerGraph, cluster: Cluster, device: int) -> Partition:
-    return Partition(len(cluster), {layer.name: _on(layer, device, len(cluster)) for layer in graph.compute_layers})
+    return Partition(
+        len(cluster), {layer.name: on_one_device(layer.height, device, len(cluster)) for layer in graph.compute_layers}
+    )
 
 
 def whole_model_bytes(graph: LayerGraph) -> float:
@@ -59,7 +57,9 @@ def _proportional(graph: LayerGraph, cluster: Cluster, shares: list[float]) -> P
     return Partition(
         n,
         {
-            layer.name: split_rows(layer.height, shares) if layer.splittable else _on(layer, fastest, n)
+            layer.name: split_rows(layer.height, shares)
+            if layer.splittable
+            else on_one_device(layer.height, fastest, n)
             for layer in graph.compute_layers
         },
     )
@@ -147,6 +147,6 @@ def chain(graph: LayerGraph, cluster: Cluster) -> Partition:
     placed: dict[str, tuple[RowRange, ...]] = {}
     for k in range(len(segments) - 1, -1, -1):
         for layer in segments[k]:
-            placed[layer.name] = _on(layer, device, n)
+            placed[layer.name] = on_one_device(layer.height, device, n)
         device = choice[k][device] if k else device
     return Partition(n, placed)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from controller.costmodel import compute_s, row_bytes, send
 from controller.graph.layers import Layer, LayerGraph
+from controller.partitions import on_one_device
 from controller.profiles import Cluster, Link
 from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
@@ -165,4 +166,4 @@ class PlanState:
         return fits
 
     def single(self, layer: Layer, device: int) -> tuple[RowRange, ...]:
-        return tuple(RowRange(0, layer.height) if d == device else RowRange(0, 0) for d in range(len(self.cluster)))
+        return on_one_device(layer.height, device, len(self.cluster))
