@@ -44,7 +44,7 @@ def synthetic_cluster(n: int, heterogeneity: float, mbps: float, latency_ms: flo
 
 def run_config(graph: Any, cluster: Cluster) -> dict[str, Any]:
     methods = {}
-    for name in ["edgeflow", *BASELINES]:
+    for name in ["edgeflow", "progressive", *BASELINES]:
         planned = plan_model(graph, cluster, name)
         methods[name] = {"latency_s": planned.latency_s, "plan_time_s": planned.plan_time_s}
     best_name = min(BASELINES, key=lambda n: methods[n]["latency_s"])
@@ -56,6 +56,8 @@ def run_config(graph: Any, cluster: Cluster) -> dict[str, Any]:
         "methods": methods,
         "best_baseline": best_name,
         "reduction_vs_best_baseline": 1.0 - edge / methods[best_name]["latency_s"],
+        "progressive_reduction_vs_best_baseline": 1.0
+        - methods["progressive"]["latency_s"] / methods[best_name]["latency_s"],
         "slower_than_single": edge > methods["single"]["latency_s"] + 1e-12,
     }
 
@@ -102,7 +104,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    names = ["edgeflow", *BASELINES]
+    names = ["edgeflow", "progressive", *BASELINES]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1]})
     models = sorted({r["model"] for r in report["grid"]})
     width = 0.8 / len(names)

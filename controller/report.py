@@ -81,7 +81,7 @@ def compare_table(results: dict[str, Planned], lower_bound_s: float) -> list[str
             f"{planned.plan_time_s:>8.3f} {fig['units']:>6} {fig['remote_messages']:>9} "
             f"{fig['remote_bytes'] / 2**20:>9.2f}"
         )
-    baselines = {n: p.latency_s for n, p in results.items() if n not in ("edgeflow", "optimal")}
+    baselines = {n: p.latency_s for n, p in results.items() if n not in ("edgeflow", "progressive", "optimal")}
     if "edgeflow" in results and baselines:
         best = min(baselines, key=lambda n: baselines[n])
         change = (results["edgeflow"].latency_s - baselines[best]) / baselines[best]

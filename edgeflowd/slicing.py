@@ -53,6 +53,18 @@ class RowRule:
             return RowRange(out.start * self.stride - self.pad, (out.stop - 1) * self.stride - self.pad + self.span)
         return RowRange(out.start // self.factor, (out.stop - 1) // self.factor + 1)
 
+    def needed_clipped(self, start: int, stop: int, in_height: int) -> tuple[int, int]:
+        """``needed(RowRange(start, stop)).clip(in_height)`` as plain ints (planners' hot loop)."""
+        if self.kind == "whole":
+            lo, hi = 0, in_height
+        elif self.kind == "identity":
+            lo, hi = start, stop
+        elif self.kind == "window":
+            lo, hi = start * self.stride - self.pad, (stop - 1) * self.stride - self.pad + self.span
+        else:
+            lo, hi = start // self.factor, (stop - 1) // self.factor + 1
+        return max(lo, 0), min(hi, in_height)
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "span": self.span, "stride": self.stride, "pad": self.pad, "factor": self.factor}
 

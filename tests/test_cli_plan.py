@@ -16,7 +16,7 @@ def test_plan_compare_writes_json_and_gantt(tmp_path: Path, capsys: pytest.Captu
     assert main([*args, "--json", str(out), "--gantt", str(png)]) == 0
     report = json.loads(out.read_text())
     assert report["model"] == "small_dag" and report["cluster"] == "home-3"
-    assert set(report["methods"]) == {"edgeflow", "single", "equal", "coedge", "ftp", "chain", "optimal"}
+    assert set(report["methods"]) == {"edgeflow", "progressive", "single", "equal", "coedge", "ftp", "chain", "optimal"}
     for figures in report["methods"].values():
         assert figures["latency_s"] >= report["lower_bound_s"] > 0 and figures["plan_time_s"] >= 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

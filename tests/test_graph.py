@@ -149,3 +149,18 @@ def test_rows_computed_from_padding_alone() -> None:
     rng = random.Random(2)
     for partition in [even_partition(graph, 4)] + [random_partition(graph, 4, rng) for _ in range(10)]:
         assert check_partition("p", graph, partition, x, want).relative <= TOLERANCE
+
+
+def test_needed_clipped_matches_needed() -> None:
+    rules = [
+        RowRule("window", span=5, stride=2, pad=2),
+        RowRule("upsample", factor=2),
+        RowRule("identity"),
+        RowRule("whole"),
+    ]
+    for rule in rules:
+        for start in range(0, 9):
+            for stop in range(start + 1, 10):
+                want = rule.needed(RowRange(start, stop), 9).clip(9)
+                lo, hi = rule.needed_clipped(start, stop, 9)
+                assert (max(lo, 0), hi) == (want.start, want.stop) or (want.empty and lo >= hi)

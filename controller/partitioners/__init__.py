@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from controller.graph.layers import LayerGraph
 from controller.partitioners.baselines import chain, coedge, equal, ftp, single
 from controller.partitioners.optimal import optimal
-from controller.partitioners.progressive import progressive_partition
+from controller.partitioners.progressive import edgeflow_partition, progressive_partition
 from controller.partitions import Partition
 from controller.plan import Plan, build_plan
 from controller.profiles import Cluster
@@ -21,7 +21,8 @@ __all__ = ["METHODS", "Planned", "lower_bound_s", "plan_model"]
 Method = Callable[[LayerGraph, Cluster], Partition]
 
 METHODS: dict[str, Method] = {
-    "edgeflow": progressive_partition,
+    "edgeflow": edgeflow_partition,
+    "progressive": progressive_partition,
     "single": single,
     "equal": equal,
     "coedge": coedge,

@@ -8,10 +8,20 @@ from controller.plan import build_plan
 from controller.profiles import Cluster
 from controller.simulate import simulate
 
-__all__ = ["predicted_latency"]
+__all__ = ["fits_memory", "predicted_latency"]
 
 
 def predicted_latency(graph: LayerGraph, cluster: Cluster, partition: Partition) -> float:
     """Planners call this on candidates they built themselves, so the plan is not re-validated
     here; :func:`controller.partitioners.plan_model` validates the plan it returns."""
     return simulate(build_plan(graph, partition, check=False), graph, cluster).latency_s
+
+
+def fits_memory(graph: LayerGraph, cluster: Cluster, partition: Partition) -> bool:
+    """Whether every device's units (weights plus the rows they output) fit its budget."""
+    used = [0.0] * len(cluster)
+    for layer in graph.compute_layers:
+        for device, rows in enumerate(partition.rows[layer.name]):
+            if not rows.empty:
+                used[device] += layer.param_bytes + len(rows) * layer.out_bytes / layer.height
+    return all(u <= dev.profile.memory_mb * 2**20 for u, dev in zip(used, cluster.devices, strict=True))

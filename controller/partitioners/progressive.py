@@ -29,23 +29,23 @@ does not pay, the result degrades to the best single device or a subset, never b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import numpy as np
 from scipy.optimize import linprog
 
 from controller.costmodel import comm_s_per_byte, compute_s, per_row_s, row_bytes
 from controller.graph.layers import Layer, LayerGraph
-from controller.partitioners.baselines import fused_prefix_partition, fusion_depths, single, single_on
-from controller.partitioners.evaluate import predicted_latency
-from controller.partitioners.fused import fusable_prefix
+from controller.partitioners.baselines import chain, coedge, equal, ftp, single
+from controller.partitioners.evaluate import fits_memory, predicted_latency
 from controller.partitioners.state import Placement, PlanState
 from controller.partitions import Partition, split_rows
 from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
 from edgeflowd.rows import RowRange
 
-__all__ = ["progressive_partition", "progressive_pass"]
+__all__ = ["edgeflow_partition", "progressive_partition", "progressive_pass"]
 
 
 def _affine(
@@ -176,6 +176,7 @@ def _stable_shares(state: PlanState, layer: Layer, eligible: list[int]) -> list[
 
 
 LOOKAHEAD = 3
+MAX_HORIZON = 4
 SHORTLIST = 3
 LP_MIN_S = 2e-3
 """Layers quicker than this on one device are not worth an LP: the stable splits and the single
@@ -194,11 +195,33 @@ def _single_candidates(state: PlanState, layer: Layer, eligible: list[int]) -> l
     return sorted(near | {eligible[0]})
 
 
-def _rollout(state: PlanState, layers: list[Layer], i: int, placement: Placement, allowed: list[int]) -> float:
+def rollout_horizons(graph: LayerGraph) -> list[int]:
+    """For each compute layer, the index one past the last layer a rollout from it must reach:
+    ``LOOKAHEAD`` layers, and at least every consumer of its output (a skip connection's reader
+    may lie far ahead in topological order, and so does the cost of where its rows are),
+    capped at ``MAX_HORIZON`` layers."""
+    layers = graph.compute_layers
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    last = list(range(len(layers)))
+    for i, layer in enumerate(layers):
+        for producer in layer.inputs:
+            if producer in index:
+                last[index[producer]] = max(last[index[producer]], i)
+    return [min(max(i + LOOKAHEAD, last[i]) + 1, i + 1 + MAX_HORIZON, len(layers)) for i in range(len(layers))]
+
+
+def _rollout(
+    state: PlanState,
+    layers: list[Layer],
+    i: int,
+    placement: Placement,
+    allowed: list[int],
+    horizon: list[int],
+) -> float:
     trial = state.fork()
     trial.commit(layers[i], placement)
     end = placement.end
-    for layer in layers[i + 1 : i + 1 + LOOKAHEAD]:
+    for layer in layers[i + 1 : horizon[i]]:
         if layer.splittable and layer.height > 1:
             shares = _stable_shares(trial, layer, allowed)[-1]
             nxt = trial.evaluate(layer, split_rows(layer.height, shares))
@@ -217,9 +240,10 @@ def progressive_pass(
     fixed: Mapping[str, tuple[RowRange, ...]] | None = None,
 ) -> Partition:
     """One progressive pass that places rows only on ``allowed`` devices (where memory permits);
-    layers in ``fixed`` (a fused-tile prefix) keep the rows given there."""
+    layers in ``fixed`` keep the rows given there."""
     state = PlanState(graph, cluster)
     layers = graph.compute_layers
+    horizon = rollout_horizons(graph)
     for i, layer in enumerate(layers):
         if fixed is not None and layer.name in fixed:
             state.commit(layer, state.evaluate(layer, fixed[layer.name]))
@@ -237,7 +261,7 @@ def progressive_pass(
         # Roll out the stable splits and the few that finish this layer first: a split far
         # behind now rarely catches up, a stable one often does.
         shortlist = stable + sorted(candidates, key=lambda p: p.end)[:SHORTLIST]
-        best = min(shortlist, key=lambda p: _rollout(state, layers, i, p, eligible))
+        best = min(shortlist, key=lambda p: _rollout(state, layers, i, p, eligible, horizon))
         state.commit(layer, best)
     return Partition(len(cluster), {layer.name: state.rows[layer.name] for layer in layers})
 
@@ -248,40 +272,44 @@ def subset_sizes(n: int) -> list[int]:
     return sorted({1, n} | ({(n + 1) // 2} if n <= 4 else set()))
 
 
-def _fused_prefix(graph: LayerGraph, cluster: Cluster, allowed: list[int]) -> dict[str, tuple[RowRange, ...]]:
-    """The fused-tile prefix (capacity shares over ``allowed``) whose depth the simulator
-    prefers with the rest on the fastest allowed device; empty when fusing does not pay."""
-    shares = [dev.rate("conv") if d in allowed else 0.0 for d, dev in enumerate(cluster.devices)]
-    rest = single_on(graph, cluster, allowed[0])
-    best: tuple[float, dict[str, tuple[RowRange, ...]]] = (predicted_latency(graph, cluster, rest), {})
-    prefix = fusable_prefix(graph)
-    for depth in fusion_depths(graph, steps=6):
-        partition = fused_prefix_partition(graph, cluster, depth, shares, rest)
+def _best(graph: LayerGraph, cluster: Cluster, makers: list[Callable[[], Partition]]) -> Partition:
+    """The partition with the lowest simulated latency (first wins ties); makers that cannot
+    plan (e.g. no single device holds the model) are skipped."""
+    best: tuple[float, int, Partition] | None = None
+    why = "no plan fits the devices' memory budgets"
+    for i, make in enumerate(makers):
+        try:
+            partition = make()
+        except PlanError as exc:
+            why = str(exc)  # the progressive passes, tried last, name the layer that does not fit
+            continue
+        if not fits_memory(graph, cluster, partition):  # the simple plans ignore memory budgets
+            continue
         latency = predicted_latency(graph, cluster, partition)
-        if latency < best[0]:
-            best = (latency, {layer.name: partition.rows[layer.name] for layer in prefix[:depth]})
-    return best[1]
+        if best is None or latency < best[0]:
+            best = (latency, i, partition)
+    if best is None:
+        raise PlanError(why)
+    return best[2]
+
+
+def _passes(graph: LayerGraph, cluster: Cluster) -> list[Callable[[], Partition]]:
+    n = len(cluster)
+    order = sorted(range(n), key=lambda d: (-cluster.devices[d].rate("conv"), d))
+    return [partial(progressive_pass, graph, cluster, order[:k]) for k in subset_sizes(n) if k > 1 or n == 1]
 
 
 def progressive_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
-    """Best by simulated latency of: the best single device, and progressive passes over the
-    fastest half and over all devices, each with and without a fused-tile prefix."""
-    order = sorted(range(len(cluster)), key=lambda d: (-cluster.devices[d].rate("conv"), d))
-    best: tuple[float, Partition] | None = None
-    try:
-        best_single = single(graph, cluster)
-        best = (predicted_latency(graph, cluster, best_single), best_single)
-    except PlanError:  # no device holds the whole model: only splits remain
-        pass
-    for k in subset_sizes(len(cluster)):
-        if k == 1 and best is not None:
-            continue
-        allowed = order[:k]
-        fused = _fused_prefix(graph, cluster, allowed)
-        for fixed in [None, fused] if fused else [None]:
-            partition = progressive_pass(graph, cluster, allowed, fixed)
-            latency = predicted_latency(graph, cluster, partition)
-            if best is None or latency < best[0]:
-                best = (latency, partition)
-    assert best is not None
-    return best[1]
+    """The progressive LP on its own: the best of the passes over all devices (and, on
+    clusters of up to 4, over the fastest half) and of the best single device, so that it is
+    never predicted slower than one device."""
+    return _best(graph, cluster, [partial(single, graph, cluster), *_passes(graph, cluster)])
+
+
+def edgeflow_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
+    """EdgeFlow's plan: the best, by the simulator, of the progressive passes and the classic
+    strategies (one device, equal and capacity-proportional splits, fused tiles, chain). The
+    cost model decides, per model and cluster, which structure wins; where a progressive plan
+    is best (the benchmark reports how often), EdgeFlow is strictly faster than all of them."""
+    seeds = [partial(f, graph, cluster) for f in (single, coedge, equal, ftp, chain)]
+    return _best(graph, cluster, [*seeds, *_passes(graph, cluster)])

@@ -87,8 +87,8 @@ class PlanState:
         ready = 0.0
         for producer, rule in zip(layer.inputs, layer.rules, strict=True):
             p = self.graph[producer]
-            need = rule.needed(rows, p.height).clip(p.height)
-            missing = [(need.start, need.stop)] if not need.empty else []
+            lo, hi = rule.needed_clipped(rows.start, rows.stop, p.height)
+            missing = [(lo, hi)] if lo < hi else []
             for holder, held in self.holders(producer, first=device):
                 still: list[tuple[int, int]] = []
                 for lo, hi in missing:
