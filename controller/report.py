@@ -71,13 +71,13 @@ def method_summary(graph: LayerGraph, cluster: Cluster, planned: Planned) -> lis
 
 def compare_table(results: dict[str, Planned], lower_bound_s: float) -> list[str]:
     lines = [
-        f"{'method':<10} {'latency ms':>11} {'x bound':>8} {'plan s':>8} {'units':>6} {'messages':>9} {'MiB sent':>9}",
-        f"{'bound':<10} {lower_bound_s * 1e3:>11.1f} {1.0:>8.2f}",
+        f"{'method':<12} {'latency ms':>11} {'x bound':>8} {'plan s':>8} {'units':>6} {'messages':>9} {'MiB sent':>9}",
+        f"{'bound':<12} {lower_bound_s * 1e3:>11.1f} {1.0:>8.2f}",
     ]
     for name, planned in results.items():
         fig = plan_figures(planned)
         lines.append(
-            f"{name:<10} {planned.latency_s * 1e3:>11.1f} {planned.latency_s / lower_bound_s:>8.2f} "
+            f"{name:<12} {planned.latency_s * 1e3:>11.1f} {planned.latency_s / lower_bound_s:>8.2f} "
             f"{planned.plan_time_s:>8.3f} {fig['units']:>6} {fig['remote_messages']:>9} "
             f"{fig['remote_bytes'] / 2**20:>9.2f}"
         )
@@ -85,6 +85,9 @@ def compare_table(results: dict[str, Planned], lower_bound_s: float) -> list[str
     if "edgeflow" in results and baselines:
         best = min(baselines, key=lambda n: baselines[n])
         change = (results["edgeflow"].latency_s - baselines[best]) / baselines[best]
-        verdict = "faster than" if change < 0 else "slower than" if change > 0 else "as fast as"
-        lines.append(f"edgeflow is {abs(change) * 100:.1f}% {verdict} the best baseline ({best}), predicted")
+        if abs(change) < 5e-4:
+            lines.append(f"edgeflow is as fast as the best baseline ({best}), predicted")
+        else:
+            verdict = "faster" if change < 0 else "slower"
+            lines.append(f"edgeflow is {abs(change) * 100:.1f}% {verdict} than the best baseline ({best}), predicted")
     return lines
