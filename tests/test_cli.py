@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import controller.verify
 from controller.cli import main
+from controller.verify import relative_error
 
 
 def test_verify_reports_every_partition(capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,3 +37,10 @@ def test_bad_shape_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> N
         main(["verify", "--model", "vgg16", "--input-shape", "224x224"])
     assert exc.value.code == 2
     assert "1x3xHxW" in capsys.readouterr().err
+
+
+def test_relative_error_counts_equal_infinities_as_exact() -> None:
+    want = torch.tensor([float("-inf"), 1.0, 2.0])
+    assert relative_error([want.clone()], [want]) == (0.0, 0.0)
+    max_abs, rel = relative_error([torch.tensor([0.0, 1.0, 2.0])], [want])
+    assert max_abs == float("inf") and rel == float("inf")

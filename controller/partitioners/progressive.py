@@ -29,7 +29,7 @@ does not pay, the result degrades to the best single device or a subset, never b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -43,7 +43,6 @@ from controller.partitioners.state import Placement, PlanState
 from controller.partitions import Partition, split_rows
 from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
-from edgeflowd.rows import RowRange
 
 __all__ = ["edgeflow_partition", "progressive_partition", "progressive_pass"]
 
@@ -233,21 +232,12 @@ def _rollout(
     return end
 
 
-def progressive_pass(
-    graph: LayerGraph,
-    cluster: Cluster,
-    allowed: list[int],
-    fixed: Mapping[str, tuple[RowRange, ...]] | None = None,
-) -> Partition:
-    """One progressive pass that places rows only on ``allowed`` devices (where memory permits);
-    layers in ``fixed`` keep the rows given there."""
+def progressive_pass(graph: LayerGraph, cluster: Cluster, allowed: list[int]) -> Partition:
+    """One progressive pass that places rows only on ``allowed`` devices (where memory permits)."""
     state = PlanState(graph, cluster)
     layers = graph.compute_layers
     horizon = rollout_horizons(graph)
     for i, layer in enumerate(layers):
-        if fixed is not None and layer.name in fixed:
-            state.commit(layer, state.evaluate(layer, fixed[layer.name]))
-            continue
         fits = state.eligible(layer)
         eligible = [d for d in fits if d in allowed] or fits
         candidates = [state.evaluate(layer, state.single(layer, d)) for d in _single_candidates(state, layer, eligible)]
