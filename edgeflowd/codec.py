@@ -19,7 +19,7 @@ import torch
 from edgeflowd.errors import ProtocolError
 from edgeflowd.units import ExecutionUnit
 
-__all__ = ["decode_bundle", "decode_units", "encode_bundle", "encode_units"]
+__all__ = ["decode_bundle", "decode_units", "encode_bundle", "encode_units", "tensor_bytes", "tensor_from_bytes"]
 
 MAGIC = b"EFB1"
 _DTYPES: dict[str, torch.dtype] = {
@@ -39,16 +39,35 @@ if sys.byteorder != "little":  # pragma: no cover - every supported board is lit
     raise ImportError("edgeflow's tensor codec assumes a little-endian host")
 
 
+def tensor_bytes(tensor: torch.Tensor, what: str = "tensor") -> tuple[str, list[int], bytes]:
+    """(dtype name, shape, raw little-endian bytes) of a tensor, for any wire format."""
+    t = tensor.detach().contiguous().cpu()
+    if t.dtype not in _NAMES:
+        raise ProtocolError(f"{what}: dtype {t.dtype} cannot be sent")
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return _NAMES[t.dtype], list(t.shape), raw
+
+
+def tensor_from_bytes(dtype: object, shape: list[int], data: bytes | memoryview, where: str) -> torch.Tensor:
+    """Inverse of :func:`tensor_bytes`; a wrong dtype, shape or length raises ProtocolError."""
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ProtocolError(f"{where}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    torch_dtype = _DTYPES[dtype]
+    expected = math.prod(shape) * torch.empty((), dtype=torch_dtype).element_size()
+    if min(shape, default=0) < 0 or len(data) != expected:
+        raise ProtocolError(f"{where}: shape {shape} {dtype} needs {expected} bytes, got {len(data)}")
+    if not expected:
+        return torch.empty(shape, dtype=torch_dtype)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
+
+
 def encode_bundle(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> bytes:
     table: dict[str, dict[str, Any]] = {}
     chunks: list[bytes] = []
     offset = 0
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        if t.dtype not in _NAMES:
-            raise ProtocolError(f"tensor {name!r}: dtype {t.dtype} cannot be sent")
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        table[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "offset": offset, "nbytes": len(raw)}
+        dtype, shape, raw = tensor_bytes(tensors[name], name)
+        table[name] = {"dtype": dtype, "shape": shape, "offset": offset, "nbytes": len(raw)}
         chunks.append(raw)
         offset += len(raw)
     header = json.dumps({"meta": dict(meta), "tensors": table}, separators=(",", ":")).encode()
@@ -77,20 +96,15 @@ def decode_bundle(data: bytes, where: str = "bundle") -> tuple[dict[str, Any], d
     for name, spec in header["tensors"].items():
         field = f"{where}: tensors.{name}"
         try:
-            dtype = _DTYPES[spec["dtype"]]
+            if spec["dtype"] not in _DTYPES:
+                raise ValueError(spec["dtype"])
             shape = [int(v) for v in spec["shape"]]
             offset, nbytes = int(spec["offset"]), int(spec["nbytes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"{field}: needs dtype (one of {sorted(_DTYPES)}), shape, offset, nbytes") from exc
-        expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if min(shape, default=0) < 0 or nbytes != expected or offset < 0 or offset + nbytes > len(body):
-            raise ProtocolError(
-                f"{field}: shape {shape} {spec['dtype']} needs {expected} bytes at offset {offset}; "
-                f"header says {nbytes}, payload has {len(body)}"
-            )
-        raw = bytearray(body[offset : offset + nbytes])
-        flat = torch.frombuffer(raw, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
-        tensors[name] = flat.view(dtype).reshape(shape)
+        if offset < 0 or offset + nbytes > len(body):
+            raise ProtocolError(f"{field}: {nbytes} bytes at offset {offset}; payload has {len(body)}")
+        tensors[name] = tensor_from_bytes(spec.get("dtype"), shape, body[offset : offset + nbytes], field)
     return header["meta"], tensors
 
 

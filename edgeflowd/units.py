@@ -23,7 +23,7 @@ SINK = "@output"
 
 
 def unit_id(layer: str, device: int) -> str:
-    return f"{layer}@client" if device == CLIENT else f"{layer}#{device}"
+    return f"{layer}@client" if device == CLIENT else f"{layer}@d{device}"  # a valid MQTT topic level
 
 
 @dataclass(frozen=True)

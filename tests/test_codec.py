@@ -66,7 +66,7 @@ def test_plan_json_round_trip(yolo: tuple[Plan, dict[str, torch.Tensor], torch.T
 
 def test_a_unit_only_carries_the_weights_it_names(yolo: tuple[Plan, dict[str, torch.Tensor], torch.Tensor]) -> None:
     plan, tensors, _ = yolo
-    unit = plan.unit("model_0_conv#1")
+    unit = plan.unit("model_0_conv@d1")
     _, got = decode_units(encode_units([unit], tensors))
     assert sorted(got) == unit.const_names() and "model.0.conv.weight" in got
 

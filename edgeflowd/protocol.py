@@ -1,0 +1,237 @@
+"""The wire vocabulary: MQTT topic names and tensor frames (pure: no sockets, no clocks).
+
+Topics live under ``edgeflow/v1/<cluster>/`` (see docs/graph.md and the architecture notes).
+A tensor frame is ``b"EFF1"`` | header length (uint32, big-endian) | JSON header | raw bytes of
+one chunk of a row slice. Slices larger than the broker's packet limit travel as several frames
+(``chunk`` i of n) and are put back together by :class:`FrameAssembler`, which bounds the bytes it
+holds and drops partial slices that expire. Nothing executable crosses the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgeflowd.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.errors import ProtocolError
+from edgeflowd.rows import RowRange
+
+__all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "Topics", "decode_frame", "encode_frames"]
+
+FRAME_SCHEMA = "edgeflow.frame/1"
+_MAGIC = b"EFF1"
+_HEADER_RESERVE = 512  # JSON header plus MQTT fixed header and topic, bytes
+
+
+def _level(value: str, what: str) -> str:
+    if not value or any(c in value for c in "/#+\x00"):
+        raise ProtocolError(f"{what} {value!r} cannot be an MQTT topic level (empty, or contains / # +)")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one cluster, built and parsed in one place."""
+
+    cluster: str
+
+    def __post_init__(self) -> None:
+        _level(self.cluster, "cluster name")
+
+    @property
+    def root(self) -> str:
+        return f"edgeflow/v1/{self.cluster}"
+
+    def node(self, node_id: str, leaf: str) -> str:
+        if leaf not in ("status", "info", "telemetry", "assignment", "assignment/reported"):
+            raise ProtocolError(f"unknown node topic leaf {leaf!r}")
+        return f"{self.root}/node/{_level(node_id, 'node id')}/{leaf}"
+
+    def controller(self, leaf: str) -> str:
+        if leaf not in ("status", "plan", "event"):
+            raise ProtocolError(f"unknown controller topic leaf {leaf!r}")
+        return f"{self.root}/controller/{leaf}"
+
+    def unit_input(self, plan: str, unit: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/{_level(unit, 'unit id')}/in"
+
+    def result(self, plan: str, request: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/result/{_level(request, 'request id')}"
+
+    @property
+    def infer_request(self) -> str:
+        return f"{self.root}/infer/request"
+
+    def parse(self, topic: str) -> tuple[str, dict[str, str]]:
+        """(kind, fields) of a topic of this cluster: kinds ``node/<leaf>``, ``controller/<leaf>``,
+        ``unit_input``, ``result``, ``infer_request``."""
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            raise ProtocolError(f"topic {topic!r} is not under {prefix}")
+        parts = topic[len(prefix) :].split("/")
+        if parts[0] == "node" and len(parts) in (3, 4) and "/".join(parts[2:]) in (
+            "status", "info", "telemetry", "assignment", "assignment/reported",
+        ):  # fmt: skip
+            return f"node/{'/'.join(parts[2:])}", {"node": parts[1]}
+        if parts[0] == "controller" and len(parts) == 2 and parts[1] in ("status", "plan", "event"):
+            return f"controller/{parts[1]}", {}
+        if parts[0] == "data" and len(parts) == 4 and parts[3] == "in":
+            return "unit_input", {"plan": parts[1], "unit": parts[2]}
+        if parts[0] == "data" and len(parts) == 4 and parts[2] == "result":
+            return "result", {"plan": parts[1], "request": parts[3]}
+        if parts == ["infer", "request"]:
+            return "infer_request", {}
+        raise ProtocolError(f"topic {topic!r}: unknown topic")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One chunk of the rows ``rows`` of ``layer``'s output, sent by unit ``source`` for
+    ``request`` under plan ``plan``; the whole slice has ``dtype``/``shape`` and ``nbytes``."""
+
+    request: str
+    plan: str
+    source: str
+    layer: str
+    rows: RowRange
+    dtype: str
+    shape: tuple[int, ...]
+    chunk: int
+    chunks: int
+    nbytes: int
+    data: bytes
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.plan, self.request, self.source, self.layer)
+
+
+def encode_frames(
+    request: str, plan: str, source: str, layer: str, rows: RowRange, tensor: torch.Tensor, max_packet: int
+) -> list[bytes]:
+    """Frames carrying ``tensor`` (rows ``rows`` of ``layer``), none larger than ``max_packet``."""
+    room = max_packet - _HEADER_RESERVE
+    if room <= 0:
+        raise ProtocolError(f"packet limit {max_packet} leaves no room for a frame header")
+    dtype, shape, raw = tensor_bytes(tensor, f"frame {source}")
+    chunks = max(1, math.ceil(len(raw) / room))
+    frames = []
+    for i in range(chunks):
+        header = json.dumps(
+            {"schema": FRAME_SCHEMA, "request": request, "plan": plan, "source": source, "layer": layer,
+             "rows": rows.to_json(), "dtype": dtype, "shape": shape, "chunk": [i, chunks], "nbytes": len(raw)},
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        frames.append(b"".join([_MAGIC, struct.pack(">I", len(header)), header, raw[i * room : (i + 1) * room]]))
+    return frames
+
+
+def _field(header: dict[str, Any], name: str, kind: type, topic: str) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError(f"{topic}: frame field {name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
+    """Parse one frame; anything malformed raises :class:`ProtocolError` naming topic and field."""
+    if len(payload) < 8 or payload[:4] != _MAGIC:
+        raise ProtocolError(f"{topic}: not an EdgeFlow frame (bad magic)")
+    (hlen,) = struct.unpack(">I", payload[4:8])
+    if 8 + hlen > len(payload):
+        raise ProtocolError(f"{topic}: header length {hlen} exceeds the {len(payload)}-byte payload")
+    try:
+        header = json.loads(payload[8 : 8 + hlen])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{topic}: frame header is not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("schema") != FRAME_SCHEMA:
+        raise ProtocolError(f"{topic}: frame field 'schema' must be {FRAME_SCHEMA!r}")
+    chunk = _field(header, "chunk", list, topic)
+    shape = _field(header, "shape", list, topic)
+    try:
+        rows = RowRange.from_json(header.get("rows"))
+        index, count = (int(v) for v in chunk)
+        dims = tuple(int(v) for v in shape)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{topic}: frame fields 'rows', 'chunk', 'shape' must be integer lists: {exc}") from exc
+    nbytes = _field(header, "nbytes", int, topic)
+    if not 0 <= index < count or nbytes < 0 or min(dims, default=0) < 0:
+        raise ProtocolError(f"{topic}: frame chunk {index} of {count}, nbytes {nbytes}, shape {dims} are inconsistent")
+    return Frame(
+        request=_field(header, "request", str, topic), plan=_field(header, "plan", str, topic),
+        source=_field(header, "source", str, topic), layer=_field(header, "layer", str, topic), rows=rows,
+        dtype=_field(header, "dtype", str, topic), shape=dims, chunk=index, chunks=count, nbytes=nbytes,
+        data=bytes(payload[8 + hlen :]),
+    )  # fmt: skip
+
+
+@dataclass
+class _Partial:
+    first: Frame
+    parts: dict[int, bytes]
+    started: float
+    size: int = 0
+
+
+@dataclass
+class FrameAssembler:
+    """Puts chunked slices back together. Holds at most ``max_bytes`` of partial data (a new
+    slice that would exceed it is refused) and forgets partial slices older than ``ttl_s``.
+    ``now`` is always passed in: the assembler has no clock of its own."""
+
+    max_bytes: int = 256 << 20
+    ttl_s: float = 30.0
+    held_bytes: int = 0
+    _partial: dict[tuple[str, str, str, str], _Partial] = field(default_factory=dict)
+
+    def add(self, frame: Frame, now: float, topic: str = "frame") -> torch.Tensor | None:
+        """The whole slice once its last chunk arrives, else None."""
+        self.expire(now)
+        if frame.chunks == 1:
+            return tensor_from_bytes(frame.dtype, list(frame.shape), frame.data, f"{topic}: frame data")
+        entry = self._partial.get(frame.key)
+        if entry is None:
+            if self.held_bytes + frame.nbytes > self.max_bytes:
+                raise ProtocolError(
+                    f"{topic}: {frame.nbytes} more bytes would exceed the {self.max_bytes}-byte reassembly budget"
+                )
+            entry = self._partial[frame.key] = _Partial(frame, {}, now)
+            self.held_bytes += frame.nbytes
+        first = entry.first
+        if (frame.chunks, frame.nbytes, frame.shape, frame.dtype, frame.rows) != (
+            first.chunks, first.nbytes, first.shape, first.dtype, first.rows,
+        ):  # fmt: skip
+            self._drop(frame.key)
+            raise ProtocolError(f"{topic}: chunk {frame.chunk} disagrees with chunk {first.chunk} of the same slice")
+        if frame.chunk not in entry.parts:
+            entry.parts[frame.chunk] = frame.data
+            entry.size += len(frame.data)
+        if entry.size > first.nbytes:
+            self._drop(frame.key)
+            raise ProtocolError(f"{topic}: chunks carry more than the announced {first.nbytes} bytes")
+        if len(entry.parts) < first.chunks:
+            return None
+        self._drop(frame.key)
+        data = b"".join(entry.parts[i] for i in range(first.chunks))
+        return tensor_from_bytes(first.dtype, list(first.shape), data, f"{topic}: frame data")
+
+    def expire(self, now: float) -> int:
+        """Forget partial slices older than ``ttl_s``; returns how many were dropped."""
+        old = [key for key, entry in self._partial.items() if now - entry.started > self.ttl_s]
+        for key in old:
+            self._drop(key)
+        return len(old)
+
+    def _drop(self, key: tuple[str, str, str, str]) -> None:
+        entry = self._partial.pop(key, None)
+        if entry is not None:
+            self.held_bytes -= entry.first.nbytes
+
+    @property
+    def pending(self) -> int:
+        return len(self._partial)

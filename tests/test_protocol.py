@@ -1,0 +1,123 @@
+"""Topics and tensor frames: round trips, chunking under a packet limit, bounded reassembly, and
+malformed input rejected with the topic and field named."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeflowd.errors import ProtocolError
+from edgeflowd.protocol import FrameAssembler, Topics, decode_frame, encode_frames
+from edgeflowd.rows import RowRange
+
+T = Topics("lab")
+
+
+def test_topics_build_and_parse() -> None:
+    cases = {
+        T.node("pi4-a", "status"): ("node/status", {"node": "pi4-a"}),
+        T.node("pi4-a", "assignment/reported"): ("node/assignment/reported", {"node": "pi4-a"}),
+        T.controller("plan"): ("controller/plan", {}),
+        T.unit_input("g7", "conv1@d2"): ("unit_input", {"plan": "g7", "unit": "conv1@d2"}),
+        T.result("g7", "req-9"): ("result", {"plan": "g7", "request": "req-9"}),
+        T.infer_request: ("infer_request", {}),
+    }
+    for topic, parsed in cases.items():
+        assert topic.startswith("edgeflow/v1/lab/") and T.parse(topic) == parsed
+
+
+@pytest.mark.parametrize(
+    ("topic", "message"),
+    [("edgeflow/v1/other/controller/plan", "is not under"), ("edgeflow/v1/lab/node/a/secrets", "unknown topic")],
+)
+def test_unknown_topics_are_refused(topic: str, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        T.parse(topic)
+
+
+def test_ids_that_would_break_topics_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="cannot be an MQTT topic level"):
+        T.node("a/b", "status")
+    with pytest.raises(ProtocolError, match="cannot be an MQTT topic level"):
+        T.unit_input("g1", "conv+1")
+
+
+def test_a_slice_round_trips_in_chunks_below_the_packet_limit() -> None:
+    x = torch.randn(1, 16, 9, 40)
+    frames = encode_frames("r1", "g1", "conv1@d0", "conv1", RowRange(3, 12), x, max_packet=4096)
+    assert len(frames) > 1 and all(len(f) <= 4096 for f in frames)
+    assembler = FrameAssembler()
+    order = list(range(len(frames)))
+    random.Random(0).shuffle(order)
+    results = [assembler.add(decode_frame(frames[i]), now=0.0) for i in order]
+    assert all(r is None for r in results[:-1])
+    assert results[-1] is not None and torch.equal(results[-1], x)
+    assert assembler.pending == 0 and assembler.held_bytes == 0
+
+
+def test_duplicate_chunks_are_harmless() -> None:
+    x = torch.arange(600.0).view(1, 1, 6, 100)
+    frames = encode_frames("r", "g", "u@d0", "u", RowRange(0, 6), x, max_packet=1024)
+    assembler = FrameAssembler()
+    assert assembler.add(decode_frame(frames[0]), 0.0) is None
+    assert assembler.add(decode_frame(frames[0]), 0.0) is None
+    got = [assembler.add(decode_frame(f), 0.0) for f in frames[1:]]
+    assert got[-1] is not None and torch.equal(got[-1], x)
+
+
+def test_partial_slices_expire_and_memory_is_bounded() -> None:
+    x = torch.zeros(1, 4, 8, 64)
+    frames = encode_frames("r", "g", "u@d0", "u", RowRange(0, 8), x, max_packet=2048)
+    assembler = FrameAssembler(max_bytes=x.numel() * 4, ttl_s=5.0)
+    assembler.add(decode_frame(frames[0]), now=0.0)
+    other = encode_frames("r2", "g", "u@d0", "u", RowRange(0, 8), x, max_packet=2048)
+    with pytest.raises(ProtocolError, match="reassembly budget"):
+        assembler.add(decode_frame(other[0]), now=1.0)
+    assert assembler.expire(now=10.0) == 1 and assembler.held_bytes == 0
+    assert assembler.add(decode_frame(other[0]), now=10.0) is None  # room again
+
+
+def test_inconsistent_chunks_are_refused() -> None:
+    a = encode_frames("r", "g", "u@d0", "u", RowRange(0, 8), torch.zeros(1, 4, 8, 64), max_packet=2048)
+    b = encode_frames("r", "g", "u@d0", "u", RowRange(0, 8), torch.zeros(1, 4, 8, 32), max_packet=2048)
+    assembler = FrameAssembler()
+    assembler.add(decode_frame(a[0]), 0.0)
+    with pytest.raises(ProtocolError, match="disagrees"):
+        assembler.add(decode_frame(b[1]), 0.0)
+    assert assembler.held_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda f: b"XXXX" + f[4:], "bad magic"),
+        (lambda f: f[:6], "bad magic|exceeds"),
+        (lambda f: f.replace(b'"schema":"edgeflow.frame/1"', b'"schema":"edgeflow.frame/9"'), "'schema' must be"),
+        (lambda f: f.replace(b'"request":"r"', b'"request":7  '), "field 'request' must be str"),
+        (lambda f: f.replace(b'"chunk":[0,1]', b'"chunk":[3,1]'), "chunk 3 of 1"),
+        (lambda f: f.replace(b'"dtype":"float32"', b'"dtype":"object" '), "dtype must be one of"),
+    ],
+)
+def test_malformed_frames_name_topic_and_field(mutate: object, message: str) -> None:
+    (frame,) = encode_frames("r", "g", "u@d0", "u", RowRange(0, 2), torch.zeros(1, 1, 2, 2), max_packet=4096)
+    topic = T.unit_input("g", "v@d1")
+    with pytest.raises(ProtocolError, match=message):
+        FrameAssembler().add(decode_frame(mutate(frame), topic), 0.0, topic)  # type: ignore[operator]
+
+
+def test_truncated_data_is_refused() -> None:
+    (frame,) = encode_frames("r", "g", "u@d0", "u", RowRange(0, 2), torch.zeros(1, 1, 2, 2), max_packet=4096)
+    with pytest.raises(ProtocolError, match="needs 16 bytes, got 12"):
+        FrameAssembler().add(decode_frame(frame[:-4]), 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        FrameAssembler().add(decode_frame(data), 0.0)
