@@ -19,7 +19,16 @@ import torch
 from edgeflowd.errors import ProtocolError
 from edgeflowd.units import ExecutionUnit
 
-__all__ = ["decode_bundle", "decode_units", "encode_bundle", "encode_units", "tensor_bytes", "tensor_from_bytes"]
+__all__ = [
+    "decode_bundle",
+    "decode_units",
+    "encode_bundle",
+    "encode_units",
+    "pack_envelope",
+    "tensor_bytes",
+    "tensor_from_bytes",
+    "unpack_envelope",
+]
 
 MAGIC = b"EFB1"
 _DTYPES: dict[str, torch.dtype] = {
@@ -37,6 +46,28 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 if sys.byteorder != "little":  # pragma: no cover - every supported board is little-endian
     raise ImportError("edgeflow's tensor codec assumes a little-endian host")
+
+
+def pack_envelope(magic: bytes, header: Mapping[str, Any], *body: bytes) -> bytes:
+    """``magic`` | header length (uint32, big-endian) | header as compact JSON | body."""
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([magic, struct.pack(">I", len(raw)), raw, *body])
+
+
+def unpack_envelope(data: bytes, magic: bytes, what: str, where: str) -> tuple[dict[str, Any], memoryview]:
+    """Inverse of :func:`pack_envelope`: (header object, body); faults name ``where``."""
+    if len(data) < 8 or data[:4] != magic:
+        raise ProtocolError(f"{where}: not an EdgeFlow {what} (bad magic)")
+    (hlen,) = struct.unpack(">I", data[4:8])
+    if 8 + hlen > len(data):
+        raise ProtocolError(f"{where}: header length {hlen} exceeds the {len(data)}-byte payload")
+    try:
+        header = json.loads(data[8 : 8 + hlen])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{where}: {what} header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"{where}: {what} header must be a JSON object")
+    return header, memoryview(data)[8 + hlen :]
 
 
 def tensor_bytes(tensor: torch.Tensor, what: str = "tensor") -> tuple[str, list[int], bytes]:
@@ -70,28 +101,18 @@ def encode_bundle(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) 
         table[name] = {"dtype": dtype, "shape": shape, "offset": offset, "nbytes": len(raw)}
         chunks.append(raw)
         offset += len(raw)
-    header = json.dumps({"meta": dict(meta), "tensors": table}, separators=(",", ":")).encode()
-    return b"".join([MAGIC, struct.pack(">I", len(header)), header, *chunks])
+    return pack_envelope(MAGIC, {"meta": dict(meta), "tensors": table}, *chunks)
 
 
 def decode_bundle(data: bytes, where: str = "bundle") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Parse a bundle; every inconsistency raises :class:`ProtocolError` naming ``where``."""
-    if len(data) < 8 or data[:4] != MAGIC:
-        raise ProtocolError(f"{where}: not an EdgeFlow bundle (bad magic)")
-    (hlen,) = struct.unpack(">I", data[4:8])
-    if 8 + hlen > len(data):
-        raise ProtocolError(f"{where}: header length {hlen} exceeds the {len(data)}-byte payload")
-    try:
-        header = json.loads(data[8 : 8 + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{where}: header is not JSON: {exc}") from exc
+    header, body = unpack_envelope(data, MAGIC, "bundle", where)
     if (
         not isinstance(header, dict)
         or not isinstance(header.get("meta"), dict)
         or not isinstance(header.get("tensors"), dict)
     ):
         raise ProtocolError(f"{where}: header needs objects 'meta' and 'tensors'")
-    body = memoryview(data)[8 + hlen :]
     tensors: dict[str, torch.Tensor] = {}
     for name, spec in header["tensors"].items():
         field = f"{where}: tensors.{name}"

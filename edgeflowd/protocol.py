@@ -9,15 +9,13 @@ holds and drops partial slices that expire. Nothing executable crosses the wire.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from edgeflowd.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.codec import pack_envelope, tensor_bytes, tensor_from_bytes, unpack_envelope
 from edgeflowd.errors import ProtocolError
 from edgeflowd.rows import RowRange
 
@@ -122,12 +120,11 @@ def encode_frames(
     chunks = max(1, math.ceil(len(raw) / room))
     frames = []
     for i in range(chunks):
-        header = json.dumps(
-            {"schema": FRAME_SCHEMA, "request": request, "plan": plan, "source": source, "layer": layer,
-             "rows": rows.to_json(), "dtype": dtype, "shape": shape, "chunk": [i, chunks], "nbytes": len(raw)},
-            separators=(",", ":"),
-        ).encode()  # fmt: skip
-        frames.append(b"".join([_MAGIC, struct.pack(">I", len(header)), header, raw[i * room : (i + 1) * room]]))
+        header = {
+            "schema": FRAME_SCHEMA, "request": request, "plan": plan, "source": source, "layer": layer,
+            "rows": rows.to_json(), "dtype": dtype, "shape": shape, "chunk": [i, chunks], "nbytes": len(raw),
+        }  # fmt: skip
+        frames.append(pack_envelope(_MAGIC, header, raw[i * room : (i + 1) * room]))
     return frames
 
 
@@ -140,15 +137,7 @@ def _field(header: dict[str, Any], name: str, kind: type, topic: str) -> Any:
 
 def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
     """Parse one frame; anything malformed raises :class:`ProtocolError` naming topic and field."""
-    if len(payload) < 8 or payload[:4] != _MAGIC:
-        raise ProtocolError(f"{topic}: not an EdgeFlow frame (bad magic)")
-    (hlen,) = struct.unpack(">I", payload[4:8])
-    if 8 + hlen > len(payload):
-        raise ProtocolError(f"{topic}: header length {hlen} exceeds the {len(payload)}-byte payload")
-    try:
-        header = json.loads(payload[8 : 8 + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{topic}: frame header is not JSON: {exc}") from exc
+    header, body = unpack_envelope(payload, _MAGIC, "frame", topic)
     if not isinstance(header, dict) or header.get("schema") != FRAME_SCHEMA:
         raise ProtocolError(f"{topic}: frame field 'schema' must be {FRAME_SCHEMA!r}")
     chunk = _field(header, "chunk", list, topic)
@@ -166,7 +155,7 @@ def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
         request=_field(header, "request", str, topic), plan=_field(header, "plan", str, topic),
         source=_field(header, "source", str, topic), layer=_field(header, "layer", str, topic), rows=rows,
         dtype=_field(header, "dtype", str, topic), shape=dims, chunk=index, chunks=count, nbytes=nbytes,
-        data=bytes(payload[8 + hlen :]),
+        data=bytes(body),
     )  # fmt: skip
 
 
