@@ -21,6 +21,7 @@ __all__ = [
     "Hop",
     "comm_s_per_byte",
     "compute_s",
+    "memory_bytes",
     "per_row_s",
     "row_bytes",
     "send",
@@ -34,6 +35,11 @@ FRAME_OVERHEAD_BYTES = 256
 def row_bytes(layer: Layer) -> float:
     """Bytes of one output row of ``layer`` (float32)."""
     return layer.out_bytes / layer.height
+
+
+def memory_bytes(layer: Layer, rows: int) -> float:
+    """What a unit of ``rows`` rows of ``layer`` keeps in memory: the weights and its output."""
+    return layer.param_bytes + rows * row_bytes(layer)
 
 
 def per_row_s(layer: Layer, device: Device) -> float:

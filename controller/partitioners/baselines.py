@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import itertools
 
-from controller.costmodel import compute_s, transfer_s
+from controller.costmodel import compute_s, memory_bytes, transfer_s
 from controller.graph.layers import LayerGraph
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.fused import fusable_prefix, fused_ranges
-from controller.partitioners.state import PlanState
 from controller.partitions import Partition, on_one_device, split_rows
 from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
@@ -40,7 +39,7 @@ def single_on(graph: LayerGraph, cluster: Cluster, device: int) -> Partition:
 
 def whole_model_bytes(graph: LayerGraph) -> float:
     """Memory one device needs for the whole model (weights plus every layer's output)."""
-    return sum(PlanState.memory_need(layer, RowRange(0, layer.height)) for layer in graph.compute_layers)
+    return sum(memory_bytes(layer, layer.height) for layer in graph.compute_layers)
 
 
 def single(graph: LayerGraph, cluster: Cluster) -> Partition:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from controller.costmodel import memory_bytes
 from controller.graph.layers import LayerGraph
 from controller.partitions import Partition
 from controller.plan import build_plan
@@ -23,5 +24,5 @@ def fits_memory(graph: LayerGraph, cluster: Cluster, partition: Partition) -> bo
     for layer in graph.compute_layers:
         for device, rows in enumerate(partition.rows[layer.name]):
             if not rows.empty:
-                used[device] += layer.param_bytes + len(rows) * layer.out_bytes / layer.height
+                used[device] += memory_bytes(layer, len(rows))
     return all(u <= dev.profile.memory_mb * 2**20 for u, dev in zip(used, cluster.devices, strict=True))

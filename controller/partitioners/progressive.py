@@ -22,9 +22,10 @@ split is re-evaluated with the exact cost model.
 Devices whose constant costs (latency, waiting for inputs) make any share a loss get ``x_d = 0``
 but still bound ``T`` in the LP, so they are dropped and the LP is solved again. Each layer also
 considers every single device, so a layer is never split when one device finishes it sooner;
-unsplittable layers go to the device that finishes them first. Finally the whole pass is run on
-the 1, 2, ... fastest devices and the plan the simulator predicts fastest wins: when distributing
-does not pay, the result degrades to the best single device or a subset, never below it.
+unsplittable layers go to the device that finishes them first. Finally the pass is run on all
+devices (and, on small clusters, on each fastest subset) and the plan the simulator predicts
+fastest wins, the best single device included: when distributing does not pay, the result
+degrades to one device or a subset, never below it.
 """
 
 from __future__ import annotations
@@ -175,14 +176,16 @@ def _stable_shares(state: PlanState, layer: Layer, eligible: list[int]) -> list[
 
 
 LOOKAHEAD = 3
-MAX_HORIZON = 4
-SHORTLIST = 3
-LP_MIN_S = 2e-3
-"""Layers quicker than this on one device are not worth an LP: the stable splits and the single
-devices are the only candidates that can pay off against a message's latency."""
 """Layers a candidate split is rolled forward (each following its producer's split) before it is
 judged: the earliest finish of one layer alone favours splits whose shifted boundaries cost
 halo traffic in the layers after it."""
+MAX_HORIZON = 4
+"""Extra layers a rollout may go on to reach the consumers of a skip connection."""
+SHORTLIST = 3
+"""Candidates rolled out besides the stable splits: those that finish the layer first."""
+LP_MIN_S = 2e-3
+"""Layers quicker than this on one device are not worth an LP: the stable splits and the single
+devices are the only candidates that can pay off against a message's latency."""
 
 
 def _single_candidates(state: PlanState, layer: Layer, eligible: list[int]) -> list[int]:
@@ -257,8 +260,8 @@ def progressive_pass(graph: LayerGraph, cluster: Cluster, allowed: list[int]) ->
 
 
 def subset_sizes(n: int) -> list[int]:
-    """Sizes of the fastest-device subsets to try: one device, all of them, and on small clusters
-    (where a pass is cheap) half of them."""
+    """Sizes of the fastest-device subsets to try: one device and all of them; on small clusters
+    (where a pass is cheap) every size."""
     return sorted({1, n} | ({(n + 1) // 2} if n <= 4 else set()))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.costmodel import compute_s, row_bytes, send
+from controller.costmodel import memory_bytes, per_row_s, row_bytes, send
 from controller.graph.layers import Layer, LayerGraph
 from controller.partitions import on_one_device
 from controller.profiles import Cluster, Link
@@ -121,12 +121,10 @@ class PlanState:
             start = max(self.free[device], self.arrival(layer, device, rows, links))
             key = (layer.name, device)
             if key not in self._compute:
-                self._compute[key] = (
-                    compute_s(layer, 1, self.cluster.devices[device]),
-                    self.cluster.devices[device].profile.op_overhead_ms / 1e3,
-                )
+                dev = self.cluster.devices[device]
+                self._compute[key] = (per_row_s(layer, dev), dev.profile.op_overhead_ms / 1e3)
             per_row, overhead = self._compute[key]
-            finish[device] = start + (per_row - overhead) * len(rows) + overhead
+            finish[device] = start + overhead + per_row * len(rows)  # = compute_s(), cached
         return Placement(ranges, finish, links)
 
     def commit(self, layer: Layer, placement: Placement) -> None:
@@ -136,29 +134,19 @@ class PlanState:
         self.link_free = dict(placement.links)
         for device, end in placement.finish.items():
             self.free[device] = end
-            self.memory_used[device] += self.memory_need(layer, placement.ranges[device])
-
-    @staticmethod
-    def memory_need(layer: Layer, rows: RowRange) -> float:
-        return layer.param_bytes + len(rows) * row_bytes(layer)
+            self.memory_used[device] += memory_bytes(layer, len(placement.ranges[device]))
 
     def eligible(self, layer: Layer) -> list[int]:
         """Devices with memory left for all of ``layer`` (weights and its whole output)."""
-        need = self.memory_need(layer, RowRange(0, layer.height))
-        fits = [
-            d
-            for d, dev in enumerate(self.cluster.devices)
-            if self.memory_used[d] + need <= dev.profile.memory_mb * 2**20
+        need = memory_bytes(layer, layer.height)
+        left = [
+            dev.profile.memory_mb * 2**20 - used
+            for dev, used in zip(self.cluster.devices, self.memory_used, strict=True)
         ]
+        fits = [d for d, room in enumerate(left) if need <= room]
         if not fits:
-            room = max(
-                dev.profile.memory_mb * 2**20 - used
-                for dev, used in zip(self.cluster.devices, self.memory_used, strict=True)
-            )
-            best = max(
-                range(len(self.cluster)),
-                key=lambda d: self.cluster.devices[d].profile.memory_mb * 2**20 - self.memory_used[d],
-            )
+            best = max(range(len(left)), key=left.__getitem__)
+            room = left[best]
             raise PlanError(
                 f"cannot place layer {layer.name}: needs {need / 2**20:.1f} MiB, the most any device has left is "
                 f"{room / 2**20:.1f} MiB ({self.cluster.devices[best].id})"
