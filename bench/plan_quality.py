@@ -26,8 +26,8 @@ from controller.partitioners import METHODS, lower_bound_s, plan_model
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.optimal import model_latency, solve_optimal
 from controller.partitions import Partition
-from controller.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
 from controller.zoo import ZOO, build_model
+from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
 
 BASELINES = ["single", "equal", "coedge", "ftp", "chain"]
 

@@ -12,32 +12,20 @@ from pathlib import Path
 
 import torch
 
+from controller.cli_args import input_shape, positive_int
+from controller.cli_cluster import add_cluster_commands
 from controller.gantt import draw_gantt
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.partitioners import METHODS, lower_bound_s, plan_model
-from controller.profiles import load_cluster
 from controller.report import compare_table, method_summary, plan_figures
 from controller.verify import TOLERANCE, check_partition, partitions_to_check, reference_outputs
-from controller.zoo import ZOO, build_model, parse_shape
+from controller.zoo import ZOO, build_model
 from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError, PlanError
+from edgeflowd.profiles import load_cluster
 
 __all__ = ["main"]
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return parse_shape(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -132,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--model", required=True, help=f"zoo name ({', '.join(ZOO)}) or package.module:factory")
     verify.add_argument(
-        "--input-shape", type=_shape, default=None, help="NxCxHxW (default: the zoo entry's, else 1x3x224x224)"
+        "--input-shape", type=input_shape, default=None, help="NxCxHxW (default: the zoo entry's, else 1x3x224x224)"
     )
-    verify.add_argument("--devices", type=_positive, default=4)
+    verify.add_argument("--devices", type=positive_int, default=4)
     verify.add_argument("--random-partitions", type=int, default=5, metavar="K")
     verify.add_argument("--seed", type=int, default=0)
     verify.set_defaults(func=_cmd_verify)
@@ -149,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--compare", action="store_true", help="plan with every method and compare")
     plan.add_argument("--json", metavar="OUT", help="write figures and the chosen partition as JSON")
     plan.add_argument("--gantt", metavar="OUT.png", help="draw the predicted per-device timeline")
-    plan.add_argument("--input-shape", type=_shape, default=None)
+    plan.add_argument("--input-shape", type=input_shape, default=None)
     plan.add_argument("--seed", type=int, default=0)
     plan.set_defaults(func=_cmd_plan)
+    add_cluster_commands(sub, f"zoo name ({', '.join(ZOO)}) or package.module:factory")
     return parser
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from controller.graph.layers import Layer
-from controller.profiles import Device, Link
+from edgeflowd.profiles import Device, Link
 
 __all__ = [
     "CHUNK_BYTES",

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from controller.plan import Plan
-from edgeflowd.errors import PlanError
+from edgeflowd.inbox import assemble
 from edgeflowd.rows import RowRange
 from edgeflowd.slicing import take_rows
 from edgeflowd.units import CLIENT, SINK, run_unit
 
-__all__ = ["RunStats", "assemble", "execute"]
+__all__ = ["RunStats", "execute"]
 
 
 @dataclass
@@ -25,21 +25,6 @@ class RunStats:
     bytes: int = 0
     remote_messages: int = 0
     remote_bytes: int = 0
-
-
-def assemble(pieces: list[tuple[RowRange, torch.Tensor]], rows: RowRange, what: str) -> torch.Tensor:
-    """Concatenate received slices into rows ``rows``; raise if any row is missing or doubled."""
-    pieces = sorted(pieces, key=lambda p: p[0].start)
-    cursor = rows.start
-    for r, _ in pieces:
-        if r.start != cursor:
-            raise PlanError(f"{what}: rows {rows} arrive with a gap or overlap at row {cursor}")
-        cursor = r.stop
-    if cursor != rows.stop:
-        raise PlanError(f"{what}: rows {rows} arrive only up to row {cursor}")
-    if len(pieces) == 1:
-        return pieces[0][1]
-    return torch.cat([t for _, t in pieces], dim=2)
 
 
 def execute(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.profiles import Cluster
 from controller.simulate import Timeline
 from edgeflowd.errors import EdgeFlowError
+from edgeflowd.profiles import Cluster
 from edgeflowd.units import CLIENT
 
 __all__ = ["draw_gantt"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from controller.graph.layers import LayerGraph
 from controller.partitioners import Planned
-from controller.profiles import Cluster
+from edgeflowd.profiles import Cluster
 from edgeflowd.slicing import row_numel
 from edgeflowd.units import CLIENT
 

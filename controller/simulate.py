@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from controller.costmodel import compute_s, send
 from controller.graph.layers import LayerGraph
 from controller.plan import Plan
-from controller.profiles import Cluster, Link
+from edgeflowd.profiles import Cluster, Link
 from edgeflowd.slicing import row_numel
 from edgeflowd.units import CLIENT, SINK
 

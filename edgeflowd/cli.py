@@ -1,26 +1,90 @@
-"""``edgeflowd`` entry point."""
+"""``edgeflowd`` entry point: configuration, logging, signals; the service is :class:`Daemon`."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
 from edgeflowd import __version__
+from edgeflowd.config import DaemonConfig, load_config
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.profiles import PROFILES_DIR, DeviceProfile, load_device_profile
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeflowd",
-        description="EdgeFlow device daemon. This release ships the execution-unit runtime it "
-        "is built on (see `edgeflow verify`); the MQTT service mode is not in this release yet.",
+        description="EdgeFlow device daemon: runs this node's share of a distributed model. It "
+        "connects to the broker, takes its retained assignment, computes its execution units and "
+        "forwards their output rows. Settings come from --config, then these flags.",
     )
     parser.add_argument("--version", action="version", version=f"edgeflowd {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 2
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration (keys as the flags, with _)")
+    parser.add_argument("--node-id", help="this node's id: a cluster profile's device id")
+    parser.add_argument("--broker", metavar="URL", help="mqtt://HOST[:PORT] (default mqtt://127.0.0.1:1883)")
+    parser.add_argument("--cluster", help="cluster name, the topic root edgeflow/v1/CLUSTER/ (default 'default')")
+    parser.add_argument("--profile", metavar="FILE", help="device profile YAML, or a shipped profile's name")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the profile's, else 1)")
+    parser.add_argument("--workers", type=int, help="units computed at once (default 1)")
+    parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="keep fetched weights here, named by SHA-256")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _profile(ref: str | None) -> DeviceProfile | None:
+    if ref is None:
+        return None
+    path = Path(ref)
+    if not path.is_file() and not path.suffix:
+        path = PROFILES_DIR / "devices" / f"{ref}.yaml"
+    return load_device_profile(path)
+
+
+def _configure_logging(level: str) -> None:
+    # Under systemd the journal stamps time and unit itself.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )  # fmt: skip
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load_config(args.config, overrides)
+        profile = _profile(config.profile)
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    return serve(config, profile)
+
+
+def serve(config: DaemonConfig, profile: DeviceProfile | None) -> int:
+    from edgeflowd.daemon import Daemon  # noqa: PLC0415 - imports torch: keep --help and config errors fast
+
+    try:
+        daemon = Daemon(config, profile)
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return daemon.run()
 
 
 if __name__ == "__main__":

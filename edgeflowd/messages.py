@@ -12,7 +12,16 @@ from typing import Any, ClassVar, TypeVar
 
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["PROTOCOL_VERSIONS", "AssignmentReport", "Info", "Status", "Telemetry", "decode_control", "encode_control"]
+__all__ = [
+    "PROTOCOL_VERSIONS",
+    "AssignmentReport",
+    "Info",
+    "PlanInfo",
+    "Status",
+    "Telemetry",
+    "decode_control",
+    "encode_control",
+]
 
 PROTOCOL_VERSIONS = (1,)
 """Protocol versions this build speaks (the ``v1`` in topic names)."""
@@ -53,7 +62,9 @@ class Info(_Message):
 
 @dataclass(frozen=True)
 class Telemetry(_Message):
-    """Periodic ``node/<id>/telemetry``: load as psutil reports it, and the node's error counters."""
+    """Periodic ``node/<id>/telemetry``: load as psutil reports it, and the node's counters since
+    it started (``malformed``: messages refused as invalid; ``dropped``: valid data it could not
+    keep: queue or buffer full, expired; ``stale``: frames of another plan generation)."""
 
     kind: ClassVar[str] = "telemetry"
     cpu_percent: float
@@ -61,6 +72,15 @@ class Telemetry(_Message):
     load_avg: list[float]
     temperature_c: float | None = None
     malformed: int = 0
+    dropped: int = 0
+    stale: int = 0
+    errors: int = 0
+    units_run: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    pending: int = 0
+    generation: int = -1
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,26 @@ class AssignmentReport(_Message):
     state: str  # ready | error
     error: str = ""
     units: list[str] = field(default_factory=list)
+    instance: str = ""  # the reporting process (retained reports outlive it)
+
+
+@dataclass(frozen=True)
+class PlanInfo(_Message):
+    """Retained ``controller/plan``: the deployed plan, as a requester needs it. ``sources`` are the
+    requester's own units (the model inputs, with their forwarding tables); ``outputs`` lists
+    ``{"layer", "shape"}`` in the model's output order; ``nodes[d]`` runs plan device ``d``."""
+
+    kind: ClassVar[str] = "plan"
+    generation: int
+    plan: str
+    model: str
+    method: str
+    input_shape: list[int]
+    nodes: list[str]
+    sources: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    predicted_ms: float = 0.0
+    blobs: dict[str, Any] = field(default_factory=dict)  # sha256 -> parts, to clear them later
 
 
 def encode_control(message: _Message) -> bytes:

@@ -62,12 +62,33 @@ class Topics:
         return f"{self.root}/data/{_level(plan, 'plan id')}/result/{_level(request, 'request id')}"
 
     @property
+    def reports(self) -> str:
+        """Subscription filter for every node's assignment report."""
+        return f"{self.root}/node/+/assignment/reported"
+
+    def results(self, plan: str) -> str:
+        """Subscription filter for every result of one plan."""
+        return f"{self.root}/data/{_level(plan, 'plan id')}/result/+"
+
+    def blob(self, sha256: str, part: int) -> str:
+        """Retained part ``part`` of a content-addressed weight blob."""
+        return f"{self.blob_parts(sha256)[:-1]}{part}"
+
+    def blob_parts(self, sha256: str) -> str:
+        """Subscription filter for every part of one blob."""
+        return f"{self.root}/blob/{_level(sha256, 'blob hash')}/+"
+
+    def data_filter(self, plan: str) -> str:
+        """Subscription filter for every data-plane message of one plan (a traffic tap)."""
+        return f"{self.root}/data/{_level(plan, 'plan id')}/#"
+
+    @property
     def infer_request(self) -> str:
         return f"{self.root}/infer/request"
 
     def parse(self, topic: str) -> tuple[str, dict[str, str]]:
         """(kind, fields) of a topic of this cluster: kinds ``node/<leaf>``, ``controller/<leaf>``,
-        ``unit_input``, ``result``, ``infer_request``."""
+        ``unit_input``, ``result``, ``blob``, ``infer_request``."""
         prefix = self.root + "/"
         if not topic.startswith(prefix):
             raise ProtocolError(f"topic {topic!r} is not under {prefix}")
@@ -82,6 +103,8 @@ class Topics:
             return "unit_input", {"plan": parts[1], "unit": parts[2]}
         if parts[0] == "data" and len(parts) == 4 and parts[2] == "result":
             return "result", {"plan": parts[1], "request": parts[3]}
+        if parts[0] == "blob" and len(parts) == 3 and parts[2].isdigit():
+            return "blob", {"sha256": parts[1], "part": parts[2]}
         if parts == ["infer", "request"]:
             return "infer_request", {}
         raise ProtocolError(f"topic {topic!r}: unknown topic")

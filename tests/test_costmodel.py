@@ -13,8 +13,8 @@ from controller.graph.trace import trace_model
 from controller.partitioners.baselines import single_on
 from controller.partitions import even_partition
 from controller.plan import build_plan
-from controller.profiles import Cluster, Device, DeviceProfile, Link
 from controller.simulate import simulate
+from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link
 
 LINK = Link(up_mbps=80.0, down_mbps=100.0, latency_ms=2.0)
 

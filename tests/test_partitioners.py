@@ -13,10 +13,10 @@ from controller.partitioners import METHODS, lower_bound_s, plan_model
 from controller.partitioners.baselines import cut_points, single_on
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.optimal import model_latency, solve_optimal
-from controller.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
 from controller.verify import TOLERANCE, check_partition, reference_outputs
 from controller.zoo import build_model
 from edgeflowd.errors import PlanError
+from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
 
 
 @pytest.fixture(scope="module")

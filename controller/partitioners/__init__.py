@@ -13,8 +13,8 @@ from controller.partitioners.optimal import optimal
 from controller.partitioners.progressive import edgeflow_partition, progressive_partition
 from controller.partitions import Partition
 from controller.plan import Plan, build_plan
-from controller.profiles import Cluster
 from controller.simulate import Timeline, simulate
+from edgeflowd.profiles import Cluster
 
 __all__ = ["METHODS", "Planned", "lower_bound_s", "plan_model"]
 

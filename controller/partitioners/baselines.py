@@ -20,8 +20,8 @@ from controller.graph.layers import LayerGraph
 from controller.partitioners.evaluate import predicted_latency
 from controller.partitioners.fused import fusable_prefix, fused_ranges
 from controller.partitions import Partition, on_one_device, split_rows
-from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
+from edgeflowd.profiles import Cluster
 from edgeflowd.rows import RowRange
 
 __all__ = ["chain", "coedge", "equal", "ftp", "single", "single_on"]

@@ -6,8 +6,8 @@ from controller.costmodel import memory_bytes
 from controller.graph.layers import LayerGraph
 from controller.partitions import Partition
 from controller.plan import build_plan
-from controller.profiles import Cluster
 from controller.simulate import simulate
+from edgeflowd.profiles import Cluster
 
 __all__ = ["fits_memory", "predicted_latency"]
 

@@ -23,8 +23,8 @@ from scipy.sparse import lil_matrix
 from controller.costmodel import comm_s_per_byte, per_row_s, row_bytes
 from controller.graph.layers import LayerGraph
 from controller.partitions import Partition
-from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
+from edgeflowd.profiles import Cluster
 from edgeflowd.rows import RowRange
 
 __all__ = ["MAX_DEVICES", "MAX_LAYERS", "Solution", "model_latency", "optimal", "solve_optimal"]

@@ -42,8 +42,8 @@ from controller.partitioners.baselines import chain, coedge, equal, ftp, single
 from controller.partitioners.evaluate import fits_memory, predicted_latency
 from controller.partitioners.state import Placement, PlanState
 from controller.partitions import Partition, split_rows
-from controller.profiles import Cluster
 from edgeflowd.errors import PlanError
+from edgeflowd.profiles import Cluster
 
 __all__ = ["edgeflow_partition", "progressive_partition", "progressive_pass"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from controller.costmodel import memory_bytes, per_row_s, row_bytes, send
 from controller.graph.layers import Layer, LayerGraph
 from controller.partitions import on_one_device
-from controller.profiles import Cluster, Link
 from edgeflowd.errors import PlanError
+from edgeflowd.profiles import Cluster, Link
 from edgeflowd.rows import RowRange
 from edgeflowd.units import CLIENT
 

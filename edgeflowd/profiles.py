@@ -14,9 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from edgeflowd.errors import ProfileError
+from edgeflowd.yamldoc import YamlDoc, check_keys, number, read_text, require
 
 __all__ = [
     "DEFAULT_KIND_FACTORS",
@@ -99,72 +97,15 @@ class Cluster:
         return replace(self, devices=devices, name=name or self.name)
 
 
-# -- validation ----------------------------------------------------------------------------
-class _Doc:
-    """Parsed YAML plus the line of every node, so errors can point at it."""
-
-    def __init__(self, text: str, source: str) -> None:
-        self.source = source
-        try:
-            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise ProfileError(f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
-
-    def line(self, path: tuple[str | int, ...]) -> int:
-        node = self.root
-        for key in path:
-            if isinstance(node, yaml.MappingNode):
-                match = [v for k, v in node.value if k.value == key]
-                if not match:
-                    break
-                node = match[0]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-                node = node.value[key]
-            else:
-                break
-        return (node.start_mark.line + 1) if node is not None else 1
-
-    def error(self, path: tuple[str | int, ...], message: str) -> ProfileError:
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
-        return ProfileError(f"{self.source}:{self.line(path)}: {dotted or '(top)'}: {message}")
-
-
-def _get(doc: _Doc, data: Any, path: tuple[str | int, ...], key: str, default: Any = ...) -> Any:
-    if not isinstance(data, dict):
-        raise doc.error(path, f"expected a mapping, got {type(data).__name__}")
-    if key not in data:
-        if default is ...:
-            raise doc.error(path, f"missing required field {key!r}")
-        return default
-    return data[key]
-
-
-def _number(doc: _Doc, value: Any, path: tuple[str | int, ...], minimum: float = 0.0, strict: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or (value <= minimum if strict else value < minimum):
-        kind = "a positive number" if strict and minimum == 0 else f"a number >= {minimum}"
-        raise doc.error(path, f"expected {kind}, got {value!r}")
-    return float(value)
-
-
-def _check_keys(doc: _Doc, data: dict[str, Any], path: tuple[str | int, ...], allowed: set[str]) -> None:
-    for key in data:
-        if key not in allowed:
-            raise doc.error((*path, key), f"unknown field (expected one of {', '.join(sorted(allowed))})")
-
-
-def _device_profile(doc: _Doc, data: Any, path: tuple[str | int, ...], name: str) -> DeviceProfile:
+def _device_profile(doc: YamlDoc, data: Any, path: tuple[str | int, ...], name: str) -> DeviceProfile:
     if not isinstance(data, dict):
         raise doc.error(path, "a device profile is a mapping")
-    _check_keys(doc, data, path, {"schema", "name", "description", "compute", "memory_mb", "threads", "link"})
-    compute = _get(doc, data, path, "compute")
+    check_keys(doc, data, path, {"schema", "name", "description", "compute", "memory_mb", "threads", "link"})
+    compute = require(doc, data, path, "compute")
     cpath = (*path, "compute")
     if not isinstance(compute, dict):
         raise doc.error(cpath, "expected a mapping with gflops")
-    _check_keys(doc, compute, cpath, {"gflops", "per_kind", "op_overhead_ms"})
+    check_keys(doc, compute, cpath, {"gflops", "per_kind", "op_overhead_ms"})
     factors = dict(DEFAULT_KIND_FACTORS)
     per_kind = compute.get("per_kind", {}) or {}
     if not isinstance(per_kind, dict):
@@ -172,45 +113,38 @@ def _device_profile(doc: _Doc, data: Any, path: tuple[str | int, ...], name: str
     for kind, factor in per_kind.items():
         if kind not in DEFAULT_KIND_FACTORS:
             raise doc.error((*cpath, "per_kind", kind), f"unknown op kind (known: {', '.join(DEFAULT_KIND_FACTORS)})")
-        factors[kind] = _number(doc, factor, (*cpath, "per_kind", kind))
-    link = _get(doc, data, path, "link")
+        factors[kind] = number(doc, factor, (*cpath, "per_kind", kind))
+    link = require(doc, data, path, "link")
     lpath = (*path, "link")
     if not isinstance(link, dict):
         raise doc.error(lpath, "expected a mapping with up_mbps, down_mbps, latency_ms")
-    _check_keys(doc, link, lpath, {"up_mbps", "down_mbps", "latency_ms"})
-    threads = _get(doc, data, path, "threads", 1)
+    check_keys(doc, link, lpath, {"up_mbps", "down_mbps", "latency_ms"})
+    threads = require(doc, data, path, "threads", 1)
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise doc.error((*path, "threads"), f"expected a positive integer, got {threads!r}")
     return DeviceProfile(
         name=str(data.get("name", name)),
         description=str(data.get("description", "")),
-        gflops=_number(doc, _get(doc, compute, cpath, "gflops"), (*cpath, "gflops")),
-        op_overhead_ms=_number(doc, compute.get("op_overhead_ms", 0.2), (*cpath, "op_overhead_ms"), strict=False),
+        gflops=number(doc, require(doc, compute, cpath, "gflops"), (*cpath, "gflops")),
+        op_overhead_ms=number(doc, compute.get("op_overhead_ms", 0.2), (*cpath, "op_overhead_ms"), strict=False),
         kind_factors=factors,
-        memory_mb=_number(doc, _get(doc, data, path, "memory_mb"), (*path, "memory_mb")),
+        memory_mb=number(doc, require(doc, data, path, "memory_mb"), (*path, "memory_mb")),
         threads=threads,
         link=_link(doc, link, lpath),
     )
 
 
-def _link(doc: _Doc, link: dict[str, Any], lpath: tuple[str | int, ...]) -> Link:
+def _link(doc: YamlDoc, link: dict[str, Any], lpath: tuple[str | int, ...]) -> Link:
     return Link(
-        up_mbps=_number(doc, _get(doc, link, lpath, "up_mbps"), (*lpath, "up_mbps")),
-        down_mbps=_number(doc, _get(doc, link, lpath, "down_mbps"), (*lpath, "down_mbps")),
-        latency_ms=_number(doc, _get(doc, link, lpath, "latency_ms"), (*lpath, "latency_ms"), strict=False),
+        up_mbps=number(doc, require(doc, link, lpath, "up_mbps"), (*lpath, "up_mbps")),
+        down_mbps=number(doc, require(doc, link, lpath, "down_mbps"), (*lpath, "down_mbps")),
+        latency_ms=number(doc, require(doc, link, lpath, "latency_ms"), (*lpath, "latency_ms"), strict=False),
     )
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
 def load_device_profile(path: str | Path) -> DeviceProfile:
     path = Path(path)
-    doc = _Doc(_read(path), str(path))
+    doc = YamlDoc(read_text(path), str(path))
     return _device_profile(doc, doc.data, (), path.stem)
 
 
@@ -226,12 +160,12 @@ def _resolve_profile(ref: str, base_dir: Path) -> Path:
 
 
 def parse_cluster(text: str, source: str, base_dir: Path) -> Cluster:
-    doc = _Doc(text, source)
+    doc = YamlDoc(text, source)
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a cluster profile is a mapping with 'devices'")
-    _check_keys(doc, data, (), {"schema", "name", "description", "devices", "client"})
-    raw_devices = _get(doc, data, (), "devices")
+    check_keys(doc, data, (), {"schema", "name", "description", "devices", "client"})
+    raw_devices = require(doc, data, (), "devices")
     if not isinstance(raw_devices, list) or not raw_devices:
         raise doc.error(("devices",), "expected a non-empty list of devices")
     devices: list[Device] = []
@@ -240,18 +174,18 @@ def parse_cluster(text: str, source: str, base_dir: Path) -> Cluster:
         path: tuple[str | int, ...] = ("devices", i)
         if not isinstance(entry, dict):
             raise doc.error(path, "each device is a mapping with 'id' and 'profile'")
-        _check_keys(doc, entry, path, {"id", "profile", "overrides", "load"})
-        dev_id = _get(doc, entry, path, "id")
+        check_keys(doc, entry, path, {"id", "profile", "overrides", "load"})
+        dev_id = require(doc, entry, path, "id")
         if not isinstance(dev_id, str) or not dev_id or "/" in dev_id or "#" in dev_id or "+" in dev_id:
             raise doc.error((*path, "id"), f"expected a name without '/', '#', '+', got {dev_id!r}")
         if dev_id in seen:
             raise doc.error((*path, "id"), f"device id {dev_id!r} appears twice")
         seen.add(dev_id)
-        ref = _get(doc, entry, path, "profile")
+        ref = require(doc, entry, path, "profile")
         ppath: tuple[str | int, ...]
         if isinstance(ref, str):
             profile_path = _resolve_profile(ref, base_dir)
-            pdoc = _Doc(_read(profile_path), str(profile_path))
+            pdoc = YamlDoc(read_text(profile_path), str(profile_path))
             raw, pdoc_used, ppath = pdoc.data, pdoc, ()
         elif isinstance(ref, dict):
             raw, pdoc_used, ppath = ref, doc, (*path, "profile")
@@ -261,7 +195,7 @@ def parse_cluster(text: str, source: str, base_dir: Path) -> Cluster:
         if overrides is not None:
             raw, pdoc_used, ppath = _merge(raw, overrides), doc, (*path, "overrides")
         profile = _device_profile(pdoc_used, raw, ppath, str(ref) if isinstance(ref, str) else dev_id)
-        load = _number(doc, entry.get("load", 0.0), (*path, "load"), strict=False)
+        load = number(doc, entry.get("load", 0.0), (*path, "load"), strict=False)
         if load >= 1.0:
             raise doc.error((*path, "load"), f"expected a CPU fraction in [0, 1), got {load}")
         devices.append(Device(dev_id, profile, load))
@@ -270,7 +204,7 @@ def parse_cluster(text: str, source: str, base_dir: Path) -> Cluster:
         raw_client = data["client"]
         if not isinstance(raw_client, dict):
             raise doc.error(("client",), "expected a mapping with up_mbps, down_mbps, latency_ms")
-        _check_keys(doc, raw_client, ("client",), {"up_mbps", "down_mbps", "latency_ms"})
+        check_keys(doc, raw_client, ("client",), {"up_mbps", "down_mbps", "latency_ms"})
         client = _link(doc, raw_client, ("client",))
     return Cluster(name=str(data.get("name", Path(source).stem)), devices=tuple(devices), client=client)
 
@@ -280,4 +214,4 @@ def load_cluster(path: str | Path) -> Cluster:
     path = Path(path)
     if not path.exists() and not path.suffix:
         path = PROFILES_DIR / "clusters" / f"{path}.yaml"
-    return parse_cluster(_read(path), str(path), path.parent)
+    return parse_cluster(read_text(path), str(path), path.parent)

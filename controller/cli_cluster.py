@@ -1,0 +1,196 @@
+"""``edgeflow deploy`` and ``edgeflow infer``: the commands that talk to a broker."""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from controller.cli_args import input_shape, positive_int
+from controller.client import InferenceClient, Result
+from controller.deploy import current_plan, make_deployment, publish_deployment
+from controller.graph.trace import trace_model
+from controller.partitioners import METHODS, plan_model
+from controller.verify import TOLERANCE, reference_outputs, relative_error
+from controller.zoo import build_model
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.messages import PlanInfo
+from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.profiles import load_cluster
+from edgeflowd.protocol import Topics
+
+__all__ = ["add_cluster_commands"]
+
+_FRAME_HEADROOM = 1024  # topic and MQTT header beside a weight part, bytes
+
+
+def _connect(args: argparse.Namespace, role: str, topics: list[str]) -> tuple[Connection, MessageQueue]:
+    inbox: MessageQueue = queue.Queue()
+    conn = Connection(
+        args.broker, f"edgeflow-{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
+        mqtt_version=args.mqtt_version,
+    )  # fmt: skip
+    for topic in topics:
+        conn.subscribe(topic, qos=1)
+    conn.start(timeout_s=10.0)
+    return conn, inbox
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    model, shape = build_model(args.model, args.input_shape, args.seed)
+    graph = trace_model(model, torch.zeros(shape), args.model)
+    cluster = load_cluster(args.cluster)
+    planned = plan_model(graph, cluster, args.method)
+    nodes = [d.id for d in cluster.devices]
+    topics = Topics(args.topic_cluster or cluster.name)
+    print(f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "
+          f"predicted {planned.latency_s * 1e3:.1f} ms")  # fmt: skip
+    for device, node in enumerate(nodes):
+        units = planned.plan.on_device(device)
+        rows = sum(len(u.rows) for u in units)
+        print(f"  {node:<16} {len(units):>4} units, {rows:>6} rows")
+    conn, inbox = _connect(args, "deploy", [topics.controller("plan"), topics.reports])
+    try:
+        previous = current_plan(topics, inbox, wait_s=1.0)
+        generation = previous.generation + 1 if previous else 1
+        deployment = make_deployment(
+            planned.plan, graph, nodes, generation, args.method, conn.max_packet - _FRAME_HEADROOM,
+            planned.latency_s * 1e3,
+        )  # fmt: skip
+        print(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")
+        publish_deployment(conn, topics, deployment, inbox, args.timeout, previous, progress=print)
+    finally:
+        conn.stop()
+    print(f"generation {generation} (plan {deployment.info.plan}) ready on {len(nodes)} nodes "
+          f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    return 0
+
+
+def _inputs(args: argparse.Namespace, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    if args.input:
+        array = np.load(args.input, allow_pickle=False)  # never unpickle a user's file
+        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if tuple(x.shape) != shape:
+            raise EdgeFlowError(f"{args.input}: shape {tuple(x.shape)}, the deployed plan takes {shape}")
+        return [x] * args.repeat
+    return [torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + i)) for i in range(args.repeat)]
+
+
+def _progress(total: int) -> Iterator[None]:
+    done = 0
+    while True:
+        yield
+        done += 1
+        if sys.stderr.isatty():
+            bar = "#" * (30 * done // total)
+            print(f"\r[{bar:<30}] {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    topics = Topics(args.cluster)
+    conn, inbox = _connect(args, "infer", [topics.controller("plan")])
+    try:
+        info = current_plan(topics, inbox, wait_s=args.plan_wait)
+        if info is None:
+            raise EdgeFlowError(f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)")
+        if info.model != args.model:
+            raise EdgeFlowError(
+                f"{topics.root}/ serves {info.model!r} (generation {info.generation}), not {args.model!r}"
+            )
+        client = InferenceClient(conn, topics, info, inbox, tap=args.traffic)
+        inputs = _inputs(args, client.input_shape)
+        tick = _progress(len(inputs))
+        next(tick)
+        results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=lambda r: next(tick))
+    finally:
+        conn.stop()
+    _report(info, results, client, args)
+    failed = [r for r in results if not r.ok]
+    status = 1 if failed else 0
+    if args.check:
+        status = max(status, _check(args, info, inputs, results))
+    if args.output:
+        first = next((r for r in results if r.ok), None)
+        if first is not None and first.outputs is not None:
+            arrays = [t.numpy() for t in first.outputs]
+            if len(arrays) == 1:
+                np.save(args.output, arrays[0])
+            else:
+                np.savez(args.output, *arrays)
+            print(f"wrote {args.output}")
+    return status
+
+
+def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args: argparse.Namespace) -> None:
+    ok = [r.latency_s * 1e3 for r in results if r.ok]
+    print(f"{info.model} plan {info.plan} ({info.method}, predicted {info.predicted_ms:.1f} ms) on "
+          f"{len(info.nodes)} nodes: {len(ok)}/{len(results)} requests succeeded, "
+          f"{args.concurrency} in flight")  # fmt: skip
+    if ok:
+        p50, p90, p99 = np.percentile(ok, [50, 90, 99])
+        print(f"latency ms: p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  min {min(ok):.1f}  max {max(ok):.1f}")
+    for r in results:
+        if not r.ok:
+            print(f"  failed: {r.error}")
+    if client.traffic is not None and client.traffic.by_request:
+        per = list(client.traffic.by_request.values())
+        messages = sum(c[0] for c in per) / len(per)
+        mib = sum(c[1] for c in per) / len(per) / 2**20
+        print(f"broker data traffic per request: {messages:.1f} messages, {mib:.2f} MiB "
+              "(inputs, slices between nodes, results)")  # fmt: skip
+
+
+def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor], results: list[Result]) -> int:
+    model, _ = build_model(args.model, tuple(info.input_shape), args.seed)
+    worst = 0.0
+    for x, r in zip(inputs, results, strict=True):
+        if r.outputs is not None:
+            worst = max(worst, relative_error(r.outputs, reference_outputs(model, x))[1])
+    verdict = "ok" if worst <= TOLERANCE else "FAIL"
+    print(f"max relative error against the local model: {worst:.2e} (tolerance {TOLERANCE:g}): {verdict}")
+    return 0 if worst <= TOLERANCE else 1
+
+
+def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], model_help: str) -> None:
+    deploy = sub.add_parser(
+        "deploy",
+        help="plan a model on a cluster and publish the nodes' assignments",
+        description="Plan, publish each node's retained assignment and weights, and wait until every "
+        "node reports the new generation ready.",
+    )
+    deploy.add_argument("--model", required=True, help=model_help)
+    deploy.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    deploy.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT]")
+    deploy.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
+    deploy.add_argument("--topic-cluster", metavar="NAME", help="topic root name (default: the cluster's name)")
+    deploy.add_argument("--input-shape", type=input_shape, default=None)
+    deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")
+    deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every node")
+    deploy.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    deploy.set_defaults(func=_cmd_deploy)
+    infer = sub.add_parser(
+        "infer",
+        help="send requests to the deployed plan and report latency",
+        description="Send inputs to the plan deployed on a cluster and wait for the correlated results.",
+    )
+    infer.add_argument("--model", required=True, help="the model the deployed plan must run")
+    infer.add_argument("--broker", required=True, metavar="URL")
+    infer.add_argument("--cluster", default="default", help="cluster name (topic root) the plan was deployed to")
+    infer.add_argument("--input", metavar="FILE.npy", help="input array (default: random inputs from --seed)")
+    infer.add_argument("--repeat", type=positive_int, default=1, help="number of requests")
+    infer.add_argument("--concurrency", type=positive_int, default=1, help="requests in flight at once")
+    infer.add_argument("--output", metavar="FILE.npy", help="save the first result (.npz for several outputs)")
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds before a request fails")
+    infer.add_argument("--check", action="store_true", help="compare every result with the local model")
+    infer.add_argument("--traffic", action="store_true", help="count the broker's data messages per request")
+    infer.add_argument("--seed", type=int, default=0, help="seed of the model's weights and of random inputs")
+    infer.add_argument("--plan-wait", type=float, default=5.0, help="seconds to wait for the retained plan")
+    infer.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    infer.set_defaults(func=_cmd_infer)

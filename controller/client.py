@@ -1,0 +1,181 @@
+"""The requester: sends inputs to a deployed plan and collects correlated results.
+
+It plays the plan's client units: slices each input by their forwarding tables, publishes the
+slices to the first units' topics, and assembles the output rows that arrive on
+``data/<plan>/result/<request>``. Requests carry ids of the form ``<client>-<n>``; results of
+other clients or of requests already given up on are ignored. Every request either completes or
+fails with :class:`RequestTimeoutError` saying which output rows never came.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from edgeflowd.errors import EdgeFlowError, ProtocolError
+from edgeflowd.inbox import Inbox, InboxFullError, Need
+from edgeflowd.messages import PlanInfo
+from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.protocol import FrameAssembler, Topics, decode_frame
+from edgeflowd.rows import RowRange
+from edgeflowd.runtime import frames_for
+from edgeflowd.slicing import height_of, take_rows
+from edgeflowd.units import SINK, ExecutionUnit
+
+__all__ = ["InferenceClient", "RequestTimeoutError", "Result", "Traffic"]
+
+log = logging.getLogger(__name__)
+
+
+class RequestTimeoutError(EdgeFlowError):
+    pass
+
+
+@dataclass(frozen=True)
+class Result:
+    request: str
+    outputs: list[torch.Tensor] | None
+    latency_s: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs is not None
+
+
+@dataclass
+class Traffic:
+    """Data-plane messages and bytes through the broker for this client's requests (a tap on
+    ``data/<plan>/#``: inputs, every forwarded slice between nodes, results)."""
+
+    messages: int = 0
+    bytes: int = 0
+    by_request: dict[str, list[int]] = field(default_factory=dict)
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        conn: Connection,
+        topics: Topics,
+        info: PlanInfo,
+        inbox: MessageQueue,
+        tap: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``conn`` must feed ``inbox`` with its messages; this subscribes what it needs."""
+        self.conn = conn
+        self.topics = topics
+        self.info = info
+        self.messages = inbox
+        self.clock = clock
+        self.tag = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self.sources = [ExecutionUnit.from_json(u, f"plan.sources[{i}]") for i, u in enumerate(info.sources)]
+        if len(self.sources) != 1:
+            raise EdgeFlowError(f"plan {info.plan} has {len(self.sources)} inputs; requests carry exactly one")
+        shapes = {o["layer"]: tuple(o["shape"]) for o in info.outputs}
+        self.output_layers = [o["layer"] for o in info.outputs]
+        needs = [Need(layer, RowRange(0, height_of(shape)), shape) for layer, shape in shapes.items()]
+        self.results = Inbox({SINK: needs}, max_bytes=1 << 31, ttl_s=float("inf"))
+        self.assembler = FrameAssembler(max_bytes=1 << 31, ttl_s=3600.0)
+        self.traffic: Traffic | None = Traffic() if tap else None
+        pattern = topics.data_filter(info.plan) if tap else topics.results(info.plan)
+        if not conn.subscribe_wait([pattern], qos=0):
+            raise EdgeFlowError(f"{conn.broker} did not acknowledge the subscription to {pattern}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.info.input_shape)
+
+    def send(self, x: torch.Tensor) -> str:
+        """Publish one input; returns its request id."""
+        if tuple(x.shape) != self.input_shape:
+            raise EdgeFlowError(f"input has shape {tuple(x.shape)}; plan {self.info.plan} takes {self.input_shape}")
+        self._seq += 1
+        request = f"{self.tag}-{self._seq}"
+        source = self.sources[0]
+        for forward in source.forwards:
+            piece = take_rows(x, forward.rows, source.rows).contiguous()
+            for topic, payload in frames_for(
+                self.topics, self.info.plan, request, source, forward, piece, self.conn.max_packet
+            ):
+                self.conn.publish(topic, payload)
+        return request
+
+    def run(
+        self,
+        inputs: Iterator[torch.Tensor],
+        concurrency: int,
+        timeout_s: float,
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> list[Result]:
+        """Keep ``concurrency`` requests in flight until ``inputs`` is exhausted; results in
+        request order. A request with no complete result after ``timeout_s`` fails."""
+        started: dict[str, float] = {}
+        order: list[str] = []
+        done: dict[str, Result] = {}
+        more = True
+        while more or started:
+            while more and len(started) < concurrency:
+                x = next(inputs, None)
+                if x is None:
+                    more = False
+                    break
+                t0 = self.clock()
+                request = self.send(x)
+                started[request] = t0
+                order.append(request)
+            try:
+                topic, payload = self.messages.get(timeout=0.05)
+                finished = self._on_message(topic, payload, started)
+            except queue.Empty:
+                finished = None
+            if finished is not None:
+                request, outputs = finished
+                done[request] = Result(request, outputs, self.clock() - started.pop(request))
+                on_result(done[request])
+            now = self.clock()
+            for request, t0 in list(started.items()):
+                if now - t0 > timeout_s:
+                    del started[request]
+                    missing = "; ".join(self.results.missing(request, SINK)) or "no rows"
+                    error = f"request {request} timed out after {timeout_s:g} s; missing {missing}"
+                    done[request] = Result(request, None, now - t0, error)
+                    on_result(done[request])
+        return [done[r] for r in order]
+
+    def _on_message(
+        self, topic: str, payload: bytes, started: dict[str, float]
+    ) -> tuple[str, list[torch.Tensor]] | None:
+        try:
+            kind, _ = self.topics.parse(topic)
+            frame = decode_frame(payload, topic)
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+            return None
+        if frame.request not in started:
+            return None  # another client's, or given up on
+        if self.traffic is not None:
+            self.traffic.messages += 1
+            self.traffic.bytes += len(payload)
+            counts = self.traffic.by_request.setdefault(frame.request, [0, 0])
+            counts[0] += 1
+            counts[1] += len(payload)
+        if kind != "result":
+            return None
+        try:
+            tensor = self.assembler.add(frame, self.clock(), topic)
+            if tensor is None:
+                return None
+            inputs = self.results.add(frame.request, SINK, frame.layer, frame.rows, tensor, self.clock(), topic)
+        except (ProtocolError, InboxFullError) as exc:
+            log.warning("ignored: %s", exc)
+            return None
+        return None if inputs is None else (frame.request, inputs)
