@@ -114,7 +114,7 @@ def publish_deployment(
     for i, (sha, (ref, raw)) in enumerate(sorted(deployment.blobs.items()), 1):
         for part, payload in enumerate(split_blob(raw, ref)):
             conn.publish_wait(topics.blob(sha, part), payload, timeout_s=timeout_s, retain=True)
-        if i == total or i % 20 == 0:
+        if i == total or i % max(1, total // 4) == 0:
             progress(f"weights: {i}/{total} blobs published ({deployment.blob_bytes / 2**20:.1f} MiB in all)")
     generation = deployment.info.generation
     for node, assignment in deployment.assignments.items():

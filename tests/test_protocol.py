@@ -26,9 +26,19 @@ def test_topics_build_and_parse() -> None:
         T.unit_input("g7", "conv1@d2"): ("unit_input", {"plan": "g7", "unit": "conv1@d2"}),
         T.result("g7", "req-9"): ("result", {"plan": "g7", "request": "req-9"}),
         T.infer_request: ("infer_request", {}),
+        T.blob("ab" * 32, 3): ("blob", {"sha256": "ab" * 32, "part": "3"}),
     }
     for topic, parsed in cases.items():
         assert topic.startswith("edgeflow/v1/lab/") and T.parse(topic) == parsed
+
+
+def test_subscription_filters() -> None:
+    assert T.blob_parts("ab" * 32) == f"edgeflow/v1/lab/blob/{'ab' * 32}/+"
+    assert T.results("g7") == "edgeflow/v1/lab/data/g7/result/+"
+    assert T.reports == "edgeflow/v1/lab/node/+/assignment/reported"
+    assert T.data_filter("g7") == "edgeflow/v1/lab/data/g7/#"
+    with pytest.raises(ProtocolError, match="plan id"):
+        T.results("g/7")
 
 
 @pytest.mark.parametrize(
