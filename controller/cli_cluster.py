@@ -94,23 +94,18 @@ def _progress(total: int) -> Iterator[None]:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    topics = Topics(args.cluster)
-    conn, inbox = _connect(args, "infer", [topics.controller("plan")])
+    client = InferenceClient.connect(
+        args.broker, args.cluster, args.model, tap=args.traffic, mqtt_version=args.mqtt_version,
+        plan_wait_s=args.plan_wait,
+    )  # fmt: skip
     try:
-        info = current_plan(topics, inbox, wait_s=args.plan_wait)
-        if info is None:
-            raise EdgeFlowError(f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)")
-        if info.model != args.model:
-            raise EdgeFlowError(
-                f"{topics.root}/ serves {info.model!r} (generation {info.generation}), not {args.model!r}"
-            )
-        client = InferenceClient(conn, topics, info, inbox, tap=args.traffic)
         inputs = _inputs(args, client.input_shape)
         tick = _progress(len(inputs))
         next(tick)
         results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=lambda r: next(tick))
     finally:
-        conn.stop()
+        client.close()
+    info = client.info
     _report(info, results, client, args)
     failed = [r for r in results if not r.ok]
     status = 1 if failed else 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from controller.deploy import current_plan
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.inbox import Inbox, InboxFullError, Need
 from edgeflowd.messages import PlanInfo
@@ -89,6 +90,35 @@ class InferenceClient:
         pattern = topics.data_filter(info.plan) if tap else topics.results(info.plan)
         if not conn.subscribe_wait([pattern], qos=0):
             raise EdgeFlowError(f"{conn.broker} did not acknowledge the subscription to {pattern}")
+
+    @classmethod
+    def connect(
+        cls, broker: str, cluster: str, model: str, tap: bool = False, mqtt_version: str = "5", plan_wait_s: float = 5.0
+    ) -> InferenceClient:
+        """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
+        Close it with :meth:`close`."""
+        inbox: MessageQueue = queue.Queue()
+        conn = Connection(broker, f"edgeflow-infer-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
+                          mqtt_version=mqtt_version)  # fmt: skip
+        topics = Topics(cluster)
+        conn.subscribe(topics.controller("plan"), qos=1)
+        conn.start()
+        try:
+            info = current_plan(topics, inbox, wait_s=plan_wait_s)
+            if info is None:
+                raise EdgeFlowError(
+                    f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)"
+                )
+            if info.model != model:
+                serving = f"{info.model!r} (generation {info.generation})"
+                raise EdgeFlowError(f"{topics.root}/ serves {serving}, not {model!r}")
+            return cls(conn, topics, info, inbox, tap=tap)
+        except BaseException:
+            conn.stop()
+            raise
+
+    def close(self) -> None:
+        self.conn.stop()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

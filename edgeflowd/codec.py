@@ -48,7 +48,7 @@ if sys.byteorder != "little":  # pragma: no cover - every supported board is lit
     raise ImportError("edgeflow's tensor codec assumes a little-endian host")
 
 
-def pack_envelope(magic: bytes, header: Mapping[str, Any], *body: bytes) -> bytes:
+def pack_envelope(magic: bytes, header: Mapping[str, Any], *body: bytes | memoryview) -> bytes:
     """``magic`` | header length (uint32, big-endian) | header as compact JSON | body."""
     raw = json.dumps(header, separators=(",", ":")).encode()
     return b"".join([magic, struct.pack(">I", len(raw)), raw, *body])

@@ -125,7 +125,7 @@ class Frame:
     chunk: int
     chunks: int
     nbytes: int
-    data: bytes
+    data: bytes | memoryview  # a view into the received payload: slices are not copied twice
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -141,13 +141,14 @@ def encode_frames(
         raise ProtocolError(f"packet limit {max_packet} leaves no room for a frame header")
     dtype, shape, raw = tensor_bytes(tensor, f"frame {source}")
     chunks = max(1, math.ceil(len(raw) / room))
+    view = memoryview(raw)
     frames = []
     for i in range(chunks):
         header = {
             "schema": FRAME_SCHEMA, "request": request, "plan": plan, "source": source, "layer": layer,
             "rows": rows.to_json(), "dtype": dtype, "shape": shape, "chunk": [i, chunks], "nbytes": len(raw),
         }  # fmt: skip
-        frames.append(pack_envelope(_MAGIC, header, raw[i * room : (i + 1) * room]))
+        frames.append(pack_envelope(_MAGIC, header, view[i * room : (i + 1) * room]))
     return frames
 
 
@@ -178,14 +179,14 @@ def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
         request=_field(header, "request", str, topic), plan=_field(header, "plan", str, topic),
         source=_field(header, "source", str, topic), layer=_field(header, "layer", str, topic), rows=rows,
         dtype=_field(header, "dtype", str, topic), shape=dims, chunk=index, chunks=count, nbytes=nbytes,
-        data=bytes(body),
+        data=body,
     )  # fmt: skip
 
 
 @dataclass
 class _Partial:
     first: Frame
-    parts: dict[int, bytes]
+    parts: dict[int, bytes | memoryview]
     started: float
     size: int = 0
 

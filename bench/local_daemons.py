@@ -1,0 +1,136 @@
+"""Real execution on three local daemons: a model deployed with several partition methods on the
+``local-3`` cluster (Mosquitto + three ``edgeflowd`` processes on this machine, one torch thread
+each), against the same model in one process. Latency at 1 request in flight, throughput at 4,
+and the broker's data traffic per request.
+
+    .venv/bin/python bench/local_daemons.py [--model yolov5s] [--requests 20] [--out bench/results]
+
+Writes ``local_daemons.json`` and ``local_daemons.png`` (needs matplotlib) into ``--out``. All
+daemons share this machine's cores, so this measures the runtime's overhead and exactness on real
+processes, not the speed-up of separate boards (that is the testbed's job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from controller.cli import main as edgeflow
+from controller.client import InferenceClient
+from controller.launch import DaemonProcess, mosquitto_broker
+from controller.verify import reference_outputs, relative_error
+from controller.zoo import build_model
+
+NODES = ("node-a", "node-b", "node-c")
+
+
+def single_process_ms(model_spec: str, threads: int, runs: int) -> float:
+    model, shape = build_model(model_spec, None, 0)
+    x = torch.randn(shape)
+    torch.set_num_threads(threads)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
+    model, shape = build_model(model_spec, None, 0)
+    inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(requests)]
+    out: dict[str, Any] = {}
+    for concurrency in (1, 4):
+        client = InferenceClient.connect(broker, "local-3", model_spec, tap=True)
+        try:
+            client.run(iter(inputs[:2]), 1, 60.0)  # warm-up: first-touch allocations on every node
+            client.traffic.by_request.clear()  # type: ignore[union-attr]
+            t0 = time.perf_counter()
+            results = client.run(iter(inputs), concurrency, 60.0)
+            wall = time.perf_counter() - t0
+        finally:
+            client.close()
+        ok = [r for r in results if r.ok]
+        latencies = sorted(r.latency_s * 1e3 for r in ok)
+        counts = list(client.traffic.by_request.values()) if client.traffic else []
+        worst = max(relative_error(r.outputs, reference_outputs(model, x))[1] for r, x in zip(results, inputs, strict=True)
+                    if r.outputs is not None)  # fmt: skip
+        out[f"in_flight_{concurrency}"] = {
+            "succeeded": len(ok), "requests": requests,
+            "p50_ms": statistics.median(latencies), "p90_ms": latencies[int(0.9 * (len(latencies) - 1))],
+            "throughput_rps": len(ok) / wall, "max_relative_error": worst,
+            "messages_per_request": sum(c[0] for c in counts) / max(1, len(counts)),
+            "mib_per_request": sum(c[1] for c in counts) / max(1, len(counts)) / 2**20,
+        }  # fmt: skip
+        out["predicted_ms"] = client.info.predicted_ms
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - optional dependency
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(report["methods"])
+    p50 = [report["methods"][n]["in_flight_1"]["p50_ms"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, p50, color="#4c72b0", label="3 local daemons, p50 (1 in flight)")
+    for threads, style in (("1", "--"), ("2", ":")):
+        ax.axhline(report["single_process_ms"][threads], color="k", linestyle=style,
+                   label=f"one process, {threads} torch thread(s)")  # fmt: skip
+    ax.set_ylabel("latency, ms")
+    ax.set_title(f"{report['model']} on {os.cpu_count()} cores: daemons vs one process")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="yolov5s")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--methods", nargs="+", default=["single", "equal", "edgeflow"])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    report: dict[str, Any] = {"model": args.model, "cores": os.cpu_count(), "requests": args.requests, "methods": {}}
+    report["single_process_ms"] = {str(t): single_process_ms(args.model, t, 10) for t in (1, 2)}
+    print(f"one process: {report['single_process_ms']}")
+    with tempfile.TemporaryDirectory() as tmp, mosquitto_broker(Path(tmp)) as broker:
+        daemons = [DaemonProcess(n, broker.url, "local-3", Path(tmp), "--profile", "local-core") for n in NODES]
+        try:
+            for method in args.methods:
+                code = edgeflow(["deploy", "--model", args.model, "--cluster", "local-3", "--broker", broker.url,
+                                 "--method", method])  # fmt: skip
+                if code != 0:
+                    raise SystemExit(f"deploy with {method} failed")
+                report["methods"][method] = measure(broker.url, args.model, args.requests)
+                print(method, json.dumps(report["methods"][method], indent=1))
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "local_daemons.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        plot(report, args.out / "local_daemons.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+    print(f"wrote {args.out}/local_daemons.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
