@@ -66,8 +66,8 @@ def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
         ok = [r for r in results if r.ok]
         latencies = sorted(r.latency_s * 1e3 for r in ok)
         counts = list(client.traffic.by_request.values()) if client.traffic else []
-        worst = max(relative_error(r.outputs, reference_outputs(model, x))[1] for r, x in zip(results, inputs, strict=True)
-                    if r.outputs is not None)  # fmt: skip
+        pairs = [(r.outputs, x) for r, x in zip(results, inputs, strict=True) if r.outputs is not None]
+        worst = max(relative_error(got, reference_outputs(model, x))[1] for got, x in pairs)
         out[f"in_flight_{concurrency}"] = {
             "succeeded": len(ok), "requests": requests,
             "p50_ms": statistics.median(latencies), "p90_ms": latencies[int(0.9 * (len(latencies) - 1))],

@@ -108,12 +108,18 @@ class Daemon:
         except queue.Full:
             self.counts.add("dropped")  # never block paho's thread; the request will time out
 
+    def _enqueue_event(self, event: tuple[Any, ...]) -> None:
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:  # the engine is flooded; it will learn of the connection from its next message
+            self.counts.add("dropped")
+
     def _on_connect(self) -> None:
         self._sessions += 1
         status = Status(state="online", instance=self.instance, session=self._sessions)
         self.conn.publish(self.topics.node(self.node, "status"), encode_control(status), qos=1, retain=True)
         self.conn.publish(self.topics.node(self.node, "info"), encode_control(self._info()), qos=1, retain=True)
-        self.events.put(("connected",))
+        self._enqueue_event(("connected",))
 
     def _info(self) -> Info:
         profile = dataclasses.asdict(self.profile) if self.profile else {}

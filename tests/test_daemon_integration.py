@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
         (topic, frames(good)[0][:-5]),  # truncated chunk
         (topic, frames(good, RowRange(need.rows.start, need.rows.stop + 50))[0]),  # rows it does not read
         (topics.unit_input(info.plan, "conv_nowhere@d0"), frames(good)[0]),  # unknown unit (not subscribed)
+        (topic, encode_frames("bad-2", "g0", "x@d9", need.producer, need.rows, good, 1 << 20)[0]),  # another plan
         (topics.node("node-a", "assignment"), b"{not json"),  # garbage assignment (not retained)
         (topics.node("node-a", "assignment"), json.dumps({"schema": "edgeflow.assignment/1"}).encode()),
     ]
@@ -171,7 +173,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
         assert report is not None and report.state == "error" and "do not hash" in report.error
     finally:
         local.watcher.conn.publish_wait(topics.blob(fake_sha, 0), b"", retain=True)
-    refused = 8  # the frames and assignments above that reach node-a's engine and are invalid
+    refused = 9  # the frames and assignments above that reach node-a's engine and are invalid
     local.watcher.wait_for(
         "telemetry counting the refused messages",
         lambda last: (
@@ -222,6 +224,12 @@ def test_restart_recovers_from_the_retained_assignment(local: Local, capsys: pyt
     assert "5/5 requests succeeded" in out
 
 
+def _input_file(tmp: Path) -> Path:
+    path = tmp / "input.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32))
+    return path
+
+
 def _notify_messages(sock: socket.socket, until: str, timeout_s: float) -> list[str]:
     got: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -256,9 +264,12 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                 ready = _notify_messages(sock, "READY=1", 30)
                 assert "STATUS=serving small_dag plan" in ready[-1]
                 assert "WATCHDOG=1" in "".join(_notify_messages(sock, "WATCHDOG=1", 5))
+                saved = local.tmp / "out.npy"
                 code, out = _cli(capsys, "infer", "--model", "small_dag", "--cluster", "solo", "--broker",
-                                 local.broker.url, "--mqtt-version", "3.1.1", "--repeat", "3", "--check")  # fmt: skip
+                                 local.broker.url, "--mqtt-version", "3.1.1", "--repeat", "3", "--check",
+                                 "--input", str(_input_file(local.tmp)), "--output", str(saved))  # fmt: skip
                 assert code == 0, out
+                assert np.load(saved).shape == (1, 16, 32, 32)
                 watcher = Watcher(local.broker.url, "solo", mqtt_version="3.1.1")
                 try:
                     assert daemon.terminate() == 0
