@@ -35,6 +35,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeflow verify --model yolov5s --devices 4 --random-partitions 3
 	$(BIN)/edgeflow plan --model yolov5s --cluster paper-4 --compare
+	$(BIN)/edgeflow demo --model yolov5s --requests 10
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan_quality.py

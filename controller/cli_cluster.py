@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from controller.cli_args import input_shape, positive_int
 from controller.client import InferenceClient, Result
-from controller.deploy import current_plan, make_deployment, publish_deployment
+from controller.demo import demo_table, run_demo
+from controller.deploy import deploy_plan
 from controller.graph.trace import trace_model
 from controller.partitioners import METHODS, plan_model
+from controller.progress import progress_bar
 from controller.verify import TOLERANCE, reference_outputs, relative_error
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.messages import PlanInfo
-from edgeflowd.mqtt import Connection, MessageQueue
 from edgeflowd.profiles import load_cluster
-from edgeflowd.protocol import Topics
 
 __all__ = ["add_cluster_commands"]
-
-_FRAME_HEADROOM = 1024  # topic and MQTT header beside a weight part, bytes
-
-
-def _connect(args: argparse.Namespace, role: str, topics: list[str]) -> tuple[Connection, MessageQueue]:
-    inbox: MessageQueue = queue.Queue()
-    conn = Connection(
-        args.broker, f"edgeflow-{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
-        mqtt_version=args.mqtt_version,
-    )  # fmt: skip
-    for topic in topics:
-        conn.subscribe(topic, qos=1)
-    conn.start(timeout_s=10.0)
-    return conn, inbox
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -49,26 +32,17 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     planned = plan_model(graph, cluster, args.method)
     nodes = [d.id for d in cluster.devices]
-    topics = Topics(args.topic_cluster or cluster.name)
     print(f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "
           f"predicted {planned.latency_s * 1e3:.1f} ms")  # fmt: skip
     for device, node in enumerate(nodes):
         units = planned.plan.on_device(device)
         rows = sum(len(u.rows) for u in units)
         print(f"  {node:<16} {len(units):>4} units, {rows:>6} rows")
-    conn, inbox = _connect(args, "deploy", [topics.controller("plan"), topics.reports])
-    try:
-        previous = current_plan(topics, inbox, wait_s=1.0)
-        generation = previous.generation + 1 if previous else 1
-        deployment = make_deployment(
-            planned.plan, graph, nodes, generation, args.method, conn.max_packet - _FRAME_HEADROOM,
-            planned.latency_s * 1e3,
-        )  # fmt: skip
-        print(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")
-        publish_deployment(conn, topics, deployment, inbox, args.timeout, previous, progress=print)
-    finally:
-        conn.stop()
-    print(f"generation {generation} (plan {deployment.info.plan}) ready on {len(nodes)} nodes "
+    info = deploy_plan(
+        args.broker, args.topic_cluster or cluster.name, planned, graph, nodes, args.timeout,
+        mqtt_version=args.mqtt_version, progress=print,
+    )  # fmt: skip
+    print(f"generation {info.generation} (plan {info.plan}) ready on {len(nodes)} nodes "
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     return 0
 
@@ -83,16 +57,6 @@ def _inputs(args: argparse.Namespace, shape: tuple[int, ...]) -> list[torch.Tens
     return [torch.randn(shape, generator=torch.Generator().manual_seed(args.seed + i)) for i in range(args.repeat)]
 
 
-def _progress(total: int) -> Iterator[None]:
-    done = 0
-    while True:
-        yield
-        done += 1
-        if sys.stderr.isatty():
-            bar = "#" * (30 * done // total)
-            print(f"\r[{bar:<30}] {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-
 def _cmd_infer(args: argparse.Namespace) -> int:
     client = InferenceClient.connect(
         args.broker, args.cluster, args.model, tap=args.traffic, mqtt_version=args.mqtt_version,
@@ -100,9 +64,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         inputs = _inputs(args, client.input_shape)
-        tick = _progress(len(inputs))
-        next(tick)
-        results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=lambda r: next(tick))
+        tick = progress_bar(len(inputs))
+        results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=tick)
     finally:
         client.close()
     info = client.info
@@ -153,6 +116,21 @@ def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor],
     return 0 if worst <= TOLERANCE else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(f"EdgeFlow demo: {args.model} on a local cluster (Mosquitto + 3 edgeflowd processes on this machine)")
+    try:
+        rows = run_demo(args.model, args.methods, args.requests)
+    except KeyboardInterrupt:
+        print("interrupted; the broker and the daemons were stopped", file=sys.stderr)
+        return 130
+    print()
+    for line in demo_table(rows):
+        print(line)
+    print("measured: one request in flight, the daemons sharing this machine's cores; predicted: the cost model "
+          "with the local-core profile")  # fmt: skip
+    return 0
+
+
 def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], model_help: str) -> None:
     deploy = sub.add_parser(
         "deploy",
@@ -189,3 +167,14 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     infer.add_argument("--plan-wait", type=float, default=5.0, help="seconds to wait for the retained plan")
     infer.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
     infer.set_defaults(func=_cmd_infer)
+    demo = sub.add_parser(
+        "demo",
+        help="run a whole cluster on this machine and compare partition methods on real execution",
+        description="Start Mosquitto and three edgeflowd processes, deploy the model with each method, "
+        "send requests, and print measured beside predicted latency. Needs mosquitto installed.",
+    )
+    demo.add_argument("--model", default="yolov5s", help=model_help)
+    demo.add_argument("--requests", type=positive_int, default=10)
+    demo.add_argument("--methods", nargs="+", choices=[m for m in METHODS if m != "optimal"],
+                      default=["edgeflow", "single", "equal", "coedge"])  # fmt: skip
+    demo.set_defaults(func=_cmd_demo)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from controller.graph.layers import LayerGraph
+from controller.partitioners import Planned
 from controller.plan import Plan
 from edgeflowd.assignment import Assignment, BlobRef, blob_of, split_blob
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
@@ -23,7 +25,7 @@ from edgeflowd.mqtt import Connection, MessageQueue
 from edgeflowd.protocol import Topics
 from edgeflowd.units import CLIENT
 
-__all__ = ["DeployError", "Deployment", "current_plan", "make_deployment", "publish_deployment"]
+__all__ = ["DeployError", "Deployment", "current_plan", "deploy_plan", "make_deployment", "publish_deployment"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,42 @@ def make_deployment(
         blobs={sha: ref.parts for sha, (ref, _) in blobs.items()},
     )  # fmt: skip
     return Deployment(info, assignments, blobs)
+
+
+_FRAME_HEADROOM = 1024  # topic and MQTT header beside a weight part, bytes
+
+
+def deploy_plan(
+    broker: str,
+    cluster: str,
+    planned: Planned,
+    graph: LayerGraph,
+    nodes: Sequence[str],
+    timeout_s: float,
+    mqtt_version: str = "5",
+    progress: Callable[[str], None] = lambda line: None,
+) -> PlanInfo:
+    """Connect, pick the next generation, publish ``planned`` to ``nodes`` under topic root
+    ``cluster`` and wait until it is live; returns the published plan summary."""
+    topics = Topics(cluster)
+    inbox: MessageQueue = queue.Queue()
+    conn = Connection(broker, f"edgeflow-deploy-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
+                      mqtt_version=mqtt_version)  # fmt: skip
+    conn.subscribe(topics.controller("plan"), qos=1)
+    conn.subscribe(topics.reports, qos=1)
+    conn.start()
+    try:
+        previous = current_plan(topics, inbox, wait_s=1.0)
+        generation = previous.generation + 1 if previous else 1
+        deployment = make_deployment(
+            planned.plan, graph, nodes, generation, planned.method, conn.max_packet - _FRAME_HEADROOM,
+            planned.latency_s * 1e3,
+        )  # fmt: skip
+        progress(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")
+        publish_deployment(conn, topics, deployment, inbox, timeout_s, previous, progress=progress)
+    finally:
+        conn.stop()
+    return deployment.info
 
 
 def current_plan(topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -315,3 +316,12 @@ def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
         finally:
             daemon.terminate()
         assert "oversize" not in daemon.log().lower()
+
+
+def test_demo_runs_a_local_cluster_and_leaves_nothing_behind(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _cli(capsys, "demo", "--model", "small_dag", "--requests", "3", "--methods", "edgeflow", "single")
+    assert code == 0, out
+    assert re.search(r"^edgeflow +[\d.]+ +[\d.]+ +[\d.]+ +3/3 ", out, re.M), out
+    assert re.search(r"^single +[\d.]+ +[\d.]+ +[\d.]+ +3/3 ", out, re.M), out
+    assert "equals the local model's within 0.0001: yes" in out
+    assert psutil.Process().children(recursive=True) == []  # broker and daemons are gone
