@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeflowd.errors import EdgeFlowError
+
 __all__ = ["Broker", "DaemonProcess", "free_port", "mosquitto_broker"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,16 +40,19 @@ class Broker:
 
 
 @contextmanager
-def mosquitto_broker(tmp: Path, extra: str = "") -> Iterator[Broker]:
-    """Mosquitto on 127.0.0.1 with TCP_NODELAY, stopped (and reaped) on exit."""
+def mosquitto_broker(
+    tmp: Path, extra: str = "", port: int | None = None, store: Path | None = None
+) -> Iterator[Broker]:
+    """Mosquitto on 127.0.0.1 with TCP_NODELAY, stopped (and reaped) on exit. With ``store``,
+    retained messages are saved there at exit and restored by the next broker given it (run as
+    root, Mosquitto writes as user ``mosquitto``: the directory must be reachable and writable)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
-        raise RuntimeError("mosquitto is not installed: run `make install` as root (it installs it with apt)")
-    port = free_port()
+        raise EdgeFlowError("mosquitto is not installed: run `make install` as root (it installs it with apt)")
+    port = port or free_port()
     conf = tmp / f"mosquitto-{port}.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n{extra}"
-    )
+    persistence = f"persistence true\npersistence_location {store}/\n" if store else "persistence false\n"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}{extra}")
     log = open(tmp / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -59,7 +64,7 @@ def mosquitto_broker(tmp: Path, extra: str = "") -> Iterator[Broker]:
             except OSError as exc:
                 if time.monotonic() > deadline or process.poll() is not None:
                     text = (tmp / f"mosquitto-{port}.log").read_text()
-                    raise RuntimeError(f"mosquitto did not start: {text}") from exc
+                    raise EdgeFlowError(f"mosquitto did not start on port {port}: {text.strip()}") from exc
                 time.sleep(0.05)
         yield Broker(port, process)
     finally:
