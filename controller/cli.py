@@ -14,6 +14,7 @@ import torch
 
 from controller.cli_args import input_shape, positive_int
 from controller.cli_cluster import add_cluster_commands
+from controller.cli_service import add_service_commands
 from controller.gantt import draw_gantt
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seed", type=int, default=0)
     plan.set_defaults(func=_cmd_plan)
     add_cluster_commands(sub, f"zoo name ({', '.join(ZOO)}) or package.module:factory")
+    add_service_commands(sub, f"zoo name ({', '.join(ZOO)}) or package.module:factory")
     return parser
 
 

@@ -21,7 +21,7 @@ import torch
 from controller.deploy import current_plan
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.inbox import Inbox, InboxFullError, Need
-from edgeflowd.messages import PlanInfo
+from edgeflowd.messages import PlanInfo, decode_control
 from edgeflowd.mqtt import Connection, MessageQueue
 from edgeflowd.protocol import FrameAssembler, Topics, decode_frame
 from edgeflowd.rows import RowRange
@@ -73,23 +73,31 @@ class InferenceClient:
         """``conn`` must feed ``inbox`` with its messages; this subscribes what it needs."""
         self.conn = conn
         self.topics = topics
-        self.info = info
         self.messages = inbox
         self.clock = clock
         self.tag = uuid.uuid4().hex[:8]
         self._seq = 0
-        self.sources = [ExecutionUnit.from_json(u, f"plan.sources[{i}]") for i, u in enumerate(info.sources)]
-        if len(self.sources) != 1:
-            raise EdgeFlowError(f"plan {info.plan} has {len(self.sources)} inputs; requests carry exactly one")
+        self.tap = tap
+        self.traffic: Traffic | None = Traffic() if tap else None
+        self._pattern = ""
+        self._adopt(info)
+
+    def _adopt(self, info: PlanInfo) -> None:
+        """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
+        sources = [ExecutionUnit.from_json(u, f"plan.sources[{i}]") for i, u in enumerate(info.sources)]
+        if len(sources) != 1:
+            raise EdgeFlowError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
+        self.info, self.sources = info, sources
         shapes = {o["layer"]: tuple(o["shape"]) for o in info.outputs}
-        self.output_layers = [o["layer"] for o in info.outputs]
         needs = [Need(layer, RowRange(0, height_of(shape)), shape) for layer, shape in shapes.items()]
         self.results = Inbox({SINK: needs}, max_bytes=1 << 31, ttl_s=float("inf"))
         self.assembler = FrameAssembler(max_bytes=1 << 31, ttl_s=3600.0)
-        self.traffic: Traffic | None = Traffic() if tap else None
-        pattern = topics.data_filter(info.plan) if tap else topics.results(info.plan)
-        if not conn.subscribe_wait([pattern], qos=0):
-            raise EdgeFlowError(f"{conn.broker} did not acknowledge the subscription to {pattern}")
+        pattern = self.topics.data_filter(info.plan) if self.tap else self.topics.results(info.plan)
+        if self._pattern:
+            self.conn.unsubscribe(self._pattern)
+        self._pattern = pattern
+        if not self.conn.subscribe_wait([pattern], qos=0):
+            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {pattern}")
 
     @classmethod
     def connect(
@@ -164,9 +172,17 @@ class InferenceClient:
                 order.append(request)
             try:
                 topic, payload = self.messages.get(timeout=0.05)
-                finished = self._on_message(topic, payload, started)
             except queue.Empty:
-                finished = None
+                topic, payload = "", b""
+            finished = None
+            if topic == self.topics.controller("plan"):
+                replaced = self._replaced(payload)
+                for request, t0 in list(started.items()) if replaced else []:
+                    del started[request]
+                    done[request] = Result(request, None, self.clock() - t0, f"request {request}: {replaced}")
+                    on_result(done[request])
+            elif topic:
+                finished = self._on_message(topic, payload, started)
             if finished is not None:
                 request, outputs = finished
                 done[request] = Result(request, outputs, self.clock() - started.pop(request))
@@ -180,6 +196,19 @@ class InferenceClient:
                     done[request] = Result(request, None, now - t0, error)
                     on_result(done[request])
         return [done[r] for r in order]
+
+    def _replaced(self, payload: bytes) -> str:
+        """Adopt a new plan of the same model; returns why in-flight requests fail (or "")."""
+        try:
+            new = decode_control(payload, self.topics.controller("plan"), PlanInfo) if payload else None
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+            return ""
+        if new is None or new.generation == self.info.generation or new.model != self.info.model:
+            return ""
+        old = self.info.plan
+        self._adopt(new)
+        return f"plan {old} was replaced by {new.plan} while the request was in flight"
 
     def _on_message(
         self, topic: str, payload: bytes, started: dict[str, float]

@@ -27,6 +27,7 @@ import torch
 
 from edgeflowd import __version__
 from edgeflowd.assignment import Assignment
+from edgeflowd.benchmark import run_benchmark
 from edgeflowd.config import DaemonConfig
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.inbox import InboxFullError
@@ -86,6 +87,7 @@ class Daemon:
         self.assembler = self._new_assembler()
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix=f"edgeflowd[{self.node}].worker")
         self._sessions = 0
+        self.benchmark: dict[str, float] = {}
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
@@ -123,13 +125,15 @@ class Daemon:
 
     def _info(self) -> Info:
         profile = dataclasses.asdict(self.profile) if self.profile else {}
-        return Info(node=self.node, version=__version__, profile=profile)
+        return Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark)
 
     # -- engine --------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until :meth:`stop`; returns the exit status."""
         threads = self.config.threads or (self.profile.threads if self.profile else 1)
         torch.set_num_threads(threads)
+        self.benchmark = run_benchmark()
+        log.info("node=%s benchmark: %s", self.node, self.benchmark)
         log.info(
             "node=%s instance=%s cluster=%s torch threads=%d", self.node, self.instance, self.topics.cluster, threads
         )

@@ -15,6 +15,7 @@ from edgeflowd.errors import ProtocolError
 __all__ = [
     "PROTOCOL_VERSIONS",
     "AssignmentReport",
+    "ControllerEvent",
     "Info",
     "PlanInfo",
     "Status",
@@ -64,7 +65,9 @@ class Info(_Message):
 class Telemetry(_Message):
     """Periodic ``node/<id>/telemetry``: load as psutil reports it, and the node's counters since
     it started (``malformed``: messages refused as invalid; ``dropped``: valid data it could not
-    keep: queue or buffer full, expired; ``stale``: frames of another plan generation)."""
+    keep: queue or buffer full, expired; ``stale``: frames of another plan generation).
+    ``cpu_percent`` covers only the CPUs the daemon may run on (its affinity), so a node pinned to
+    some cores of a shared machine reports their load."""
 
     kind: ClassVar[str] = "telemetry"
     cpu_percent: float
@@ -81,6 +84,7 @@ class Telemetry(_Message):
     bytes_out: int = 0
     pending: int = 0
     generation: int = -1
+    process_cpu_percent: float = 0.0  # the daemon's own share of the CPUs it may run on
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,18 @@ class PlanInfo(_Message):
     outputs: list[dict[str, Any]]
     predicted_ms: float = 0.0
     blobs: dict[str, Any] = field(default_factory=dict)  # sha256 -> parts, to clear them later
+
+
+@dataclass(frozen=True)
+class ControllerEvent(_Message):
+    """``controller/event``: what the controller noticed or did (a node joined or left, a re-plan
+    and why, a node refused), for dashboards and logs."""
+
+    kind: ClassVar[str] = "event"
+    event: str
+    node: str = ""
+    detail: str = ""
+    generation: int = -1
 
 
 def encode_control(message: _Message) -> bytes:

@@ -22,11 +22,26 @@ def _temperature_c() -> float | None:
     return max(readings) if readings else None
 
 
+_SELF = psutil.Process()
+
+
+def _cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return list(range(psutil.cpu_count() or 1))
+
+
 def sample_telemetry(counts: Mapping[str, int], generation: int, pending: int) -> Telemetry:
-    """``cpu_percent`` is the whole machine's since the previous call (psutil keeps the baseline)."""
+    """CPU figures are since the previous call (psutil keeps the baseline), over this process's
+    allowed CPUs."""
+    cpus = _cpus()
+    per_cpu = psutil.cpu_percent(interval=None, percpu=True)
+    mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
     known = {"malformed", "dropped", "stale", "errors", "units_run", "frames_in", "frames_out", "bytes_out"}
     return Telemetry(
-        cpu_percent=psutil.cpu_percent(interval=None),
+        cpu_percent=round(sum(mine) / len(mine), 1),
+        process_cpu_percent=round(_SELF.cpu_percent(interval=None) / len(cpus), 1),
         memory_percent=psutil.virtual_memory().percent,
         load_avg=[round(v, 2) for v in os.getloadavg()],
         temperature_c=_temperature_c(),

@@ -19,21 +19,23 @@ class Watcher:
 
     def __init__(self, broker: str, cluster: str, mqtt_version: str = "5") -> None:
         self.root = f"edgeflow/v1/{cluster}"
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.last: dict[str, bytes] = {}
+        self.arrived: dict[str, float] = {}  # time.monotonic() when each topic's last payload arrived
         self.conn = Connection(broker, f"watcher-{os.getpid()}-{time.monotonic_ns()}",
-                               lambda t, p: self.messages.put((t, p)), mqtt_version=mqtt_version)  # fmt: skip
+                               lambda t, p: self.messages.put((t, p, time.monotonic())),
+                               mqtt_version=mqtt_version)  # fmt: skip
         self.conn.subscribe(f"{self.root}/node/#", qos=1)
         self.conn.subscribe(f"{self.root}/controller/#", qos=1)
         self.conn.start()
 
     def _drain(self, timeout_s: float) -> None:
         try:
-            topic, payload = self.messages.get(timeout=timeout_s)
-            self.last[topic] = payload
+            topic, payload, at = self.messages.get(timeout=timeout_s)
+            self.last[topic], self.arrived[topic] = payload, at
             while True:
-                topic, payload = self.messages.get_nowait()
-                self.last[topic] = payload
+                topic, payload, at = self.messages.get_nowait()
+                self.last[topic], self.arrived[topic] = payload, at
         except queue.Empty:
             pass
 

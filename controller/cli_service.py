@@ -1,0 +1,131 @@
+"""``edgeflow controller`` and ``edgeflow status``: the long-running service and its dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import time
+import uuid
+from types import FrameType
+
+from controller.registry import Registry, effective_device, others_load
+from controller.service import ControllerService
+from edgeflowd.errors import ProtocolError
+from edgeflowd.messages import AssignmentReport, Info, PlanInfo, Status, Telemetry, decode_control
+from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.profiles import load_cluster
+from edgeflowd.protocol import Topics
+
+__all__ = ["add_service_commands"]
+
+
+def _cmd_controller(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = ControllerService(args.broker, load_cluster(args.cluster), args.model, args.method, args.settle,
+                                mqtt_version=args.mqtt_version)  # fmt: skip
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return service.run()
+
+
+def _snapshot(
+    args: argparse.Namespace, registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float
+) -> PlanInfo | None:
+    plan = None
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            topic, payload = inbox.get(timeout=left)
+            if not payload:
+                continue
+            kind, fields = topics.parse(topic)
+            node, now = fields.get("node", ""), time.monotonic()
+            if kind == "node/status":
+                registry.on_status(node, decode_control(payload, topic, Status), now)
+            elif kind == "node/info":
+                registry.on_info(node, decode_control(payload, topic, Info), now)
+            elif kind == "node/telemetry":
+                registry.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
+            elif kind == "node/assignment/reported":
+                registry.on_report(node, decode_control(payload, topic, AssignmentReport))
+            elif kind == "controller/plan":
+                plan = decode_control(payload, topic, PlanInfo)
+        except queue.Empty:
+            break
+        except ProtocolError:
+            continue
+    return plan
+
+
+def _table(registry: Registry, plan: PlanInfo | None) -> list[str]:
+    lines = [f"{'node':<14} {'state':<8} {'cpu %':>6} {'others':>7} {'GFLOP/s':>8} {'units':>6} {'gen':>4}  last error"]
+    for device in registry.cluster.devices:
+        view = registry.views[device.id]
+        t = view.telemetry
+        rate = effective_device(device, view).profile.gflops
+        report = view.report
+        state = "refused" if view.refused else ("online" if view.online else "offline")
+        lines.append(
+            f"{device.id:<14} {state:<8} {(f'{t.cpu_percent:.0f}' if t else '-'):>6} "
+            f"{(f'{others_load(t):.0%}' if t else '-'):>7} {rate:>8.1f} {(len(report.units) if report else 0):>6} "
+            f"{(report.generation if report else '-'):>4}  {(report.error if report else '') or view.refused}"
+        )
+    if plan is not None:
+        lines.append(f"plan {plan.plan}: {plan.model} with {plan.method} on {', '.join(plan.nodes)}, "
+                     f"predicted {plan.predicted_ms:.1f} ms")  # fmt: skip
+    else:
+        lines.append("no plan deployed")
+    return lines
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cluster = load_cluster(args.cluster)
+    topics = Topics(cluster.name)
+    inbox: MessageQueue = queue.Queue()
+    conn = Connection(args.broker, f"edgeflow-status-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)))
+    for leaf in ("status", "info", "telemetry", "assignment/reported"):
+        conn.subscribe(f"{topics.root}/node/+/{leaf}", qos=1)
+    conn.subscribe(topics.controller("plan"), qos=1)
+    conn.start()
+    registry = Registry(cluster)
+    plan = None
+    try:
+        for i in range(args.count if args.watch else 1):
+            plan = _snapshot(args, registry, topics, inbox, args.interval if i else 1.0) or plan
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print("\n".join(_table(registry, plan)), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.stop()
+    return 0
+
+
+def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], model_help: str) -> None:
+    ctl = sub.add_parser(
+        "controller",
+        help="run the controller service: plan, watch the nodes, re-plan when the cluster changes",
+        description="Long-running: deploys the model to the live nodes of the cluster and re-plans when a node "
+        "leaves, joins, or its load changes for good.",
+    )
+    ctl.add_argument("--broker", required=True, metavar="URL")
+    ctl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    ctl.add_argument("--model", required=True, help=model_help)
+    ctl.add_argument("--method", default="edgeflow")
+    ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
+    ctl.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    ctl.set_defaults(func=_cmd_controller)
+    status = sub.add_parser("status", help="table of the cluster's nodes and its current plan")
+    status.add_argument("--broker", required=True, metavar="URL")
+    status.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (or --count times)")
+    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--count", type=int, default=1_000_000)
+    status.set_defaults(func=_cmd_status)
