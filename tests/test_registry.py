@@ -1,0 +1,83 @@
+"""The controller's registry: effective rates from declared profile, benchmark and live load;
+membership events; protocol refusal; load hysteresis."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.registry import LoadWatch, NodeView, Registry, effective_device, others_load
+from edgeflowd.messages import Info, Status, Telemetry
+from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link
+
+LINK = Link(100.0, 100.0, 1.0)
+PROFILE = DeviceProfile("board", gflops=10.0, memory_mb=1000.0, threads=1, link=LINK,
+                        kind_factors={"conv": 1.0, "dwconv": 0.3, "matmul": 0.6, "pool": 0.25})  # fmt: skip
+CLUSTER = Cluster("c", (Device("a", PROFILE), Device("b", PROFILE, load=0.5)))
+
+
+def _telemetry(cpu: float, own: float) -> Telemetry:
+    return Telemetry(cpu_percent=cpu, memory_percent=10.0, load_avg=[0.0, 0.0, 0.0], process_cpu_percent=own)
+
+
+def test_effective_rate_combines_benchmark_factors_and_others_load() -> None:
+    view = NodeView("a", info=Info(node="a", version="x", benchmark={"conv_gflops": 30.0, "dwconv_gflops": 3.0}),
+                    telemetry=_telemetry(cpu=70.0, own=20.0))  # fmt: skip
+    device = effective_device(CLUSTER.devices[0], view)
+    assert device.profile.gflops == 30.0  # measured beats declared
+    assert device.profile.kind_factors["dwconv"] == pytest.approx(0.1)  # measured ratio
+    assert device.profile.kind_factors["matmul"] == 0.6  # not measured: declared
+    assert device.load == pytest.approx(0.5)  # 70% busy, 20% of it the daemon itself
+    assert device.rate("conv") == pytest.approx(30e9 * 0.5)
+    assert device.rate("dwconv") == pytest.approx(3e9 * 0.5)
+
+
+def test_effective_rate_falls_back_to_the_profile_and_its_static_load() -> None:
+    assert effective_device(CLUSTER.devices[1], None) == CLUSTER.devices[1]
+    assert effective_device(CLUSTER.devices[1], NodeView("b")).rate("conv") == pytest.approx(10e9 * 0.5)
+
+
+@pytest.mark.parametrize(("cpu", "own", "load"), [(100.0, 0.0, 0.95), (10.0, 30.0, 0.0), (45.0, 5.0, 0.4)])
+def test_others_load_is_clamped(cpu: float, own: float, load: float) -> None:
+    assert others_load(_telemetry(cpu, own)) == pytest.approx(load)
+
+
+def test_membership_events_and_live_nodes() -> None:
+    reg = Registry(CLUSTER)
+    assert [e.kind for e in reg.on_status("a", Status("online", "i1", 1), 0.0)] == ["joined"]
+    assert reg.live() == []  # no info yet: not benchmarked
+    reg.on_info("a", Info(node="a", version="x"), 0.0)
+    assert reg.live() == ["a"]
+    assert reg.on_status("a", Status("online", "i1", 2), 1.0) == []  # a reconnect of the same process
+    assert [e.kind for e in reg.on_status("a", Status("offline", "i1", 2), 2.0)] == ["left"]
+    assert reg.live() == []
+    assert [e.kind for e in reg.on_status("a", Status("online", "i2", 1), 3.0)] == ["joined"]
+    assert reg.live() == ["a"]
+
+
+def test_a_node_id_seen_twice_is_an_event_not_silent() -> None:
+    reg = Registry(CLUSTER)
+    reg.on_status("a", Status("online", "i1", 1), 0.0)
+    events = reg.on_status("a", Status("online", "i9", 1), 1.0)
+    assert [e.kind for e in events] == ["duplicate", "joined"]
+    assert "i9 came online while instance i1 is still online" in events[0].detail
+    assert reg.on_status("a", Status("offline", "i1", 1), 2.0) == []  # the other one's will: a is still up
+
+
+def test_unknown_protocols_and_nodes_are_refused_with_both_sides_versions() -> None:
+    reg = Registry(CLUSTER)
+    reg.on_status("b", Status("online", "i1", 1), 0.0)
+    events = reg.on_info("b", Info(node="b", version="9", protocol=[2, 3]), 0.0)
+    assert [e.kind for e in events] == ["refused"]
+    assert "node speaks protocol versions [2, 3], this controller [1]" in events[0].detail
+    assert reg.live() == []
+    assert [e.kind for e in reg.on_status("zz", Status("online", "i", 1), 0.0)] == ["unknown"]
+    assert reg.on_status("zz", Status("online", "i", 1), 0.0) == []  # said once
+
+
+def test_load_watch_needs_a_sustained_change() -> None:
+    watch = LoadWatch(threshold=0.25, samples=3)
+    watch.planned_with({"a": 0.0})
+    assert not watch.observe("a", 0.9)
+    assert not watch.observe("a", 0.1)  # a blip resets the streak
+    assert [watch.observe("a", 0.8) for _ in range(3)] == [False, False, True]
+    assert not watch.observe("b", 0.9)  # not in the plan
