@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,9 +77,11 @@ class DaemonProcess:
     """One ``edgeflowd`` started as its own process (never forked from this torch process)."""
 
     def __init__(self, node: str, broker: str, cluster: str, log_dir: Path, *extra: str,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, cpus: Sequence[int] = ()) -> None:  # fmt: skip
+        """``cpus``: pin the daemon (all its threads, from the start) to these CPUs."""
         self.node = node
-        self.args = [sys.executable, "-m", "edgeflowd.cli", "--node-id", node, "--broker", broker,
+        pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+        self.args = [*pin, sys.executable, "-m", "edgeflowd.cli", "--node-id", node, "--broker", broker,
                      "--cluster", cluster, "--threads", "1", *extra]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_dir / f"edgeflowd-{node}.log"

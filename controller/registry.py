@@ -155,4 +155,7 @@ class LoadWatch:
             return False
         off = abs(load - self.planned[node]) > self.threshold
         self._streak[node] = self._streak.get(node, 0) + 1 if off else 0
-        return self._streak[node] >= self.samples
+        if self._streak[node] < self.samples:
+            return False
+        self._streak[node] = 0  # asked once per streak; the re-plan resets the baseline
+        return True

@@ -127,7 +127,7 @@ class ControllerService:
             telemetry = decode_control(payload, topic, Telemetry)
             self.registry.on_telemetry(node, telemetry, now)
             if self.loads.observe(node, others_load(telemetry)):
-                self._mark(f"load of {node} moved to {others_load(telemetry):.0%}")
+                self._mark(f"load of {node} moved to {others_load(telemetry):.0%}", debounce=False)
         elif kind == "node/assignment/reported":
             self.registry.on_report(node, decode_control(payload, topic, AssignmentReport))
         for event in events:
@@ -136,10 +136,14 @@ class ControllerService:
             change = events[-1].kind if events else "ready"
             self._mark(f"{node} {change}")
 
-    def _mark(self, reason: str) -> None:
+    def _mark(self, reason: str, debounce: bool = True) -> None:
+        """Ask for a re-plan ``settle_s`` from now; membership changes (``debounce``) push it back
+        so a burst costs one plan, periodic load reports must not."""
         if self._dirty_since is None:
             self._reason = reason
-        self._dirty_since = self.clock()
+            self._dirty_since = self.clock()
+        elif debounce:
+            self._dirty_since = self.clock()
 
     def _event(self, kind: str, node: str = "", detail: str = "") -> None:
         log.info("event %s %s %s", kind, node, detail)

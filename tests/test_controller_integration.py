@@ -3,6 +3,8 @@ dies mid-stream, and grows back when it returns."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -12,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from controller.cli import main
 from controller.client import InferenceClient
 from controller.launch import REPO
 from controller.verify import TOLERANCE, reference_outputs, relative_error
 from controller.zoo import build_model
+from edgeflowd.assignment import Assignment
 from edgeflowd.messages import PlanInfo, decode_control
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker
 
@@ -53,7 +57,9 @@ def _exact(url: str, n: int) -> int:
     return good
 
 
-def test_controller_replans_around_a_dead_node_and_grows_back(tmp_path: Path) -> None:
+def test_controller_replans_around_a_dead_node_and_grows_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with mosquitto_broker(tmp_path) as broker:
         daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
         log = open(tmp_path / "controller.log", "wb")  # noqa: SIM115 - closed below
@@ -97,6 +103,13 @@ def test_controller_replans_around_a_dead_node_and_grows_back(tmp_path: Path) ->
             third = _plan_on(watcher, set(NODES), 90)
             print(f"three-node plan (generation {third.generation}) live {time.monotonic() - t0:.1f} s after restart")
             assert _exact(broker.url, 4) == 4
+            assert main(["status", "--broker", broker.url, "--cluster", "local-3"]) == 0
+            table = capsys.readouterr().out
+            for node in NODES:
+                assert re.search(rf"^{node} +online +\S+ +\S+ +[\d.]+ +[1-9]\d* +{third.generation} ", table, re.M), (
+                    table
+                )
+            assert f"plan {third.plan}: {MODEL} with equal on node-a, node-b, node-c" in table
         finally:
             watcher.close()
             controller.terminate()
@@ -105,3 +118,59 @@ def test_controller_replans_around_a_dead_node_and_grows_back(tmp_path: Path) ->
             for daemon in daemons.values():
                 daemon.terminate()
         assert controller.returncode == 0, (tmp_path / "controller.log").read_text()
+
+
+def _row_shares(watcher: Watcher, generation: int) -> dict[str, float]:
+    rows = {}
+    for node in NODES:
+        payload = watcher.payload(node, "assignment")
+        assignment = Assignment.from_bytes(payload, node) if payload else None
+        ok = assignment is not None and assignment.generation == generation
+        rows[node] = sum(len(u.rows) for u in assignment.units) if ok and assignment else 0
+    total = sum(rows.values()) or 1
+    return {n: r / total for n, r in rows.items()}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to load one node alone")
+def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
+    config = tmp_path / "fast-telemetry.yaml"
+    config.write_text("telemetry_interval_s: 1\n")
+    cpu = sorted(os.sched_getaffinity(0))
+    pins = {"node-a": [cpu[0]], "node-b": [cpu[1]], "node-c": [cpu[1]]}
+    busy = None
+    with mosquitto_broker(tmp_path) as broker:
+        daemons = [DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core", "--config", str(config),
+                                 cpus=pins[n]) for n in NODES]  # fmt: skip
+        log = open(tmp_path / "controller.log", "wb")  # noqa: SIM115 - closed below
+        controller = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "controller", "--broker", broker.url, "--cluster", "local-3",
+             "--model", MODEL, "--method", "coedge"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        watcher = Watcher(broker.url, "local-3")
+        try:
+            first = _plan_on(watcher, set(NODES), 120)
+            watcher.wait_for("the first assignments", lambda last: all(watcher.payload(n, "assignment") for n in NODES))
+            before = _row_shares(watcher, first.generation)
+            # Other work on node-a's only CPU, bounded in time: a spinning process pinned beside it.
+            spin = "import time\nend = time.time() + 90\nwhile time.time() < end: pass\n"
+            busy = subprocess.Popen(["taskset", "-c", str(cpu[0]), sys.executable, "-c", spin])
+            watcher.wait_for("a re-plan for the load", lambda last: (p := _plan(watcher)) is not None
+                             and p.generation > first.generation, timeout_s=60)  # fmt: skip
+            second = _plan(watcher)
+            assert second is not None
+            watcher.wait_for("the new assignments", lambda last: _row_shares(watcher, second.generation)["node-b"] > 0)
+            after = _row_shares(watcher, second.generation)
+            print("row shares before:", {n: f"{s:.0%}" for n, s in before.items()},
+                  "after loading node-a:", {n: f"{s:.0%}" for n, s in after.items()})  # fmt: skip
+            assert after["node-a"] < before["node-a"] / 2
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait(5)
+            watcher.close()
+            controller.terminate()
+            controller.wait(15)
+            log.close()
+            for daemon in daemons:
+                daemon.terminate()

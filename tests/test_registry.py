@@ -79,5 +79,5 @@ def test_load_watch_needs_a_sustained_change() -> None:
     watch.planned_with({"a": 0.0})
     assert not watch.observe("a", 0.9)
     assert not watch.observe("a", 0.1)  # a blip resets the streak
-    assert [watch.observe("a", 0.8) for _ in range(3)] == [False, False, True]
+    assert [watch.observe("a", 0.8) for _ in range(4)] == [False, False, True, False]  # asked once per streak
     assert not watch.observe("b", 0.9)  # not in the plan
