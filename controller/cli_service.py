@@ -10,6 +10,7 @@ import time
 import uuid
 from types import FrameType
 
+from controller.partitioners import METHODS
 from controller.registry import Registry, effective_device, others_load
 from controller.service import ControllerService
 from edgeflowd.errors import ProtocolError
@@ -34,9 +35,7 @@ def _cmd_controller(args: argparse.Namespace) -> int:
     return service.run()
 
 
-def _snapshot(
-    args: argparse.Namespace, registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float
-) -> PlanInfo | None:
+def _snapshot(registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
     plan = None
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
@@ -97,7 +96,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     plan = None
     try:
         for i in range(args.count if args.watch else 1):
-            plan = _snapshot(args, registry, topics, inbox, args.interval if i else 1.0) or plan
+            plan = _snapshot(registry, topics, inbox, args.interval if i else 1.0) or plan
             if args.watch:
                 print("\033[2J\033[H", end="")
             print("\n".join(_table(registry, plan)), flush=True)
@@ -118,7 +117,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ctl.add_argument("--broker", required=True, metavar="URL")
     ctl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
     ctl.add_argument("--model", required=True, help=model_help)
-    ctl.add_argument("--method", default="edgeflow")
+    ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
     ctl.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
     ctl.set_defaults(func=_cmd_controller)
