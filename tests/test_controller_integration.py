@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,23 @@ pytestmark = pytest.mark.integration
 
 NODES = ("node-a", "node-b", "node-c")
 MODEL = "resnet18"
+
+
+@contextmanager
+def controller_process(url: str, tmp: Path, method: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``edgeflow controller`` as its own process; it must exit cleanly on SIGTERM."""
+    with open(tmp / "controller.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "controller", "--broker", url, "--cluster", "local-3",
+             "--model", MODEL, "--method", method],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            process.terminate()
+            code = process.wait(15)
+    assert code == 0, (tmp / "controller.log").read_text()
 
 
 def _plan(watcher: Watcher) -> PlanInfo | None:
@@ -60,16 +79,11 @@ def _exact(url: str, n: int) -> int:
 def test_controller_replans_around_a_dead_node_and_grows_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with mosquitto_broker(tmp_path) as broker:
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
         daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
-        log = open(tmp_path / "controller.log", "wb")  # noqa: SIM115 - closed below
-        controller = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "controller", "--broker", broker.url, "--cluster", "local-3",
-             "--model", MODEL, "--method", "equal"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-        watcher = Watcher(broker.url, "local-3")
-        try:
+        for daemon in daemons.values():
+            stack.callback(daemon.terminate)
+        with controller_process(broker.url, tmp_path, "equal"), closing(Watcher(broker.url, "local-3")) as watcher:
             first = _plan_on(watcher, set(NODES), 120)
             # A stream of requests; node-b dies in the middle of it.
             _, shape = build_model(MODEL, None, 0)
@@ -113,14 +127,6 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
                 )
             assert f"plan {third.plan}: {MODEL} with equal on node-a, node-b, node-c" in table
             print("\n".join(figures))  # the note's figures (pytest -s)
-        finally:
-            watcher.close()
-            controller.terminate()
-            controller.wait(15)
-            log.close()
-            for daemon in daemons.values():
-                daemon.terminate()
-        assert controller.returncode == 0, (tmp_path / "controller.log").read_text()
 
 
 def _row_shares(watcher: Watcher, generation: int) -> dict[str, float]:
@@ -140,24 +146,20 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
     config.write_text("telemetry_interval_s: 1\n")
     cpu = sorted(os.sched_getaffinity(0))
     pins = {"node-a": [cpu[0]], "node-b": [cpu[1]], "node-c": [cpu[1]]}
-    busy = None
-    with mosquitto_broker(tmp_path) as broker:
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
         daemons = [DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core", "--config", str(config),
                                  cpus=pins[n]) for n in NODES]  # fmt: skip
-        log = open(tmp_path / "controller.log", "wb")  # noqa: SIM115 - closed below
-        controller = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "controller", "--broker", broker.url, "--cluster", "local-3",
-             "--model", MODEL, "--method", "coedge"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-        watcher = Watcher(broker.url, "local-3")
-        try:
+        for daemon in daemons:
+            stack.callback(daemon.terminate)
+        with controller_process(broker.url, tmp_path, "coedge"), closing(Watcher(broker.url, "local-3")) as watcher:
             first = _plan_on(watcher, set(NODES), 120)
             watcher.wait_for("the first assignments", lambda last: all(watcher.payload(n, "assignment") for n in NODES))
             before = _row_shares(watcher, first.generation)
             # Other work on node-a's only CPU, bounded in time: a spinning process pinned beside it.
             spin = "import time\nend = time.time() + 90\nwhile time.time() < end: pass\n"
             busy = subprocess.Popen(["taskset", "-c", str(cpu[0]), sys.executable, "-c", spin])
+            stack.callback(busy.wait, 5)
+            stack.callback(busy.kill)
             watcher.wait_for("a re-plan for the load", lambda last: (p := _plan(watcher)) is not None
                              and p.generation > first.generation, timeout_s=60)  # fmt: skip
             second = _plan(watcher)
@@ -167,13 +169,3 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
             print("row shares before:", {n: f"{s:.0%}" for n, s in before.items()},
                   "after loading node-a:", {n: f"{s:.0%}" for n, s in after.items()})  # fmt: skip
             assert after["node-a"] < before["node-a"] / 2
-        finally:
-            if busy is not None:
-                busy.kill()
-                busy.wait(5)
-            watcher.close()
-            controller.terminate()
-            controller.wait(15)
-            log.close()
-            for daemon in daemons:
-                daemon.terminate()
