@@ -56,24 +56,15 @@ def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
     for concurrency in (1, 4):
         client = InferenceClient.connect(broker, "local-3", model_spec, tap=True)
         try:
-            client.run(iter(inputs[:2]), 1, 60.0)  # warm-up: first-touch allocations on every node
-            client.traffic.by_request.clear()  # type: ignore[union-attr]
-            t0 = time.perf_counter()
-            results = client.run(iter(inputs), concurrency, 60.0)
-            wall = time.perf_counter() - t0
+            m = client.measure(inputs, concurrency, warmup=2)
         finally:
             client.close()
-        ok = [r for r in results if r.ok]
-        latencies = sorted(r.latency_s * 1e3 for r in ok)
-        counts = list(client.traffic.by_request.values()) if client.traffic else []
-        pairs = [(r.outputs, x) for r, x in zip(results, inputs, strict=True) if r.outputs is not None]
+        pairs = [(r.outputs, x) for r, x in zip(m.results, inputs, strict=True) if r.outputs is not None]
         worst = max(relative_error(got, reference_outputs(model, x))[1] for got, x in pairs)
         out[f"in_flight_{concurrency}"] = {
-            "succeeded": len(ok), "requests": requests,
-            "p50_ms": statistics.median(latencies), "p90_ms": latencies[int(0.9 * (len(latencies) - 1))],
-            "throughput_rps": len(ok) / wall, "max_relative_error": worst,
-            "messages_per_request": sum(c[0] for c in counts) / max(1, len(counts)),
-            "mib_per_request": sum(c[1] for c in counts) / max(1, len(counts)) / 2**20,
+            "succeeded": m.succeeded, "requests": requests, "p50_ms": m.p50_ms, "p90_ms": m.p90_ms,
+            "throughput_rps": m.throughput_rps, "max_relative_error": worst,
+            "messages_per_request": m.messages, "mib_per_request": m.mib,
         }  # fmt: skip
         out["predicted_ms"] = client.info.predicted_ms
     return out

@@ -98,9 +98,7 @@ def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args
         if not r.ok:
             print(f"  failed: {r.error}")
     if client.traffic is not None and client.traffic.by_request:
-        per = list(client.traffic.by_request.values())
-        messages = sum(c[0] for c in per) / len(per)
-        mib = sum(c[1] for c in per) / len(per) / 2**20
+        messages, mib = client.traffic.per_request()
         print(f"broker data traffic per request: {messages:.1f} messages, {mib:.2f} MiB "
               "(inputs, slices between nodes, results)")  # fmt: skip
 

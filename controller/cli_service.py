@@ -7,15 +7,14 @@ import logging
 import queue
 import signal
 import time
-import uuid
 from types import FrameType
 
 from controller.partitioners import METHODS
-from controller.registry import Registry, effective_device, others_load
+from controller.registry import NODE_FEEDS, Registry, effective_device, others_load
 from controller.service import ControllerService
 from edgeflowd.errors import ProtocolError
-from edgeflowd.messages import AssignmentReport, Info, PlanInfo, Status, Telemetry, decode_control
-from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.messages import PlanInfo, decode_control
+from edgeflowd.mqtt import MessageQueue, listen
 from edgeflowd.profiles import load_cluster
 from edgeflowd.protocol import Topics
 
@@ -36,27 +35,20 @@ def _cmd_controller(args: argparse.Namespace) -> int:
 
 
 def _snapshot(registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
+    """Feed ``registry`` what arrives within ``wait_s``; returns the newest plan summary seen."""
     plan = None
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
         try:
             topic, payload = inbox.get(timeout=left)
-            if not payload:
-                continue
-            kind, fields = topics.parse(topic)
-            node, now = fields.get("node", ""), time.monotonic()
-            if kind == "node/status":
-                registry.on_status(node, decode_control(payload, topic, Status), now)
-            elif kind == "node/info":
-                registry.on_info(node, decode_control(payload, topic, Info), now)
-            elif kind == "node/telemetry":
-                registry.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
-            elif kind == "node/assignment/reported":
-                registry.on_report(node, decode_control(payload, topic, AssignmentReport))
-            elif kind == "controller/plan":
-                plan = decode_control(payload, topic, PlanInfo)
         except queue.Empty:
             break
+        try:
+            kind, fields = topics.parse(topic)
+            if kind == "controller/plan" and payload:
+                plan = decode_control(payload, topic, PlanInfo)
+            else:
+                registry.on_message(kind, fields.get("node", ""), payload, topic, time.monotonic())
         except ProtocolError:
             continue
     return plan
@@ -86,12 +78,8 @@ def _table(registry: Registry, plan: PlanInfo | None) -> list[str]:
 def _cmd_status(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     topics = Topics(cluster.name)
-    inbox: MessageQueue = queue.Queue()
-    conn = Connection(args.broker, f"edgeflow-status-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)))
-    for leaf in ("status", "info", "telemetry", "assignment/reported"):
-        conn.subscribe(f"{topics.root}/node/+/{leaf}", qos=1)
-    conn.subscribe(topics.controller("plan"), qos=1)
-    conn.start()
+    feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan")]
+    conn, inbox = listen(args.broker, "edgeflow-status", feeds)
     registry = Registry(cluster)
     plan = None
     try:

@@ -4,13 +4,14 @@ It plays the plan's client units: slices each input by their forwarding tables, 
 slices to the first units' topics, and assembles the output rows that arrive on
 ``data/<plan>/result/<request>``. Requests carry ids of the form ``<client>-<n>``; results of
 other clients or of requests already given up on are ignored. Every request either completes or
-fails with :class:`RequestTimeoutError` saying which output rows never came.
+fails with an error saying which output rows never came (or that a new plan replaced it).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,20 +23,16 @@ from controller.deploy import current_plan
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.inbox import Inbox, InboxFullError, Need
 from edgeflowd.messages import PlanInfo, decode_control
-from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.mqtt import Connection, MessageQueue, listen
 from edgeflowd.protocol import FrameAssembler, Topics, decode_frame
 from edgeflowd.rows import RowRange
 from edgeflowd.runtime import frames_for
 from edgeflowd.slicing import height_of, take_rows
 from edgeflowd.units import SINK, ExecutionUnit
 
-__all__ = ["InferenceClient", "RequestTimeoutError", "Result", "Traffic"]
+__all__ = ["InferenceClient", "Measurement", "Result", "Traffic"]
 
 log = logging.getLogger(__name__)
-
-
-class RequestTimeoutError(EdgeFlowError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -55,9 +52,44 @@ class Traffic:
     """Data-plane messages and bytes through the broker for this client's requests (a tap on
     ``data/<plan>/#``: inputs, every forwarded slice between nodes, results)."""
 
-    messages: int = 0
-    bytes: int = 0
-    by_request: dict[str, list[int]] = field(default_factory=dict)
+    by_request: dict[str, list[int]] = field(default_factory=dict)  # request -> [messages, bytes]
+
+    def per_request(self) -> tuple[float, float]:
+        """Mean (messages, MiB) per request."""
+        counts = list(self.by_request.values())
+        n = max(1, len(counts))
+        return sum(c[0] for c in counts) / n, sum(c[1] for c in counts) / n / 2**20
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A timed batch of requests (after warm-up), with the broker traffic it took when tapped."""
+
+    results: list[Result]
+    wall_s: float
+    messages: float  # per request
+    mib: float  # per request
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return sorted(r.latency_s * 1e3 for r in self.results if r.ok)
+
+    @property
+    def succeeded(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p90_ms(self) -> float:
+        ok = self.latencies_ms
+        return ok[int(0.9 * (len(ok) - 1))]
+
+    @property
+    def throughput_rps(self) -> float:
+        return self.succeeded / self.wall_s
 
 
 class InferenceClient:
@@ -105,12 +137,8 @@ class InferenceClient:
     ) -> InferenceClient:
         """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
         Close it with :meth:`close`."""
-        inbox: MessageQueue = queue.Queue()
-        conn = Connection(broker, f"edgeflow-infer-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
-                          mqtt_version=mqtt_version)  # fmt: skip
         topics = Topics(cluster)
-        conn.subscribe(topics.controller("plan"), qos=1)
-        conn.start()
+        conn, inbox = listen(broker, "edgeflow-infer", [topics.controller("plan")], mqtt_version)
         try:
             info = current_plan(topics, inbox, wait_s=plan_wait_s)
             if info is None:
@@ -197,6 +225,25 @@ class InferenceClient:
                     on_result(done[request])
         return [done[r] for r in order]
 
+    def measure(
+        self,
+        inputs: list[torch.Tensor],
+        concurrency: int,
+        warmup: int = 1,
+        timeout_s: float = 60.0,
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> Measurement:
+        """Run ``warmup`` requests untimed (first-touch allocations on every node), then time
+        ``inputs``; traffic counts cover the timed requests only."""
+        self.run(iter(inputs[:warmup]), 1, timeout_s)
+        if self.traffic is not None:
+            self.traffic.by_request.clear()
+        start = self.clock()
+        results = self.run(iter(inputs), concurrency, timeout_s, on_result)
+        wall = self.clock() - start
+        messages, mib = self.traffic.per_request() if self.traffic is not None else (0.0, 0.0)
+        return Measurement(results, wall, messages, mib)
+
     def _replaced(self, payload: bytes) -> str:
         """Adopt a new plan of the same model; returns why in-flight requests fail (or "")."""
         try:
@@ -222,8 +269,6 @@ class InferenceClient:
         if frame.request not in started:
             return None  # another client's, or given up on
         if self.traffic is not None:
-            self.traffic.messages += 1
-            self.traffic.bytes += len(payload)
             counts = self.traffic.by_request.setdefault(frame.request, [0, 0])
             counts[0] += 1
             counts[1] += len(payload)

@@ -5,7 +5,6 @@ is stopped on the way out, Ctrl-C included."""
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -65,21 +64,14 @@ def run_demo(
                     f"{time.perf_counter() - t0:.1f} s; {requests} requests")  # fmt: skip
                 client = InferenceClient.connect(broker.url, CLUSTER, model_spec, tap=True)
                 try:
-                    client.run(iter(inputs[:1]), 1, 60.0)  # warm-up: first-touch allocations on every node
-                    assert client.traffic is not None
-                    client.traffic.by_request.clear()
-                    tick = progress_bar(requests, f"  {method:<10}")
-                    results = client.run(iter(inputs), 1, 60.0, on_result=tick)
+                    m = client.measure(inputs, 1, on_result=progress_bar(requests, f"  {method:<10}"))
                 finally:
                     client.close()
-                ok = sorted(r.latency_s * 1e3 for r in results if r.ok)
-                if not ok:
-                    raise EdgeFlowError(f"{method}: no request succeeded: {results[0].error}")
-                first = results[0].outputs
-                counts = list(client.traffic.by_request.values())
+                if not m.succeeded:
+                    raise EdgeFlowError(f"{method}: no request succeeded: {m.results[0].error}")
+                first = m.results[0].outputs
                 rows.append(DemoRow(
-                    method, info.predicted_ms, statistics.median(ok), ok[int(0.9 * (len(ok) - 1))], len(ok), requests,
-                    sum(c[0] for c in counts) / len(counts), sum(c[1] for c in counts) / len(counts) / 2**20,
+                    method, info.predicted_ms, m.p50_ms, m.p90_ms, m.succeeded, requests, m.messages, m.mib,
                     relative_error(first, want)[1] if first is not None else float("nan"),
                 ))  # fmt: skip
         finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from controller.plan import Plan
 from edgeflowd.assignment import Assignment, BlobRef, blob_of, split_blob
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
 from edgeflowd.messages import AssignmentReport, PlanInfo, decode_control, encode_control
-from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.mqtt import Connection, MessageQueue, listen
 from edgeflowd.protocol import Topics
 from edgeflowd.units import CLIENT
 
@@ -103,12 +102,7 @@ def deploy_plan(
     """Connect, pick the next generation, publish ``planned`` to ``nodes`` under topic root
     ``cluster`` and wait until it is live; returns the published plan summary."""
     topics = Topics(cluster)
-    inbox: MessageQueue = queue.Queue()
-    conn = Connection(broker, f"edgeflow-deploy-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)),
-                      mqtt_version=mqtt_version)  # fmt: skip
-    conn.subscribe(topics.controller("plan"), qos=1)
-    conn.subscribe(topics.reports, qos=1)
-    conn.start()
+    conn, inbox = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports], mqtt_version)
     try:
         previous = current_plan(topics, inbox, wait_s=1.0)
         generation = previous.generation + 1 if previous else 1

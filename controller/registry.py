@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edgeflowd.messages import PROTOCOL_VERSIONS, AssignmentReport, Info, Status, Telemetry
+from edgeflowd.messages import PROTOCOL_VERSIONS, AssignmentReport, Info, Status, Telemetry, decode_control
 from edgeflowd.profiles import Cluster, Device
 
-__all__ = ["Event", "LoadWatch", "NodeView", "Registry", "effective_device", "others_load"]
+__all__ = ["NODE_FEEDS", "Event", "LoadWatch", "NodeView", "Registry", "effective_device", "others_load"]
+
+NODE_FEEDS = ("status", "info", "telemetry", "assignment/reported")
+"""The node topics a registry is built from."""
 
 MAX_LOAD = 0.95
 
@@ -125,6 +128,21 @@ class Registry:
         view = self.views.get(node)
         if view is not None:
             view.report = report
+
+    def on_message(self, kind: str, node: str, payload: bytes, topic: str, now: float) -> list[Event]:
+        """Apply one node message (``kind`` as :meth:`Topics.parse` names it); raises
+        ProtocolError on a malformed payload. Empty payloads (cleared retained topics) are ignored."""
+        if not payload:
+            return []
+        if kind == "node/status":
+            return self.on_status(node, decode_control(payload, topic, Status), now)
+        if kind == "node/info":
+            return self.on_info(node, decode_control(payload, topic, Info), now)
+        if kind == "node/telemetry":
+            self.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
+        elif kind == "node/assignment/reported":
+            self.on_report(node, decode_control(payload, topic, AssignmentReport))
+        return []
 
     def live(self) -> list[str]:
         """Nodes to plan with, in the cluster file's order: online, speaking our protocol, and

@@ -23,16 +23,12 @@ import torch
 from controller.deploy import DeployError, deploy_plan
 from controller.graph.trace import trace_model
 from controller.partitioners import plan_model
-from controller.registry import Event, LoadWatch, Registry, others_load
+from controller.registry import NODE_FEEDS, LoadWatch, Registry, others_load
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.messages import (
-    AssignmentReport,
     ControllerEvent,
-    Info,
     Status,
-    Telemetry,
-    decode_control,
     encode_control,
 )
 from edgeflowd.mqtt import Connection, MessageQueue
@@ -83,13 +79,14 @@ class ControllerService:
     def run(self) -> int:
         model, shape = build_model(self.model_spec, None, 0)
         self.graph = trace_model(model, torch.zeros(shape), self.model_spec)
-        root = self.topics.root
-        for leaf in ("status", "info", "telemetry", "assignment/reported"):
-            self.conn.subscribe(f"{root}/node/+/{leaf}", qos=1)
+        for leaf in NODE_FEEDS:
+            self.conn.subscribe(self.topics.node_filter(leaf), qos=1)
         self.conn.start()
         online = Status(state="online", instance=self.instance, session=1)
         self.conn.publish(self.topics.controller("status"), encode_control(online), qos=1, retain=True)
-        log.info("controller for %s on %s: %d nodes in the profile", self.model_spec, root, len(self.cluster))
+        log.info(
+            "controller for %s on %s: %d nodes in the profile", self.model_spec, self.topics.root, len(self.cluster)
+        )
         try:
             while not self.stop_event.is_set():
                 try:
@@ -114,22 +111,14 @@ class ControllerService:
         self.stop_event.set()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if not payload:
-            return
         kind, fields = self.topics.parse(topic)
-        node, now = fields.get("node", ""), self.clock()
-        events: list[Event] = []
-        if kind == "node/status":
-            events = self.registry.on_status(node, decode_control(payload, topic, Status), now)
-        elif kind == "node/info":
-            events = self.registry.on_info(node, decode_control(payload, topic, Info), now)
-        elif kind == "node/telemetry":
-            telemetry = decode_control(payload, topic, Telemetry)
-            self.registry.on_telemetry(node, telemetry, now)
-            if self.loads.observe(node, others_load(telemetry)):
-                self._mark(f"load of {node} moved to {others_load(telemetry):.0%}", debounce=False)
-        elif kind == "node/assignment/reported":
-            self.registry.on_report(node, decode_control(payload, topic, AssignmentReport))
+        node = fields.get("node", "")
+        events = self.registry.on_message(kind, node, payload, topic, self.clock())
+        telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
+        if kind == "node/telemetry" and payload and telemetry is not None:
+            load = others_load(telemetry)
+            if self.loads.observe(node, load):
+                self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
         for event in events:
             self._event(event.kind, event.node, event.detail)
         if kind in ("node/status", "node/info") and set(self.registry.live()) != set(self.planned_nodes):

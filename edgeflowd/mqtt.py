@@ -10,7 +10,8 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgeflowd.errors import EdgeFlowError
 
-__all__ = ["DEFAULT_PACKET_BYTES", "BrokerURL", "Connection", "MessageQueue", "MqttError"]
+__all__ = ["DEFAULT_PACKET_BYTES", "BrokerURL", "Connection", "MessageQueue", "MqttError", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +206,14 @@ class Connection:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def listen(url: str, role: str, topics: Sequence[str], mqtt_version: str = "5") -> tuple[Connection, MessageQueue]:
+    """A started connection (client id ``<role>-<random>``) subscribed at QoS 1 to ``topics``,
+    whose messages land in the returned queue: the shape every command-line tool needs."""
+    inbox: MessageQueue = queue.Queue()
+    conn = Connection(url, f"{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)), mqtt_version=mqtt_version)
+    for topic in topics:
+        conn.subscribe(topic, qos=1)
+    conn.start()
+    return conn, inbox

@@ -32,6 +32,15 @@ def _level(value: str, what: str) -> str:
     return value
 
 
+NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported")
+
+
+def _node_leaf(leaf: str) -> str:
+    if leaf not in NODE_LEAVES:
+        raise ProtocolError(f"unknown node topic leaf {leaf!r}")
+    return leaf
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of one cluster, built and parsed in one place."""
@@ -46,9 +55,7 @@ class Topics:
         return f"edgeflow/v1/{self.cluster}"
 
     def node(self, node_id: str, leaf: str) -> str:
-        if leaf not in ("status", "info", "telemetry", "assignment", "assignment/reported"):
-            raise ProtocolError(f"unknown node topic leaf {leaf!r}")
-        return f"{self.root}/node/{_level(node_id, 'node id')}/{leaf}"
+        return f"{self.root}/node/{_level(node_id, 'node id')}/{_node_leaf(leaf)}"
 
     def controller(self, leaf: str) -> str:
         if leaf not in ("status", "plan", "event"):
@@ -61,10 +68,14 @@ class Topics:
     def result(self, plan: str, request: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/result/{_level(request, 'request id')}"
 
+    def node_filter(self, leaf: str) -> str:
+        """Subscription filter for one leaf of every node (``node/+/<leaf>``)."""
+        return f"{self.root}/node/+/{_node_leaf(leaf)}"
+
     @property
     def reports(self) -> str:
         """Subscription filter for every node's assignment report."""
-        return f"{self.root}/node/+/assignment/reported"
+        return self.node_filter("assignment/reported")
 
     def results(self, plan: str) -> str:
         """Subscription filter for every result of one plan."""
@@ -93,9 +104,7 @@ class Topics:
         if not topic.startswith(prefix):
             raise ProtocolError(f"topic {topic!r} is not under {prefix}")
         parts = topic[len(prefix) :].split("/")
-        if parts[0] == "node" and len(parts) in (3, 4) and "/".join(parts[2:]) in (
-            "status", "info", "telemetry", "assignment", "assignment/reported",
-        ):  # fmt: skip
+        if parts[0] == "node" and len(parts) in (3, 4) and "/".join(parts[2:]) in NODE_LEAVES:
             return f"node/{'/'.join(parts[2:])}", {"node": parts[1]}
         if parts[0] == "controller" and len(parts) == 2 and parts[1] in ("status", "plan", "event"):
             return f"controller/{parts[1]}", {}
