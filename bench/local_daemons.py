@@ -31,6 +31,7 @@ from controller.client import InferenceClient
 from controller.launch import DaemonProcess, mosquitto_broker
 from controller.verify import reference_outputs, relative_error
 from controller.zoo import build_model
+from edgeflowd.mqtt import BrokerSettings
 
 NODES = ("node-a", "node-b", "node-c")
 
@@ -54,7 +55,7 @@ def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(requests)]
     out: dict[str, Any] = {}
     for concurrency in (1, 4):
-        client = InferenceClient.connect(broker, "local-3", model_spec, tap=True)
+        client = InferenceClient.connect(BrokerSettings(broker), "local-3", model_spec, tap=True)
         try:
             m = client.measure(inputs, concurrency, warmup=2)
         finally:

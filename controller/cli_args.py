@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from controller.zoo import parse_shape
+from edgeflowd.mqtt import BrokerSettings
 
-__all__ = ["input_shape", "positive_int"]
+__all__ = ["add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
 
 
 def positive_int(text: str) -> int:
@@ -21,3 +22,20 @@ def input_shape(text: str) -> tuple[int, ...]:
         return parse_shape(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--broker`` and how to reach it securely: the same flags as edgeflowd's settings."""
+    group = parser.add_argument_group("broker")
+    group.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS")
+    group.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    group.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
+    group.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
+    group.add_argument("--key-file", metavar="PEM")
+    group.add_argument("--username")
+    group.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    return BrokerSettings(args.broker, args.mqtt_version, args.ca_file, args.cert_file, args.key_file,
+                          args.username, args.password_file)  # fmt: skip

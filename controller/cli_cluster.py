@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from controller.cli_args import input_shape, positive_int
+from controller.cli_args import add_broker_arguments, broker_settings, input_shape, positive_int
 from controller.client import InferenceClient, Result
 from controller.demo import demo_table, run_demo
 from controller.deploy import deploy_plan
@@ -39,8 +39,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         rows = sum(len(u.rows) for u in units)
         print(f"  {node:<16} {len(units):>4} units, {rows:>6} rows")
     info = deploy_plan(
-        args.broker, args.topic_cluster or cluster.name, planned, graph, nodes, args.timeout,
-        mqtt_version=args.mqtt_version, progress=print,
+        broker_settings(args), args.topic_cluster or cluster.name, planned, graph, nodes, args.timeout,
+        progress=print,
     )  # fmt: skip
     print(f"generation {info.generation} (plan {info.plan}) ready on {len(nodes)} nodes "
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip
@@ -59,7 +59,7 @@ def _inputs(args: argparse.Namespace, shape: tuple[int, ...]) -> list[torch.Tens
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     client = InferenceClient.connect(
-        args.broker, args.cluster, args.model, tap=args.traffic, mqtt_version=args.mqtt_version,
+        broker_settings(args), args.cluster, args.model, tap=args.traffic,
         plan_wait_s=args.plan_wait,
     )  # fmt: skip
     try:
@@ -138,13 +138,12 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     deploy.add_argument("--model", required=True, help=model_help)
     deploy.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
-    deploy.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT]")
+    add_broker_arguments(deploy)
     deploy.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     deploy.add_argument("--topic-cluster", metavar="NAME", help="topic root name (default: the cluster's name)")
     deploy.add_argument("--input-shape", type=input_shape, default=None)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")
     deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every node")
-    deploy.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
     deploy.set_defaults(func=_cmd_deploy)
     infer = sub.add_parser(
         "infer",
@@ -152,7 +151,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         description="Send inputs to the plan deployed on a cluster and wait for the correlated results.",
     )
     infer.add_argument("--model", required=True, help="the model the deployed plan must run")
-    infer.add_argument("--broker", required=True, metavar="URL")
+    add_broker_arguments(infer)
     infer.add_argument("--cluster", default="default", help="cluster name (topic root) the plan was deployed to")
     infer.add_argument("--input", metavar="FILE.npy", help="input array (default: random inputs from --seed)")
     infer.add_argument("--repeat", type=positive_int, default=1, help="number of requests")
@@ -163,7 +162,6 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     infer.add_argument("--traffic", action="store_true", help="count the broker's data messages per request")
     infer.add_argument("--seed", type=int, default=0, help="seed of the model's weights and of random inputs")
     infer.add_argument("--plan-wait", type=float, default=5.0, help="seconds to wait for the retained plan")
-    infer.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
     infer.set_defaults(func=_cmd_infer)
     demo = sub.add_parser(
         "demo",

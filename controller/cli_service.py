@@ -9,6 +9,8 @@ import signal
 import time
 from types import FrameType
 
+from controller.acl import mosquitto_acl
+from controller.cli_args import add_broker_arguments, broker_settings
 from controller.partitioners import METHODS
 from controller.registry import NODE_FEEDS, Registry, effective_device, others_load
 from controller.service import ControllerService
@@ -23,8 +25,8 @@ __all__ = ["add_service_commands"]
 
 def _cmd_controller(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = ControllerService(args.broker, load_cluster(args.cluster), args.model, args.method, args.settle,
-                                mqtt_version=args.mqtt_version)  # fmt: skip
+    service = ControllerService(broker_settings(args), load_cluster(args.cluster), args.model, args.method,
+                                args.settle)  # fmt: skip
 
     def stop(signum: int, frame: FrameType | None) -> None:
         service.stop()
@@ -79,7 +81,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     topics = Topics(cluster.name)
     feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan")]
-    conn, inbox = listen(args.broker, "edgeflow-status", feeds)
+    conn, inbox = listen(broker_settings(args), "edgeflow-status", feeds)
     registry = Registry(cluster)
     plan = None
     try:
@@ -95,6 +97,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_acl(args: argparse.Namespace) -> int:
+    cluster = load_cluster(args.cluster)
+    print(mosquitto_acl(cluster.name, [d.id for d in cluster.devices], args.controller_user, args.client_user,
+                        args.dashboard_user), end="")  # fmt: skip
+    return 0
+
+
 def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], model_help: str) -> None:
     ctl = sub.add_parser(
         "controller",
@@ -102,17 +111,28 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         description="Long-running: deploys the model to the live nodes of the cluster and re-plans when a node "
         "leaves, joins, or its load changes for good.",
     )
-    ctl.add_argument("--broker", required=True, metavar="URL")
+    add_broker_arguments(ctl)
     ctl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
     ctl.add_argument("--model", required=True, help=model_help)
     ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
-    ctl.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
     ctl.set_defaults(func=_cmd_controller)
     status = sub.add_parser("status", help="table of the cluster's nodes and its current plan")
-    status.add_argument("--broker", required=True, metavar="URL")
+    add_broker_arguments(status)
     status.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
     status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (or --count times)")
     status.add_argument("--interval", type=float, default=2.0)
     status.add_argument("--count", type=int, default=1_000_000)
     status.set_defaults(func=_cmd_status)
+    acl = sub.add_parser(
+        "acl",
+        help="print a Mosquitto ACL for a cluster: each node writes only its own topics and the data plane",
+        description="Print a Mosquitto acl_file for the cluster's nodes (username = node id), a controller, "
+        "requesters and read-only dashboards. Use it with a password file or client certificates "
+        "(use_identity_as_username); see packaging/mosquitto/edgeflow.conf.",
+    )
+    acl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    acl.add_argument("--controller-user", default="controller")
+    acl.add_argument("--client-user", nargs="*", default=["client"], help="users that may send requests")
+    acl.add_argument("--dashboard-user", nargs="*", default=["dashboard"], help="read-only users")
+    acl.set_defaults(func=_cmd_acl)

@@ -23,7 +23,7 @@ from controller.deploy import current_plan
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.inbox import Inbox, InboxFullError, Need
 from edgeflowd.messages import PlanInfo, decode_control
-from edgeflowd.mqtt import Connection, MessageQueue, listen
+from edgeflowd.mqtt import BrokerSettings, Connection, MessageQueue, listen
 from edgeflowd.protocol import FrameAssembler, Topics, decode_frame
 from edgeflowd.rows import RowRange
 from edgeflowd.runtime import frames_for
@@ -133,12 +133,12 @@ class InferenceClient:
 
     @classmethod
     def connect(
-        cls, broker: str, cluster: str, model: str, tap: bool = False, mqtt_version: str = "5", plan_wait_s: float = 5.0
+        cls, broker: BrokerSettings, cluster: str, model: str, tap: bool = False, plan_wait_s: float = 5.0
     ) -> InferenceClient:
         """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
         Close it with :meth:`close`."""
         topics = Topics(cluster)
-        conn, inbox = listen(broker, "edgeflow-infer", [topics.controller("plan")], mqtt_version)
+        conn, inbox = listen(broker, "edgeflow-infer", [topics.controller("plan")])
         try:
             info = current_plan(topics, inbox, wait_s=plan_wait_s)
             if info is None:

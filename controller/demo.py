@@ -59,10 +59,10 @@ def run_demo(
             for method in methods:
                 planned = plan_model(graph, cluster, method)
                 t0 = time.perf_counter()
-                info = deploy_plan(broker.url, CLUSTER, planned, graph, nodes, timeout_s=120.0)
+                info = deploy_plan(broker.settings, CLUSTER, planned, graph, nodes, timeout_s=120.0)
                 say(f"{method}: generation {info.generation} live on {len(nodes)} nodes in "
                     f"{time.perf_counter() - t0:.1f} s; {requests} requests")  # fmt: skip
-                client = InferenceClient.connect(broker.url, CLUSTER, model_spec, tap=True)
+                client = InferenceClient.connect(broker.settings, CLUSTER, model_spec, tap=True)
                 try:
                     m = client.measure(inputs, 1, on_result=progress_bar(requests, f"  {method:<10}"))
                 finally:

@@ -20,7 +20,7 @@ from controller.plan import Plan
 from edgeflowd.assignment import Assignment, BlobRef, blob_of, split_blob
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
 from edgeflowd.messages import AssignmentReport, PlanInfo, decode_control, encode_control
-from edgeflowd.mqtt import Connection, MessageQueue, listen
+from edgeflowd.mqtt import BrokerSettings, Connection, MessageQueue, listen
 from edgeflowd.protocol import Topics
 from edgeflowd.units import CLIENT
 
@@ -90,19 +90,18 @@ _FRAME_HEADROOM = 1024  # topic and MQTT header beside a weight part, bytes
 
 
 def deploy_plan(
-    broker: str,
+    broker: BrokerSettings,
     cluster: str,
     planned: Planned,
     graph: LayerGraph,
     nodes: Sequence[str],
     timeout_s: float,
-    mqtt_version: str = "5",
     progress: Callable[[str], None] = lambda line: None,
 ) -> PlanInfo:
     """Connect, pick the next generation, publish ``planned`` to ``nodes`` under topic root
     ``cluster`` and wait until it is live; returns the published plan summary."""
     topics = Topics(cluster)
-    conn, inbox = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports], mqtt_version)
+    conn, inbox = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports])
     try:
         previous = current_plan(topics, inbox, wait_s=1.0)
         generation = previous.generation + 1 if previous else 1

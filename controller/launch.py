@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgeflowd.errors import EdgeFlowError
+from edgeflowd.mqtt import BrokerSettings
 
 __all__ = ["Broker", "DaemonProcess", "free_port", "mosquitto_broker"]
 
@@ -30,29 +31,41 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, port: int, process: subprocess.Popen[bytes], tls: bool = False) -> None:
         self.port = port
         self.process = process
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> BrokerSettings:
+        """How an anonymous client reaches it (secured brokers: build :class:`BrokerSettings`)."""
+        return BrokerSettings(self.url)
 
 
 @contextmanager
 def mosquitto_broker(
-    tmp: Path, extra: str = "", port: int | None = None, store: Path | None = None
+    tmp: Path,
+    extra: str = "",
+    port: int | None = None,
+    store: Path | None = None,
+    listener: str = "allow_anonymous true\n",
+    tls: bool = False,
 ) -> Iterator[Broker]:
-    """Mosquitto on 127.0.0.1 with TCP_NODELAY, stopped (and reaped) on exit. With ``store``,
-    retained messages are saved there at exit and restored by the next broker given it (run as
-    root, Mosquitto writes as user ``mosquitto``: the directory must be reachable and writable)."""
+    """Mosquitto on 127.0.0.1 with TCP_NODELAY, stopped (and reaped) on exit. ``listener``: the
+    listener's settings (certificates, authentication; ``tls`` when they make it TLS). With
+    ``store``, retained messages are saved there at exit and restored by the next broker given it
+    (run as root, Mosquitto reads and writes as user ``mosquitto``: files must be reachable)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         raise EdgeFlowError("mosquitto is not installed: run `make install` as root (it installs it with apt)")
     port = port or free_port()
     conf = tmp / f"mosquitto-{port}.conf"
     persistence = f"persistence true\npersistence_location {store}/\n" if store else "persistence false\n"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}{extra}")
+    conf.write_text(f"listener {port} 127.0.0.1\n{listener}set_tcp_nodelay true\n{persistence}{extra}")
     log = open(tmp / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -66,7 +79,7 @@ def mosquitto_broker(
                     text = (tmp / f"mosquitto-{port}.log").read_text()
                     raise EdgeFlowError(f"mosquitto did not start on port {port}: {text.strip()}") from exc
                 time.sleep(0.05)
-        yield Broker(port, process)
+        yield Broker(port, process, tls)
     finally:
         process.terminate()
         process.wait(10)

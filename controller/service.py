@@ -31,7 +31,7 @@ from edgeflowd.messages import (
     Status,
     encode_control,
 )
-from edgeflowd.mqtt import Connection, MessageQueue
+from edgeflowd.mqtt import BrokerSettings, Connection, MessageQueue
 from edgeflowd.profiles import Cluster
 from edgeflowd.protocol import Topics
 
@@ -45,13 +45,12 @@ _RETRY_S = 3.0  # after a failed deploy
 class ControllerService:
     def __init__(
         self,
-        broker: str,
+        broker: BrokerSettings,
         cluster: Cluster,
         model_spec: str,
         method: str = "edgeflow",
         settle_s: float = 1.0,
         deploy_timeout_s: float = 60.0,
-        mqtt_version: str = "5",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
@@ -60,7 +59,6 @@ class ControllerService:
         self.method = method
         self.settle_s = settle_s
         self.deploy_timeout_s = deploy_timeout_s
-        self.mqtt_version = mqtt_version
         self.clock = clock
         self.topics = Topics(cluster.name)
         self.registry = Registry(cluster)
@@ -74,7 +72,7 @@ class ControllerService:
         self._reason = "start"
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(broker, f"edgeflow-controller-{self.instance}", lambda t, p: self.inbox.put((t, p)),
-                               mqtt_version=mqtt_version, will=(self.topics.controller("status"), offline))  # fmt: skip
+                               will=(self.topics.controller("status"), offline))  # fmt: skip
 
     def run(self) -> int:
         model, shape = build_model(self.model_spec, None, 0)
@@ -150,8 +148,7 @@ class ControllerService:
         cluster = self.registry.live_cluster()
         try:
             planned = plan_model(self.graph, cluster, self.method)
-            info = deploy_plan(self.broker, self.cluster.name, planned, self.graph, live, self.deploy_timeout_s,
-                               mqtt_version=self.mqtt_version)  # fmt: skip
+            info = deploy_plan(self.broker, self.cluster.name, planned, self.graph, live, self.deploy_timeout_s)
         except (DeployError, EdgeFlowError) as exc:
             self._event("replan-failed", detail=str(exc))
             self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason

@@ -8,13 +8,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
 from edgeflowd import __version__
+from edgeflowd.check import check_config
 from edgeflowd.config import DaemonConfig, load_config
 from edgeflowd.errors import EdgeFlowError
-from edgeflowd.profiles import PROFILES_DIR, DeviceProfile, load_device_profile
+from edgeflowd.profiles import DeviceProfile, load_device_profile
 
 __all__ = ["main"]
 
@@ -24,29 +24,33 @@ def _parser() -> argparse.ArgumentParser:
         prog="edgeflowd",
         description="EdgeFlow device daemon: runs this node's share of a distributed model. It "
         "connects to the broker, takes its retained assignment, computes its execution units and "
-        "forwards their output rows. Settings come from --config, then these flags.",
+        "forwards their output rows. Settings come from --config, then EDGEFLOWD_* environment "
+        "variables (EDGEFLOWD_NODE_ID, EDGEFLOWD_BROKER, ...), then these flags.",
     )
     parser.add_argument("--version", action="version", version=f"edgeflowd {__version__}")
     parser.add_argument("--config", metavar="FILE", help="YAML configuration (keys as the flags, with _)")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="print the effective configuration and every error, then exit (0: ready to start)",
+    )
     parser.add_argument("--node-id", help="this node's id: a cluster profile's device id")
-    parser.add_argument("--broker", metavar="URL", help="mqtt://HOST[:PORT] (default mqtt://127.0.0.1:1883)")
+    parser.add_argument(
+        "--broker", metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS (default mqtt://127.0.0.1:1883)"
+    )
     parser.add_argument("--cluster", help="cluster name, the topic root edgeflow/v1/CLUSTER/ (default 'default')")
     parser.add_argument("--profile", metavar="FILE", help="device profile YAML, or a shipped profile's name")
     parser.add_argument("--threads", type=int, help="torch threads (default: the profile's, else 1)")
     parser.add_argument("--workers", type=int, help="units computed at once (default 1)")
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
+    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
+    parser.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
+    parser.add_argument("--key-file", metavar="PEM")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
     parser.add_argument("--cache-dir", metavar="DIR", help="keep fetched weights here, named by SHA-256")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return parser
-
-
-def _profile(ref: str | None) -> DeviceProfile | None:
-    if ref is None:
-        return None
-    path = Path(ref)
-    if not path.is_file() and not path.suffix:
-        path = PROFILES_DIR / "devices" / f"{ref}.yaml"
-    return load_device_profile(path)
 
 
 def _configure_logging(level: str) -> None:
@@ -59,10 +63,14 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "check_config")}
+    if args.check_config:
+        lines, status = check_config(args.config, overrides)
+        print("\n".join(lines))
+        return status
     try:
         config = load_config(args.config, overrides)
-        profile = _profile(config.profile)
+        profile = load_device_profile(config.profile) if config.profile else None
     except EdgeFlowError as exc:
         print(f"edgeflowd: {exc}", file=sys.stderr)
         return 2

@@ -91,10 +91,9 @@ class Daemon:
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
-            config.broker,
+            config.broker_settings(),
             f"edgeflowd-{self.node}-{self.instance}",
             self._enqueue,
-            mqtt_version=config.mqtt_version,
             will=(self.topics.node(self.node, "status"), offline),
             on_connect=self._on_connect,
             packet_bytes=config.packet_bytes,

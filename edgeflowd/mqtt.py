@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgeflowd.errors import EdgeFlowError
 
-__all__ = ["DEFAULT_PACKET_BYTES", "BrokerURL", "Connection", "MessageQueue", "MqttError", "listen"]
+__all__ = ["DEFAULT_PACKET_BYTES", "BrokerSettings", "BrokerURL", "Connection", "MessageQueue", "MqttError", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +44,92 @@ class MqttError(EdgeFlowError):
 class BrokerURL:
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
-        """``mqtt://HOST[:PORT]`` (port 1883 by default)."""
+        """``mqtt://HOST[:PORT]`` (port 1883) or ``mqtts://HOST[:PORT]`` (TLS, port 8883)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise MqttError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise MqttError(f"broker URL {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        tls = parts.scheme == "mqtts"
         try:
-            port = parts.port or 1883
+            port = parts.port or (8883 if tls else 1883)
         except ValueError as exc:
             raise MqttError(f"broker URL {url!r}: bad port") from exc
-        return cls(parts.hostname, port)
+        return cls(parts.hostname, port, tls)
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the broker is and how to prove who we are. ``mqtts://`` verifies the broker against
+    ``ca_file`` (else the system's CAs); ``cert_file``/``key_file`` present a client certificate;
+    ``username`` with the first line of ``password_file`` logs in. Secrets stay in files, never in
+    command lines or configuration, which other users may read."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    mqtt_version: str = "5"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(setting, message) for every inconsistency; file contents are checked at connect."""
+        try:
+            address = BrokerURL.parse(self.url)
+        except MqttError as exc:
+            return [("url", str(exc))]
+        found: list[tuple[str, str]] = []
+        if self.mqtt_version not in ("5", "3.1.1"):
+            found.append(("mqtt_version", f"mqtt_version must be '5' or '3.1.1', got {self.mqtt_version!r}"))
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, name) and not address.tls:
+                found.append((name, f"{name} needs TLS: the broker URL {self.url} is not mqtts://"))
+        if bool(self.cert_file) != bool(self.key_file):
+            found.append(("cert_file", "cert_file and key_file go together (a client certificate needs its key)"))
+        if self.password_file and not self.username:
+            found.append(("password_file", "password_file needs a username"))
+        return found
+
+    def _password(self) -> str | None:
+        if not self.password_file:
+            return None
+        try:
+            lines = Path(self.password_file).read_text().splitlines()
+        except OSError as exc:
+            raise MqttError(f"password_file {self.password_file}: cannot read: {exc.strerror}") from exc
+        if not lines or not lines[0]:
+            raise MqttError(f"password_file {self.password_file}: the first line (the password) is empty")
+        return lines[0]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttError(f"ca_file {self.ca_file}: {exc}") from exc
+        if self.cert_file:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise MqttError(f"cert_file {self.cert_file} / key_file {self.key_file}: {exc}") from exc
+        return context
+
+    def apply(self, client: paho.Client) -> BrokerURL:
+        """Configure ``client`` for this broker; raises :class:`MqttError` naming the setting at fault."""
+        problems = self.problems()
+        if problems:
+            raise MqttError("; ".join(message for _, message in problems))
+        address = BrokerURL.parse(self.url)
+        if address.tls:
+            client.tls_set_context(self._tls_context())
+        if self.username:
+            client.username_pw_set(self.username, self._password())
+        return address
 
 
 def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -70,18 +143,14 @@ class Connection:
 
     def __init__(
         self,
-        url: str,
+        settings: BrokerSettings,
         client_id: str,
         on_message: Callable[[str, bytes], None],
         *,
-        mqtt_version: str = "5",
         will: tuple[str, bytes] | None = None,
         on_connect: Callable[[], None] | None = None,
         packet_bytes: int = DEFAULT_PACKET_BYTES,
     ) -> None:
-        if mqtt_version not in ("5", "3.1.1"):
-            raise MqttError(f"MQTT version {mqtt_version!r}: expected 5 or 3.1.1")
-        self.broker = BrokerURL.parse(url)
         self.max_packet = packet_bytes
         self._on_message = on_message
         self._on_connect = on_connect
@@ -89,12 +158,13 @@ class Connection:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._refused: str | None = None
-        self._v5 = mqtt_version == "5"
+        self._v5 = settings.mqtt_version == "5"
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
         )
+        self.broker = settings.apply(self.client)
         self.client.on_socket_open = _nodelay
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
@@ -131,6 +201,7 @@ class Connection:
     def _connected(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self._refused = str(reason)
+            log.warning("%s refused the connection: %s", self.broker, reason)
             self.connected.set()  # wake start(), which reports the refusal
             return
         limit = getattr(props, "MaximumPacketSize", None) if self._v5 else None
@@ -208,11 +279,11 @@ class Connection:
         self.client.loop_stop()
 
 
-def listen(url: str, role: str, topics: Sequence[str], mqtt_version: str = "5") -> tuple[Connection, MessageQueue]:
+def listen(broker: BrokerSettings, role: str, topics: Sequence[str]) -> tuple[Connection, MessageQueue]:
     """A started connection (client id ``<role>-<random>``) subscribed at QoS 1 to ``topics``,
     whose messages land in the returned queue: the shape every command-line tool needs."""
     inbox: MessageQueue = queue.Queue()
-    conn = Connection(url, f"{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)), mqtt_version=mqtt_version)
+    conn = Connection(broker, f"{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)))
     for topic in topics:
         conn.subscribe(topic, qos=1)
     conn.start()

@@ -9,6 +9,7 @@ static load, plus the requester's own link (``client``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,14 @@ __all__ = [
     "parse_cluster",
 ]
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+def _profiles_dir() -> Path:
+    """The checkout's ``profiles/``, else the copy an installed package put under its prefix."""
+    checkout = Path(__file__).resolve().parent.parent / "profiles"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "edgeflow" / "profiles"
+
+
+PROFILES_DIR = _profiles_dir()
 
 # Throughput of each op kind relative to dense convolution on a CPU: depthwise and element-wise
 # work is memory-bound, so a FLOP of it costs more time. Profiles may override per device.
@@ -143,7 +151,10 @@ def _link(doc: YamlDoc, link: dict[str, Any], lpath: tuple[str | int, ...]) -> L
 
 
 def load_device_profile(path: str | Path) -> DeviceProfile:
+    """Load a device profile file; a bare name (``rpi4``) means a shipped ``devices/NAME.yaml``."""
     path = Path(path)
+    if not path.is_file() and not path.suffix:
+        path = PROFILES_DIR / "devices" / f"{path}.yaml"
     doc = YamlDoc(read_text(path), str(path))
     return _device_profile(doc, doc.data, (), path.stem)
 

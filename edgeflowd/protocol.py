@@ -89,6 +89,16 @@ class Topics:
         """Subscription filter for every part of one blob."""
         return f"{self.root}/blob/{_level(sha256, 'blob hash')}/+"
 
+    @property
+    def all_blobs(self) -> str:
+        """Filter for every weight blob of the cluster."""
+        return f"{self.root}/blob/#"
+
+    @property
+    def all_data(self) -> str:
+        """Filter for the whole data plane: unit inputs and results of every plan."""
+        return f"{self.root}/data/#"
+
     def data_filter(self, plan: str) -> str:
         """Subscription filter for every data-plane message of one plan (a traffic tap)."""
         return f"{self.root}/data/{_level(plan, 'plan id')}/#"

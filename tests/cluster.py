@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from controller.launch import Broker, DaemonProcess, free_port, mosquitto_broker
-from edgeflowd.mqtt import Connection
+from edgeflowd.mqtt import BrokerSettings, Connection
 
 __all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker"]
 
@@ -17,14 +17,13 @@ __all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker"
 class Watcher:
     """Subscribes to a cluster's control topics and keeps the last payload of each topic."""
 
-    def __init__(self, broker: str, cluster: str, mqtt_version: str = "5") -> None:
+    def __init__(self, broker: BrokerSettings, cluster: str) -> None:
         self.root = f"edgeflow/v1/{cluster}"
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.last: dict[str, bytes] = {}
         self.arrived: dict[str, float] = {}  # time.monotonic() when each topic's last payload arrived
         self.conn = Connection(broker, f"watcher-{os.getpid()}-{time.monotonic_ns()}",
-                               lambda t, p: self.messages.put((t, p, time.monotonic())),
-                               mqtt_version=mqtt_version)  # fmt: skip
+                               lambda t, p: self.messages.put((t, p, time.monotonic())))  # fmt: skip
         self.conn.subscribe(f"{self.root}/node/#", qos=1)
         self.conn.subscribe(f"{self.root}/controller/#", qos=1)
         self.conn.start()

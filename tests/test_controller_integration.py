@@ -23,6 +23,7 @@ from controller.verify import TOLERANCE, reference_outputs, relative_error
 from controller.zoo import build_model
 from edgeflowd.assignment import Assignment
 from edgeflowd.messages import PlanInfo, decode_control
+from edgeflowd.mqtt import BrokerSettings
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def _plan_on(watcher: Watcher, nodes: set[str], timeout_s: float) -> PlanInfo:
 
 def _exact(url: str, n: int) -> int:
     model, shape = build_model(MODEL, None, 0)
-    client = InferenceClient.connect(url, "local-3", MODEL)
+    client = InferenceClient.connect(BrokerSettings(url), "local-3", MODEL)
     try:
         inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(n)]
         results = client.run(iter(inputs), 2, 20.0)
@@ -83,12 +84,12 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
         daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
         for daemon in daemons.values():
             stack.callback(daemon.terminate)
-        with controller_process(broker.url, tmp_path, "equal"), closing(Watcher(broker.url, "local-3")) as watcher:
+        with controller_process(broker.url, tmp_path, "equal"), closing(Watcher(broker.settings, "local-3")) as watcher:
             first = _plan_on(watcher, set(NODES), 120)
             # A stream of requests; node-b dies in the middle of it.
             _, shape = build_model(MODEL, None, 0)
             inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(60)]
-            client = InferenceClient.connect(broker.url, "local-3", MODEL)
+            client = InferenceClient.connect(broker.settings, "local-3", MODEL)
             killed_at: list[float] = []
 
             def kill() -> None:
@@ -151,7 +152,8 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
                                  cpus=pins[n]) for n in NODES]  # fmt: skip
         for daemon in daemons:
             stack.callback(daemon.terminate)
-        with controller_process(broker.url, tmp_path, "coedge"), closing(Watcher(broker.url, "local-3")) as watcher:
+        watcher = stack.enter_context(closing(Watcher(broker.settings, "local-3")))
+        with controller_process(broker.url, tmp_path, "coedge"):
             first = _plan_on(watcher, set(NODES), 120)
             watcher.wait_for("the first assignments", lambda last: all(watcher.payload(n, "assignment") for n in NODES))
             before = _row_shares(watcher, first.generation)

@@ -22,7 +22,7 @@ from controller.cli import main
 from edgeflowd.assignment import Assignment, BlobRef
 from edgeflowd.codec import pack_envelope
 from edgeflowd.messages import AssignmentReport, PlanInfo, Status, Telemetry, decode_control
-from edgeflowd.mqtt import Connection
+from edgeflowd.mqtt import BrokerSettings, Connection
 from edgeflowd.protocol import Topics, encode_frames
 from edgeflowd.rows import RowRange
 from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
@@ -56,7 +56,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     tmp = tmp_path_factory.mktemp("local3")
     with mosquitto_broker(tmp) as broker:
         daemons = {n: DaemonProcess(n, broker.url, CLUSTER, tmp, "--profile", "local-core") for n in NODES}
-        watcher = Watcher(broker.url, CLUSTER)
+        watcher = Watcher(broker.settings, CLUSTER)
         try:
             root = watcher.root
             watcher.wait_for(
@@ -272,7 +272,7 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                                  "--input", str(_input_file(local.tmp)), "--output", str(saved))  # fmt: skip
                 assert code == 0, out
                 assert np.load(saved).shape == (1, 16, 32, 32)
-                watcher = Watcher(local.broker.url, "solo", mqtt_version="3.1.1")
+                watcher = Watcher(BrokerSettings(local.broker.url, "3.1.1"), "solo")
                 try:
                     assert daemon.terminate() == 0
                     assert "STOPPING=1" in "".join(_notify_messages(sock, "STOPPING=1", 10))
@@ -300,7 +300,7 @@ def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
     cluster_file = tmp_path / "tiny.yaml"
     cluster_file.write_text("schema: edgeflow.cluster/1\nname: tiny\ndevices:\n  - {id: t1, profile: local-core}\n")
     with mosquitto_broker(tmp_path, extra=f"max_packet_size {limit}\n") as broker:
-        conn = Connection(broker.url, "probe", lambda t, p: None)
+        conn = Connection(broker.settings, "probe", lambda t, p: None)
         conn.start()
         try:
             assert conn.max_packet == limit  # from CONNACK (MQTT 5)
@@ -345,7 +345,7 @@ def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pyt
             code, out = _cli(capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", url)
             assert code == 0, out
         with mosquitto_broker(tmp_path, port=port, store=store):  # retained messages restored
-            watcher = Watcher(url, "bounce")
+            watcher = Watcher(BrokerSettings(url), "bounce")
             try:
                 watcher.wait_for(
                     "b1 to reconnect (session 2)",
