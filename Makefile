@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+# make deb: the .deb bundles this torch; DEB_TORCH=none leaves it to the board (a vendor build).
+DEB_TORCH ?= $(TORCH)
+DEB_OUT   ?= dist
+
+.PHONY: install test test-fast lint demo bench deb clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null 2>&1; then \
@@ -40,5 +44,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/plan_quality.py
 
+deb: $(STAMP)
+	$(BIN)/python packaging/build_deb.py --torch '$(DEB_TORCH)' --out '$(DEB_OUT)'
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf dist $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

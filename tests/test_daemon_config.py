@@ -9,15 +9,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from controller.acl import mosquitto_acl
 from edgeflowd.cli import main as edgeflowd_main
-from edgeflowd.config import load_config
+from edgeflowd.config import DaemonConfig, load_config, read_config
 from edgeflowd.errors import ProfileError
 from edgeflowd.mqtt import BrokerURL, MqttError
 from edgeflowd.notify import Notifier
+from edgeflowd.profiles import load_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,3 +124,72 @@ def test_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stderr == "", result.stderr
     unit.write_text(text.replace(exec_start.group(1), str(daemon)).replace("NoNewPrivileges", "NoNewPrivilege"))
     assert "Unknown key" in _verify(unit).stderr  # the check can fail: warnings count
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
+    path = tmp_path / "edgeflowd.yaml"
+    path.write_text("node_id: from-file\nworkers: 2\ncluster: lab\n")
+    env = {"EDGEFLOWD_NODE_ID": "from-env", "EDGEFLOWD_WORKERS": "3", "EDGEFLOWD_ARGS": "--log-level debug",
+           "EDGEFLOWD_CLUSTER": ""}  # fmt: skip
+    report = read_config(path, {"workers": 4}, env)
+    assert report.errors == []
+    assert (report.config.node_id, report.config.workers, report.config.cluster) == ("from-env", 4, "lab")
+    assert report.sources == {"node_id": "environment EDGEFLOWD_NODE_ID", "workers": "--workers",
+                              "cluster": f"{path}:3"}  # fmt: skip
+
+
+def test_every_error_is_reported_at_once_with_its_place(tmp_path: Path) -> None:
+    path = tmp_path / "edgeflowd.yaml"
+    path.write_text("node_id: a\nworkers: many\nbroker: mqtt://b\nca_file: ca.pem\npassword_file: pw\n")
+    report = read_config(path, {}, {"EDGEFLOWD_THREADS": "two", "EDGEFLOWD_THREADZ": "1"})
+    assert report.errors == [
+        f"{path}:2: workers: expected int, got 'many'",
+        "environment EDGEFLOWD_THREADS: expected int, got 'two'",
+        "environment EDGEFLOWD_THREADZ: unknown setting (expected EDGEFLOWD_ + one of NODE_ID, BROKER, "
+        + report.errors[2].split("BROKER, ")[1],
+        f"{path}:4: ca_file needs TLS: the broker URL mqtt://b is not mqtts://",
+        f"{path}:5: password_file needs a username",
+    ]
+
+
+def test_check_config_prints_sources_and_checks_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "pw").chmod(0o644)
+    path = tmp_path / "edgeflowd.yaml"
+    path.write_text(f"node_id: n1\nbroker: mqtts://broker.lan\nca_file: {tmp_path}/missing.pem\nusername: n1\n"
+                    "password_file: pw\nprofile: rpi4\n")  # fmt: skip
+    assert edgeflowd_main(["--check-config", "--config", str(path), "--cache-dir", str(tmp_path / "cache")]) == 2
+    out = capsys.readouterr().out
+    assert re.search(rf"^username: +n1 +# {re.escape(str(path))}:4$", out, re.M)
+    assert re.search(r"^cache_dir: +\S+/cache +# --cache-dir$", out, re.M)
+    assert f"error: ca_file {tmp_path}/missing.pem: cannot read: No such file or directory" in out
+    assert "ok: profile: rpi4" in out and "# 1 error" in out
+    path.write_text(path.read_text().replace(f"ca_file: {tmp_path}/missing.pem\n", ""))
+    assert edgeflowd_main(["--check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: password_file {tmp_path}/pw is readable by every user" in out  # relative to the file
+    assert "ok: broker: mqtts://broker.lan as n1" in out and "# 0 errors: ready to start" in out
+
+
+def test_the_shipped_configuration_documents_only_real_settings(tmp_path: Path) -> None:
+    text = (REPO / "packaging/edgeflowd.yaml").read_text()
+    examples = re.findall(r"^#(\w+): (\S+)", text, re.M)
+    assert {k for k, _ in examples} | set(re.findall(r"^(\w+):", text, re.M)) == {f.name for f in fields(DaemonConfig)}
+    uncommented = tmp_path / "edgeflowd.yaml"
+    uncommented.write_text(re.sub(r"^#(\w+: )", r"\1", text, flags=re.M))
+    report = read_config(uncommented, {}, {})
+    assert [e for e in report.errors if "cannot read" not in e and "unknown" in e] == []
+    assert read_config(REPO / "packaging/edgeflowd.yaml", {}, {}).errors == [
+        "default: node_id must be set and contain no '/', '#', '+' (got '')"
+    ]
+
+
+def test_the_example_acl_is_the_generated_one() -> None:
+    cluster = load_cluster("paper-4")
+    assert (REPO / "packaging/mosquitto/edgeflow.acl").read_text() == mosquitto_acl(
+        cluster.name, [d.id for d in cluster.devices]
+    )
+    acl = mosquitto_acl("lab", ["n1", "n2"])
+    n1 = acl.split("user n1\n")[1].split("\n\n")[0].splitlines()
+    assert "topic write edgeflow/v1/lab/node/n1/status" in n1 and "topic read edgeflow/v1/lab/node/n1/assignment" in n1
+    assert "topic write edgeflow/v1/lab/node/n1/assignment" not in n1 and not [line for line in n1 if "n2" in line]
