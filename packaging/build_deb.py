@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib  # the build needs Python >= 3.11 (Debian 12); the package, what it bundles
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "/opt/edgeflow"
@@ -51,15 +52,16 @@ def _venv(stage: Path, python: str, torch: str, wheels: Path) -> None:
     # Byte-compile with the installed paths (tracebacks name /opt/edgeflow/...); dpkg keeps the
     # mtimes that validate them, and removes them with the package.
     # A few files only newer Pythons parse (torch's tests of 3.12 syntax) fail to compile, as under pip.
-    subprocess.run([prefix / "bin/python", "-m", "compileall", "-qq", "-j", "0", "-s", stage, "-p", "/", prefix / "lib"],
-                   check=False, capture_output=True)  # fmt: skip
+    compileall: list[str | Path] = [prefix / "bin/python", "-m", "compileall", "-qq", "-j", "0"]
+    compileall += ["-s", stage, "-p", "/", prefix / "lib"]
+    subprocess.run(compileall, check=False, capture_output=True)
     for path in [*(prefix / "bin").iterdir(), prefix / "pyvenv.cfg"]:
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
             if str(prefix).encode() in data:
                 path.write_bytes(data.replace(str(prefix).encode(), PREFIX.encode()))
     cfg = prefix / "pyvenv.cfg"
-    cfg.write_text(cfg.read_text().replace("include-system-site-packages = false", "include-system-site-packages = true"))
+    cfg.write_text(cfg.read_text().replace("site-packages = false", "site-packages = true"))
 
 
 def _copy(src: Path, dst: Path, mode: int = 0o644) -> None:

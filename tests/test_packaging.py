@@ -66,9 +66,9 @@ def test_package_fields_contents_and_scripts(deb: Path, tmp_path: Path) -> None:
     # Nothing refers to the directory the environment was built in.
     _run("dpkg-deb", "--extract", deb, tmp_path)
     venv = tmp_path / "opt/edgeflow"
-    for path in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
-        if path.is_file() and not path.is_symlink():
-            assert b"edgeflow-deb-" not in path.read_bytes(), path
+    for file in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+        if file.is_file() and not file.is_symlink():
+            assert b"edgeflow-deb-" not in file.read_bytes(), file
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
 
 
