@@ -1,0 +1,143 @@
+"""The emulation harness: CPU quotas that throttle, tbf links that shape, and clean-up that leaves
+no cgroup, namespace, veth or qdisc behind, after a normal exit, Ctrl-C, SIGTERM or SIGKILL.
+Traffic goes only between this host and the namespaces the test creates; every loop is bounded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from controller.launch import REPO
+from controller.testbed import Slot, Testbed, leftovers, missing_rights, slots_for, sweep
+from edgeflowd.profiles import load_cluster
+
+needs_rights = pytest.mark.skipif(bool(missing_rights(True)), reason="; ".join(missing_rights(True)) or "ok")
+pytestmark = pytest.mark.integration
+
+BUSY = "import os, time\nt = time.time()\nwhile time.time() - t < 1.5: pass\nprint(sum(os.times()[:2]))"
+
+
+def test_slots_keep_relative_speeds_within_the_core_budget() -> None:
+    cluster = load_cluster("paper-4")
+    slots = slots_for(cluster, cores=1.2)
+    assert sum(s.cores for s in slots) == pytest.approx(1.2)
+    speeds = [d.profile.gflops for d in cluster.devices]
+    assert [s.cores / slots[0].cores for s in slots] == pytest.approx([g / speeds[0] for g in speeds])
+    assert slots[1].up_mbps == cluster.devices[1].profile.link.up_mbps
+    assert all(s.up_mbps is None for s in slots_for(cluster, 1.2, shape_links=False))
+
+
+@needs_rights
+def test_cpu_quota_throttles_each_device() -> None:
+    slots = [Slot(0, "slow", 0.2), Slot(1, "fast", 0.6)]
+    with Testbed(slots, shape_links=False) as bed:
+        procs = [subprocess.Popen(bed.command(s, [sys.executable, "-c", BUSY]), stdout=subprocess.PIPE, text=True)
+                 for s in slots]  # fmt: skip
+        used = [float(p.communicate(timeout=30)[0]) for p in procs]
+        assert all(bed.cgroup(s).is_dir() for s in slots)
+    assert used[0] == pytest.approx(0.2 * 1.5, abs=0.1)
+    assert used[1] == pytest.approx(0.6 * 1.5, abs=0.15)
+    assert leftovers(os.getpid()) == []
+
+
+def _serve_once(host: str, port: int, send: int, done: dict[str, float]) -> None:
+    """Accept one connection: send ``send`` bytes, or receive until EOF and record the seconds."""
+    with socket.create_server((host, port)) as server:
+        server.settimeout(20)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(20)
+            start = time.monotonic()
+            if send:
+                conn.sendall(b"x" * send)
+                return
+            while conn.recv(1 << 16):
+                pass
+            done["s"] = time.monotonic() - start
+
+
+def _transfer_s(bed: Testbed, slot: Slot, upload: int, download: int) -> float:
+    """Seconds to move the bytes over the slot's link, timed by the receiving end."""
+    done: dict[str, float] = {}
+    port = 18000 + slot.index
+    server = threading.Thread(target=_serve_once, args=(slot.host_ip, port, download, done))
+    server.start()
+    time.sleep(0.2)
+    client = (
+        f"import socket, time\ns = socket.create_connection(('{slot.host_ip}', {port}), timeout=20)\n"
+        + (f"s.sendall(b'y' * {upload})\ns.close()\n" if upload else
+           f"n, t = 0, time.monotonic()\nwhile n < {download}:\n    n += len(s.recv(1 << 16))\n"
+           "print(time.monotonic() - t)\ns.close()\n")
+    )  # fmt: skip
+    out = subprocess.run(bed.command(slot, [sys.executable, "-c", client]), check=True, timeout=30,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    server.join(30)
+    return done["s"] if upload else float(out)
+
+
+@needs_rights
+def test_links_are_shaped_to_the_profile_rates() -> None:
+    slot = Slot(7, "shaped", 1.0, up_mbps=20, down_mbps=40)
+    with Testbed([slot]) as bed:
+        up = _transfer_s(bed, slot, upload=2_500_000, download=0)  # 20 Mbit at 20 Mbit/s: 1 s
+        down = _transfer_s(bed, slot, upload=0, download=5_000_000)  # 40 Mbit at 40 Mbit/s: 1 s
+        qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+        assert f"ef{os.getpid()}h7" in qdiscs and "tbf" in qdiscs
+    assert 0.85 < up < 1.3, up
+    assert 0.85 < down < 1.3, down
+    assert leftovers(os.getpid()) == []
+    assert (
+        f"ef{os.getpid()}"
+        not in subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+    )
+
+
+_OWNER = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    from controller.testbed import Slot, Testbed
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    slots = [Slot(3, "a", 0.3, 50, 50), Slot(4, "b", 0.3, 50, 50)]
+    with Testbed(slots) as bed:
+        procs = [subprocess.Popen(bed.command(s, ["sleep", "60"])) for s in slots]
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+@needs_rights
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_run_leaves_nothing_behind(how: signal.Signals) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "ready\n"
+        assert len(leftovers(owner.pid)) == 6  # 2 cgroups, 2 namespaces, 2 host-side veths
+        owner.send_signal(how)
+        owner.wait(30)
+    finally:
+        owner.kill()
+    if how == signal.SIGKILL:  # nothing can clean up after SIGKILL but a later sweep
+        assert len(leftovers(owner.pid)) == 6
+        assert len(sweep()) >= 4
+    assert leftovers(owner.pid) == []
+    sleepers = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True, check=False).stdout.split()
+    assert sleepers == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
+def test_refuses_clearly_without_rights() -> None:
+    code = "from controller.testbed import Slot, Testbed\nwith Testbed([Slot(0, 'a', 0.5)]): pass"
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "cannot run the testbed: the testbed needs root" in result.stderr, result.stderr
