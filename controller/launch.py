@@ -90,11 +90,13 @@ class DaemonProcess:
     """One ``edgeflowd`` started as its own process (never forked from this torch process)."""
 
     def __init__(self, node: str, broker: str, cluster: str, log_dir: Path, *extra: str,
-                 env: dict[str, str] | None = None, cpus: Sequence[int] = ()) -> None:  # fmt: skip
-        """``cpus``: pin the daemon (all its threads, from the start) to these CPUs."""
+                 env: dict[str, str] | None = None, cpus: Sequence[int] = (),
+                 prefix: Sequence[str] = ()) -> None:  # fmt: skip
+        """``cpus``: pin the daemon (all its threads, from the start) to these CPUs. ``prefix``:
+        a command that runs it (a testbed device's cgroup and namespace)."""
         self.node = node
         pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
-        self.args = [*pin, sys.executable, "-m", "edgeflowd.cli", "--node-id", node, "--broker", broker,
+        self.args = [*prefix, *pin, sys.executable, "-m", "edgeflowd.cli", "--node-id", node, "--broker", broker,
                      "--cluster", cluster, "--threads", "1", *extra]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_dir / f"edgeflowd-{node}.log"
