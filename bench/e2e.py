@@ -114,7 +114,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title(model)
         ax.set_ylabel("latency, ms (bar: median, whisker: p95)")
         ax.legend(fontsize=8)
-    fig.suptitle("testbed-4: 4 devices 1x-4x (cgroup quotas), 50-200 Mbit/s (tbf)")
+    fig.suptitle("testbed-4: 4 devices 1x-4x (cgroup quotas), 50-200 Mbit/s (tbf)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
