@@ -10,7 +10,6 @@ cost model's prediction. Writes bench/results/e2e.json and e2e.png.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from save import save_report  # bench/save.py, beside this script
 
 from controller.cli import main as edgeflow
 from controller.client import InferenceClient
@@ -128,13 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     report = run(args.models, args.methods, args.requests)
     print("\n".join(table(report)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "e2e.json").write_text(json.dumps(report, indent=2) + "\n")
-    try:
-        plot(report, args.out / "e2e.png")
-    except ImportError:
-        print("matplotlib is not installed: no plot")
-    print(f"wrote {args.out}/e2e.json")
+    save_report(report, args.out, "e2e", plot)
     return 0
 
 

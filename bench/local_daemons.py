@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from save import save_report  # bench/save.py, beside this script
+
 from controller.cli import main as edgeflow
 from controller.client import InferenceClient
 from controller.launch import DaemonProcess, mosquitto_broker
@@ -114,13 +116,7 @@ def main() -> int:
         finally:
             for daemon in daemons:
                 daemon.terminate()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "local_daemons.json").write_text(json.dumps(report, indent=2) + "\n")
-    try:
-        plot(report, args.out / "local_daemons.png")
-    except ImportError:
-        print("matplotlib is not installed: no plot")
-    print(f"wrote {args.out}/local_daemons.json")
+    save_report(report, args.out, "local_daemons", plot)
     return 0
 
 

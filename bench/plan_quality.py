@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from save import save_report  # bench/save.py, beside this script
+
 from controller.graph.trace import trace_model
 from controller.partitioners import METHODS, lower_bound_s, plan_model
 from controller.partitioners.evaluate import predicted_latency
@@ -176,12 +178,8 @@ def main() -> int:
             r["methods"]["progressive"]["latency_s"] > r["methods"]["single"]["latency_s"] + 1e-12 for r in rows
         ),
     }
-    (out / "plan_quality.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["summary"]), flush=True)
-    try:
-        plot(report, out / "plan_quality.png")
-    except ImportError:
-        print("matplotlib missing: no plot (pip install 'edgeflow[plot]')")
+    save_report(report, out, "plan_quality", plot)
     return 0
 
 

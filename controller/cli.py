@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from controller.cli_args import input_shape, positive_int
+from controller.cli_args import CLUSTER_HELP, input_shape, positive_int
 from controller.cli_cluster import add_cluster_commands
 from controller.cli_service import add_service_commands
 from controller.gantt import draw_gantt
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan a model on a cluster profile and print the predicted timeline.",
     )
     plan.add_argument("--model", required=True, help=f"zoo name ({', '.join(ZOO)}) or package.module:factory")
-    plan.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    plan.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     plan.add_argument("--method", choices=list(METHODS), default="edgeflow")
     plan.add_argument("--compare", action="store_true", help="plan with every method and compare")
     plan.add_argument("--json", metavar="OUT", help="write figures and the chosen partition as JSON")

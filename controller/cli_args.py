@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 
 from controller.zoo import parse_shape
+from edgeflowd.cli import add_security_arguments
 from edgeflowd.mqtt import BrokerSettings
 
-__all__ = ["add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
+__all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
+
+CLUSTER_HELP = "cluster YAML file, or a name under profiles/clusters/"
 
 
 def positive_int(text: str) -> int:
@@ -29,11 +32,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("broker")
     group.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS")
     group.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
-    group.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
-    group.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
-    group.add_argument("--key-file", metavar="PEM")
-    group.add_argument("--username")
-    group.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+    add_security_arguments(group)
 
 
 def broker_settings(args: argparse.Namespace) -> BrokerSettings:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from controller.cli_args import add_broker_arguments, broker_settings, input_shape, positive_int
+from controller.cli_args import CLUSTER_HELP, add_broker_arguments, broker_settings, input_shape, positive_int
 from controller.client import InferenceClient, Result
 from controller.demo import demo_table, run_demo
 from controller.deploy import deploy_plan
@@ -137,7 +137,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "node reports the new generation ready.",
     )
     deploy.add_argument("--model", required=True, help=model_help)
-    deploy.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    deploy.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     add_broker_arguments(deploy)
     deploy.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     deploy.add_argument("--topic-cluster", metavar="NAME", help="topic root name (default: the cluster's name)")

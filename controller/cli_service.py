@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
 import time
 from types import FrameType
 
 from controller.acl import mosquitto_acl
-from controller.cli_args import add_broker_arguments, broker_settings
+from controller.cli_args import CLUSTER_HELP, add_broker_arguments, broker_settings
 from controller.partitioners import METHODS
 from controller.registry import NODE_FEEDS, Registry, effective_device, others_load
 from controller.service import ControllerService
 from edgeflowd.errors import ProtocolError
 from edgeflowd.messages import PlanInfo, decode_control
-from edgeflowd.mqtt import MessageQueue, listen
+from edgeflowd.mqtt import MessageQueue, listen, received
 from edgeflowd.profiles import load_cluster
 from edgeflowd.protocol import Topics
 
@@ -39,12 +38,7 @@ def _cmd_controller(args: argparse.Namespace) -> int:
 def _snapshot(registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
     """Feed ``registry`` what arrives within ``wait_s``; returns the newest plan summary seen."""
     plan = None
-    deadline = time.monotonic() + wait_s
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            topic, payload = inbox.get(timeout=left)
-        except queue.Empty:
-            break
+    for topic, payload in received(inbox, wait_s):
         try:
             kind, fields = topics.parse(topic)
             if kind == "controller/plan" and payload:
@@ -112,14 +106,14 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "leaves, joins, or its load changes for good.",
     )
     add_broker_arguments(ctl)
-    ctl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    ctl.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     ctl.add_argument("--model", required=True, help=model_help)
     ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
     ctl.set_defaults(func=_cmd_controller)
     status = sub.add_parser("status", help="table of the cluster's nodes and its current plan")
     add_broker_arguments(status)
-    status.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    status.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (or --count times)")
     status.add_argument("--interval", type=float, default=2.0)
     status.add_argument("--count", type=int, default=1_000_000)
@@ -131,7 +125,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "requesters and read-only dashboards. Use it with a password file or client certificates "
         "(use_identity_as_username); see packaging/mosquitto/edgeflow.conf.",
     )
-    acl.add_argument("--cluster", required=True, help="cluster YAML file, or a name under profiles/clusters/")
+    acl.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     acl.add_argument("--controller-user", default="controller")
     acl.add_argument("--client-user", nargs="*", default=["client"], help="users that may send requests")
     acl.add_argument("--dashboard-user", nargs="*", default=["dashboard"], help="read-only users")

@@ -20,7 +20,7 @@ from controller.plan import Plan
 from edgeflowd.assignment import Assignment, BlobRef, blob_of, split_blob
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
 from edgeflowd.messages import AssignmentReport, PlanInfo, decode_control, encode_control
-from edgeflowd.mqtt import BrokerSettings, Connection, MessageQueue, listen
+from edgeflowd.mqtt import BrokerSettings, Connection, MessageQueue, listen, received
 from edgeflowd.protocol import Topics
 from edgeflowd.units import CLIENT
 
@@ -119,12 +119,7 @@ def deploy_plan(
 def current_plan(topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
     """The retained plan summary, if the broker holds one (the connection feeding ``inbox`` must
     be subscribed to it); waits at most ``wait_s`` for it."""
-    deadline = time.monotonic() + wait_s
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            topic, payload = inbox.get(timeout=left)
-        except queue.Empty:
-            break
+    for topic, payload in received(inbox, wait_s):
         if topic == topics.controller("plan") and payload:
             return decode_control(payload, topic, PlanInfo)
     return None

@@ -218,31 +218,35 @@ class Testbed:
             raise TestbedError("clean-up left: " + "; ".join(errors))
 
 
-def leftovers(owner: int | None = None) -> list[str]:
-    """Cgroups, namespaces and veths a testbed made (of ``owner``, or of any process) still there."""
-    mark = str(owner) if owner is not None else r"\d+"
-    found = [str(p) for p in CGROUP_CPU.glob("edgeflow-*") if re.fullmatch(rf"edgeflow-{mark}-.+", p.name)]
+def _made() -> list[tuple[str, str, int]]:
+    """(kind, name, owner pid) of every cgroup, namespace and host-side veth a testbed made."""
+    found = [("cgroup", str(p), int(m.group(1))) for p in CGROUP_CPU.glob("edgeflow-*")
+             if (m := re.fullmatch(r"edgeflow-(\d+)-.+", p.name))]  # fmt: skip
     if shutil.which("ip"):
-        found += [f"netns {n}" for n in re.findall(rf"^(edgeflow-{mark}-\d+)", _run("ip", "netns", "list"), re.M)]
-        found += [f"link {n}" for n in re.findall(rf"^\d+: (ef{mark}[hd]\d+)[@:]", _run("ip", "-o", "link"), re.M)]
+        found += [
+            ("link", n, int(pid)) for n, pid in re.findall(r"^\d+: (ef(\d+)h\d+)[@:]", _run("ip", "-o", "link"), re.M)
+        ]
+        found += [
+            ("netns", n, int(pid)) for n, pid in re.findall(r"^(edgeflow-(\d+)-\d+)", _run("ip", "netns", "list"), re.M)
+        ]
     return found
 
 
+def leftovers(owner: int | None = None) -> list[str]:
+    """Cgroups, namespaces and veths a testbed made (of ``owner``, or of any process) still there."""
+    return [f"{kind} {name}" for kind, name, pid in _made() if owner is None or pid == owner]
+
+
 def sweep() -> list[str]:
-    """Remove what testbeds of processes no longer alive left behind; returns what it removed."""
+    """Remove what testbeds of processes no longer alive left behind (links before their
+    namespaces: a deleted namespace frees its veth asynchronously); returns what it removed."""
     removed = []
-    for path in CGROUP_CPU.glob("edgeflow-*"):
-        found = re.fullmatch(r"edgeflow-(\d+)-.+", path.name)
-        if found and not Path(f"/proc/{found.group(1)}").exists():
-            _kill_cgroup(path)
-            removed.append(str(path))
-    if shutil.which("ip"):
-        for link, pid in re.findall(r"^\d+: ((?:ef)(\d+)h\d+)[@:]", _run("ip", "-o", "link"), re.M):
-            if not Path(f"/proc/{pid}").exists():
-                _run("ip", "link", "del", link)
-                removed.append(f"link {link}")
-        for ns, pid in re.findall(r"^(edgeflow-(\d+)-\d+)", _run("ip", "netns", "list"), re.M):
-            if not Path(f"/proc/{pid}").exists():
-                _run("ip", "netns", "del", ns)
-                removed.append(f"netns {ns}")
+    for kind, name, pid in _made():
+        if Path(f"/proc/{pid}").exists():
+            continue
+        if kind == "cgroup":
+            _kill_cgroup(Path(name))
+        else:
+            _run("ip", kind, "del", name)
+        removed.append(f"{kind} {name}")
     return removed

@@ -71,9 +71,10 @@ def check_config(path: str | None, overrides: Mapping[str, Any], environ: Mappin
     files = {n: getattr(config, n) for n in ("ca_file", "cert_file", "key_file", "password_file")}
     unreadable = [e for n, p in files.items() if (e := _readable(n, p))]
     errors += unreadable
-    if not unreadable and not config.broker_settings().problems():
+    settings = config.broker_settings()
+    if not unreadable and not settings.problems():
         try:  # parses the certificates and reads the password, as connecting will
-            config.broker_settings().apply(paho.Client(CallbackAPIVersion.VERSION2))
+            settings.apply(paho.Client(CallbackAPIVersion.VERSION2))
             notes.append(f"broker: {config.broker}" + (f" as {config.username}" if config.username else ""))
         except EdgeFlowError as exc:
             errors.append(str(exc))

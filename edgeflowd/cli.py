@@ -16,7 +16,16 @@ from edgeflowd.config import DaemonConfig, load_config
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.profiles import DeviceProfile, load_device_profile
 
-__all__ = ["main"]
+__all__ = ["add_security_arguments", "main"]
+
+
+def add_security_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How to prove who we are to the broker: the daemon's settings, and every tool's flags."""
+    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
+    parser.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
+    parser.add_argument("--key-file", metavar="PEM")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,11 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch threads (default: the profile's, else 1)")
     parser.add_argument("--workers", type=int, help="units computed at once (default 1)")
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
-    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
-    parser.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
-    parser.add_argument("--key-file", metavar="PEM")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+    add_security_arguments(parser)
     parser.add_argument("--cache-dir", metavar="DIR", help="keep fetched weights here, named by SHA-256")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return parser

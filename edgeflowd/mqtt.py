@@ -11,8 +11,9 @@ import queue
 import socket
 import ssl
 import threading
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edgeflowd.errors import EdgeFlowError
 
-__all__ = ["DEFAULT_PACKET_BYTES", "BrokerSettings", "BrokerURL", "Connection", "MessageQueue", "MqttError", "listen"]
+__all__ = [
+    "DEFAULT_PACKET_BYTES", "BrokerSettings", "BrokerURL", "Connection", "MessageQueue", "MqttError", "listen",
+    "received",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +292,13 @@ def listen(broker: BrokerSettings, role: str, topics: Sequence[str]) -> tuple[Co
         conn.subscribe(topic, qos=1)
     conn.start()
     return conn, inbox
+
+
+def received(inbox: MessageQueue, wait_s: float) -> Iterator[tuple[str, bytes]]:
+    """The messages that arrive in ``inbox`` within ``wait_s`` seconds (stop early by breaking)."""
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            yield inbox.get(timeout=left)
+        except queue.Empty:
+            return
