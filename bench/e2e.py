@@ -22,7 +22,7 @@ from save import save_report  # bench/save.py, beside this script
 
 from controller.cli import main as edgeflow
 from controller.client import InferenceClient
-from controller.launch import DaemonProcess, free_port, mosquitto_broker
+from controller.launch import DaemonProcess, local_broker
 from controller.progress import progress_bar
 from controller.testbed import Testbed, slots_for
 from controller.verify import reference_outputs, relative_error
@@ -55,14 +55,12 @@ def run(models: list[str], methods: list[str], requests: int) -> dict[str, Any]:
     slots = slots_for(cluster, CORES)
     report: dict[str, Any] = {"cluster": CLUSTER, "cores": CORES, "requests": requests,
                               "slots": [s.__dict__ for s in slots], "models": {}}  # fmt: skip
-    port = free_port()
-    listeners = "".join(f"listener {port} {s.host_ip}\n" for s in slots)
     with (
         tempfile.TemporaryDirectory(prefix="edgeflow-e2e-") as tmp,
         Testbed(slots) as bed,
-        mosquitto_broker(Path(tmp), port=port, extra=listeners) as broker,
+        local_broker(Path(tmp), "mosquitto", [s.host_ip for s in slots]) as broker,
     ):
-        daemons = [DaemonProcess(s.node, f"mqtt://{s.host_ip}:{port}", CLUSTER, Path(tmp), "--profile",
+        daemons = [DaemonProcess(s.node, broker.url_at(s.host_ip), CLUSTER, Path(tmp), "--profile",
                                  "local-core", prefix=bed.command(s, [])) for s in slots]  # fmt: skip
         try:
             for model in models:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -11,7 +12,7 @@ import torch
 
 from controller.cli_args import CLUSTER_HELP, add_broker_arguments, broker_settings, input_shape, positive_int
 from controller.client import InferenceClient, Result
-from controller.demo import demo_table, run_demo
+from controller.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.deploy import deploy_plan
 from controller.graph.trace import trace_model
 from controller.partitioners import METHODS, plan_model
@@ -115,17 +116,20 @@ def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor],
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    print(f"EdgeFlow demo: {args.model} on a local cluster (Mosquitto + 3 edgeflowd processes on this machine)")
+    # Ctrl-C and SIGTERM both unwind through the clean-up, even in a shell that started us with
+    # SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"EdgeFlow demo: {args.model} on an emulated cluster of 4 devices (1x-4x, 50-200 Mbit/s) on this machine")
     try:
-        rows = run_demo(args.model, args.methods, args.requests)
+        rows = run_demo(args.model, args.methods, args.requests, args.broker)
     except KeyboardInterrupt:
         print("interrupted; the broker and the daemons were stopped", file=sys.stderr)
         return 130
     print()
     for line in demo_table(rows):
         print(line)
-    print("measured: one request in flight, the daemons sharing this machine's cores; predicted: the cost model "
-          "with the local-core profile")  # fmt: skip
+    print("measured: one request in flight; predicted: the cost model on profiles/clusters/testbed-4.yaml")
     return 0
 
 
@@ -166,11 +170,19 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     demo = sub.add_parser(
         "demo",
         help="run a whole cluster on this machine and compare partition methods on real execution",
-        description="Start Mosquitto and three edgeflowd processes, deploy the model with each method, "
-        "send requests, and print measured beside predicted latency. Needs mosquitto installed.",
+        description="Start a broker, four edgeflowd processes made 1x-4x apart with 50-200 Mbit/s links "
+        "(cgroup quotas and shaped network namespaces, as root), and the controller, which deploys EdgeFlow's "
+        "plan; then deploy each baseline; send the same requests to each and print measured beside predicted "
+        "latency.",
     )
     demo.add_argument("--model", default="yolov5s", help=model_help)
     demo.add_argument("--requests", type=positive_int, default=10)
-    demo.add_argument("--methods", nargs="+", choices=[m for m in METHODS if m != "optimal"],
-                      default=["edgeflow", "single", "equal", "coedge"])  # fmt: skip
+    demo.add_argument("--methods", nargs="*", choices=[m for m in METHODS if m not in ("optimal", "edgeflow")],
+                      default=list(DEFAULT_BASELINES), help="baselines to compare EdgeFlow's plan with")  # fmt: skip
+    demo.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="Mosquitto where installed (auto), or the embedded pure-Python broker (MQTT 3.1.1)",
+    )
     demo.set_defaults(func=_cmd_demo)

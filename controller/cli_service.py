@@ -25,7 +25,7 @@ __all__ = ["add_service_commands"]
 def _cmd_controller(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = ControllerService(broker_settings(args), load_cluster(args.cluster), args.model, args.method,
-                                args.settle)  # fmt: skip
+                                args.settle, measured_rates=args.rates == "measured")  # fmt: skip
 
     def stop(signum: int, frame: FrameType | None) -> None:
         service.stop()
@@ -110,6 +110,9 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ctl.add_argument("--model", required=True, help=model_help)
     ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
+    ctl.add_argument("--rates", choices=["measured", "declared"], default="measured",
+                     help="plan with each node's measured speed and load (re-planning when the load moves), or "
+                     "with the cluster file's declared speeds (emulated devices)")  # fmt: skip
     ctl.set_defaults(func=_cmd_controller)
     status = sub.add_parser("status", help="table of the cluster's nodes and its current plan")
     add_broker_arguments(status)

@@ -18,7 +18,15 @@ from pathlib import Path
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.mqtt import BrokerSettings
 
-__all__ = ["Broker", "DaemonProcess", "free_port", "mosquitto_broker"]
+__all__ = [
+    "Broker",
+    "DaemonProcess",
+    "controller_process",
+    "embedded_broker",
+    "free_port",
+    "local_broker",
+    "mosquitto_broker",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,19 +39,24 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], tls: bool = False) -> None:
+    def __init__(self, port: int, process: subprocess.Popen[bytes], tls: bool = False, mqtt_version: str = "5") -> None:
         self.port = port
         self.process = process
         self.tls = tls
+        self.mqtt_version = mqtt_version  # the newest the broker speaks
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str) -> str:
+        """Its URL on another of its listeners (a testbed link's host end)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @property
     def settings(self) -> BrokerSettings:
         """How an anonymous client reaches it (secured brokers: build :class:`BrokerSettings`)."""
-        return BrokerSettings(self.url)
+        return BrokerSettings(self.url, self.mqtt_version)
 
 
 @contextmanager
@@ -66,24 +79,80 @@ def mosquitto_broker(
     conf = tmp / f"mosquitto-{port}.conf"
     persistence = f"persistence true\npersistence_location {store}/\n" if store else "persistence false\n"
     conf.write_text(f"listener {port} 127.0.0.1\n{listener}set_tcp_nodelay true\n{persistence}{extra}")
-    log = open(tmp / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    with _serving([exe, "-c", str(conf)], port, tmp / f"mosquitto-{port}.log", "mosquitto") as process:
+        yield Broker(port, process, tls)
+
+
+@contextmanager
+def _serving(argv: list[str], port: int, log_path: Path, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until it accepts connections on 127.0.0.1:``port``; stop (and reap) it on exit."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError as exc:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    text = (tmp / f"mosquitto-{port}.log").read_text()
-                    raise EdgeFlowError(f"mosquitto did not start on port {port}: {text.strip()}") from exc
+                    raise EdgeFlowError(f"{what} did not start on port {port}: {log_path.read_text().strip()}") from exc
                 time.sleep(0.05)
-        yield Broker(port, process, tls)
+        yield process
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
         log.close()
+
+
+@contextmanager
+def embedded_broker(tmp: Path, hosts: Sequence[str] = ()) -> Iterator[Broker]:
+    """The pure-Python broker (amqtt; MQTT 3.1.1 only) in its own process, on 127.0.0.1 and
+    ``hosts``, for machines without Mosquitto."""
+    port = free_port()
+    binds = [f"--bind={host}:{port}" for host in ("127.0.0.1", *hosts)]
+    argv = [sys.executable, "-m", "controller.embedded_broker", *binds]
+    with _serving(argv, port, tmp / f"amqtt-{port}.log", "the embedded broker") as process:
+        yield Broker(port, process, mqtt_version="3.1.1")
+
+
+@contextmanager
+def local_broker(tmp: Path, kind: str = "auto", hosts: Sequence[str] = ()) -> Iterator[Broker]:
+    """Mosquitto (``kind`` "mosquitto", or "auto" where installed), else the embedded broker, on
+    127.0.0.1 and ``hosts``."""
+    if kind == "auto":
+        kind = "mosquitto" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "embedded"
+    if kind == "embedded":
+        with embedded_broker(tmp, hosts) as broker:
+            yield broker
+        return
+    port = free_port()
+    with mosquitto_broker(tmp, port=port, extra="".join(f"listener {port} {h}\n" for h in hosts)) as broker:
+        yield broker
+
+
+@contextmanager
+def controller_process(broker: Broker, log_dir: Path, cluster: str, model: str, *extra: str
+                       ) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """``edgeflow controller`` as its own process; it must exit cleanly on SIGTERM."""
+    log_path = log_dir / "controller.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "controller", "--broker", broker.url, "--mqtt-version",
+             broker.mqtt_version, "--cluster", cluster, "--model", model, *extra],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            process.terminate()
+            code = process.wait(15)
+    if code != 0:
+        raise EdgeFlowError(f"the controller exited with status {code}: {log_path.read_text()[-2000:]}")
 
 
 class DaemonProcess:

@@ -149,9 +149,11 @@ class Registry:
         benchmarked (their info arrived)."""
         return [d.id for d in self.cluster.devices if (v := self.views[d.id]).online and not v.refused and v.info]
 
-    def live_cluster(self) -> Cluster:
-        devices = tuple(effective_device(d, self.views[d.id]) for d in self.cluster.devices if d.id in self.live())
-        return self.cluster.with_devices(devices)
+    def live_cluster(self, measured: bool = True) -> Cluster:
+        """The live nodes, at their measured rates and load, or (``measured=False``) as declared:
+        for emulated devices, whose profile is the truth and whose own benchmark runs throttled."""
+        live = [d for d in self.cluster.devices if d.id in self.live()]
+        return self.cluster.with_devices(tuple(effective_device(d, self.views[d.id]) if measured else d for d in live))
 
 
 class LoadWatch:

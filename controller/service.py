@@ -51,6 +51,7 @@ class ControllerService:
         method: str = "edgeflow",
         settle_s: float = 1.0,
         deploy_timeout_s: float = 60.0,
+        measured_rates: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.broker = broker
@@ -59,6 +60,7 @@ class ControllerService:
         self.method = method
         self.settle_s = settle_s
         self.deploy_timeout_s = deploy_timeout_s
+        self.measured_rates = measured_rates
         self.clock = clock
         self.topics = Topics(cluster.name)
         self.registry = Registry(cluster)
@@ -113,7 +115,7 @@ class ControllerService:
         node = fields.get("node", "")
         events = self.registry.on_message(kind, node, payload, topic, self.clock())
         telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
-        if kind == "node/telemetry" and payload and telemetry is not None:
+        if kind == "node/telemetry" and payload and telemetry is not None and self.measured_rates:
             load = others_load(telemetry)
             if self.loads.observe(node, load):
                 self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
@@ -145,7 +147,7 @@ class ControllerService:
             self.planned_nodes = []
             return
         start = self.clock()
-        cluster = self.registry.live_cluster()
+        cluster = self.registry.live_cluster(self.measured_rates)
         try:
             planned = plan_model(self.graph, cluster, self.method)
             info = deploy_plan(self.broker, self.cluster.name, planned, self.graph, live, self.deploy_timeout_s)

@@ -9,8 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 
 from controller.cli import main
 from controller.client import InferenceClient
-from controller.launch import REPO
+from controller.launch import controller_process
 from controller.verify import TOLERANCE, reference_outputs, relative_error
 from controller.zoo import build_model
 from edgeflowd.assignment import Assignment
@@ -30,23 +29,6 @@ pytestmark = pytest.mark.integration
 
 NODES = ("node-a", "node-b", "node-c")
 MODEL = "resnet18"
-
-
-@contextmanager
-def controller_process(url: str, tmp: Path, method: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``edgeflow controller`` as its own process; it must exit cleanly on SIGTERM."""
-    with open(tmp / "controller.log", "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "controller", "--broker", url, "--cluster", "local-3",
-             "--model", MODEL, "--method", method],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-        try:
-            yield process
-        finally:
-            process.terminate()
-            code = process.wait(15)
-    assert code == 0, (tmp / "controller.log").read_text()
 
 
 def _plan(watcher: Watcher) -> PlanInfo | None:
@@ -84,7 +66,10 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
         daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
         for daemon in daemons.values():
             stack.callback(daemon.terminate)
-        with controller_process(broker.url, tmp_path, "equal"), closing(Watcher(broker.settings, "local-3")) as watcher:
+        with (
+            controller_process(broker, tmp_path, "local-3", MODEL, "--method", "equal"),
+            closing(Watcher(broker.settings, "local-3")) as watcher,
+        ):
             first = _plan_on(watcher, set(NODES), 120)
             # A stream of requests; node-b dies in the middle of it.
             _, shape = build_model(MODEL, None, 0)
@@ -153,7 +138,7 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
         for daemon in daemons:
             stack.callback(daemon.terminate)
         watcher = stack.enter_context(closing(Watcher(broker.settings, "local-3")))
-        with controller_process(broker.url, tmp_path, "coedge"):
+        with controller_process(broker, tmp_path, "local-3", MODEL, "--method", "coedge"):
             first = _plan_on(watcher, set(NODES), 120)
             watcher.wait_for("the first assignments", lambda last: all(watcher.payload(n, "assignment") for n in NODES))
             before = _row_shares(watcher, first.generation)
