@@ -22,7 +22,7 @@ from save import save_report  # bench/save.py, beside this script
 
 from controller.cli import main as edgeflow
 from controller.client import InferenceClient
-from controller.launch import DaemonProcess, local_broker
+from controller.launch import DaemonProcess, local_broker, unwind_on_signals
 from controller.progress import progress_bar
 from controller.testbed import Testbed, slots_for
 from controller.verify import reference_outputs, relative_error
@@ -58,9 +58,9 @@ def run(models: list[str], methods: list[str], requests: int) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory(prefix="edgeflow-e2e-") as tmp,
         Testbed(slots) as bed,
-        local_broker(Path(tmp), "mosquitto", [s.host_ip for s in slots]) as broker,
+        local_broker(Path(tmp), "mosquitto", [bed.host_ip(s) for s in slots]) as broker,
     ):
-        daemons = [DaemonProcess(s.node, broker.url_at(s.host_ip), CLUSTER, Path(tmp), "--profile",
+        daemons = [DaemonProcess(s.node, broker.url_at(bed.host_ip(s)), CLUSTER, Path(tmp), "--profile",
                                  "local-core", prefix=bed.command(s, [])) for s in slots]  # fmt: skip
         try:
             for model in models:
@@ -124,6 +124,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
+    unwind_on_signals()
     report = run(args.models, args.methods, args.requests)
     print("\n".join(table(report)))
     save_report(report, args.out, "e2e", plot)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 
@@ -15,6 +14,7 @@ from controller.client import InferenceClient, Result
 from controller.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.deploy import deploy_plan
 from controller.graph.trace import trace_model
+from controller.launch import unwind_on_signals
 from controller.partitioners import METHODS, plan_model
 from controller.progress import progress_bar
 from controller.verify import TOLERANCE, reference_outputs, relative_error
@@ -116,10 +116,7 @@ def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor],
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    # Ctrl-C and SIGTERM both unwind through the clean-up, even in a shell that started us with
-    # SIGINT ignored (a background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    unwind_on_signals()
     print(f"EdgeFlow demo: {args.model} on an emulated cluster of 4 devices (1x-4x, 50-200 Mbit/s) on this machine")
     try:
         rows = run_demo(args.model, args.methods, args.requests, args.broker)

@@ -108,11 +108,11 @@ def run_demo(
                 "so measured latency will not follow the 1x-4x predictions")  # fmt: skip
         else:
             say("emulated devices: " + ", ".join(f"{s.node} {s.cores:.1f} core, {s.up_mbps:g} Mbit/s" for s in slots))
-        broker = stack.enter_context(local_broker(tmp, broker_kind, [s.host_ip for s in slots] if bed else []))
+        broker = stack.enter_context(local_broker(tmp, broker_kind, [bed.host_ip(s) for s in slots] if bed else []))
         say(f"broker at {broker.url} (MQTT {broker.mqtt_version}); starting {len(nodes)} edgeflowd processes")
         for slot in slots:
             daemon = DaemonProcess(
-                slot.node, broker.url_at(slot.host_ip) if bed else broker.url, CLUSTER, tmp, "--profile",
+                slot.node, broker.url_at(bed.host_ip(slot)) if bed else broker.url, CLUSTER, tmp, "--profile",
                 "local-core", "--mqtt-version", broker.mqtt_version, prefix=bed.command(slot, []) if bed else (),
             )  # fmt: skip
             stack.callback(daemon.terminate)

@@ -26,9 +26,18 @@ __all__ = [
     "free_port",
     "local_broker",
     "mosquitto_broker",
+    "unwind_on_signals",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def unwind_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so that the ``with`` blocks that started a broker,
+    daemons or a testbed clean them up; also in a process started with SIGINT ignored (a shell's
+    background job)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Emulated heterogeneous devices on one Linux machine, for real-execution benchmarks (as root).
 
 Each device gets a cgroup v1 CPU quota (``cpu.cfs_quota_us``: a share of one core, exact over
-100 ms periods) and, with ``shape_links``, its own network namespace behind a veth pair whose two
+10 ms periods) and, with ``shape_links``, its own network namespace behind a veth pair whose two
 ends are rate-limited by ``tbf`` to the profile's uplink and downlink. Its process runs inside both
 from its first instruction (a shell moves itself into the cgroup, then execs). This kernel has no
 ``netem``, so link *delay* is not emulated: profiles' latencies are 1-5 ms, below the noise of
@@ -15,6 +15,7 @@ removes what a run killed with SIGKILL left behind.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -32,8 +33,10 @@ from edgeflowd.profiles import Cluster
 __all__ = ["CGROUP_CPU", "Slot", "Testbed", "TestbedError", "leftovers", "slots_for", "sweep"]
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-PERIOD_US = 100_000
-_SUBNET = "10.213"  # 10.213.<slot>.0/30 per device: host end .1, device end .2
+# A 0.1-core quota runs 1 ms in every 10 ms. The default 100 ms period would run it in 10 ms bursts
+# with 90 ms pauses: each layer of a layer-by-layer pipeline could wait a whole pause, which no
+# slow CPU does. Shorter periods throttle as exactly at a little more scheduler work.
+PERIOD_US = 10_000
 
 
 class TestbedError(EdgeFlowError):
@@ -49,14 +52,6 @@ class Slot:
     cores: float
     up_mbps: float | None = None
     down_mbps: float | None = None
-
-    @property
-    def host_ip(self) -> str:
-        return f"{_SUBNET}.{self.index}.1"
-
-    @property
-    def device_ip(self) -> str:
-        return f"{_SUBNET}.{self.index}.2"
 
 
 def slots_for(cluster: Cluster, cores: float, shape_links: bool = True) -> list[Slot]:
@@ -117,7 +112,7 @@ def _kill_cgroup(path: Path, timeout_s: float = 5.0) -> None:
 
 class Testbed:
     """``with Testbed(slots, shape_links) as bed:`` then start each device's process with
-    ``bed.command(slot, argv)``; it reaches the host (broker) at ``slot.host_ip``."""
+    ``bed.command(slot, argv)``; it reaches the host (broker) at ``bed.host_ip(slot)``."""
 
     __test__ = False  # not a pytest class, whatever its name
 
@@ -128,6 +123,13 @@ class Testbed:
         self._cgroups: list[Path] = []
         self._netns: list[str] = []
         self._veths: list[str] = []
+        self._subnet = ""  # 10.<n>: a /16 no interface uses, chosen on entry; 10.<n>.<slot>.0/30 per device
+
+    def host_ip(self, slot: Slot) -> str:
+        return f"{self._subnet}.{slot.index}.1"
+
+    def device_ip(self, slot: Slot) -> str:
+        return f"{self._subnet}.{slot.index}.2"
 
     def cgroup(self, slot: Slot) -> Path:
         return CGROUP_CPU / f"edgeflow-{self.owner}-{slot.node}"
@@ -143,6 +145,12 @@ class Testbed:
         if problems:
             raise TestbedError("cannot run the testbed: " + "; ".join(problems))
         try:
+            if self.shape_links:
+                used = set(re.findall(r"inet 10\.(\d+)\.", _run("ip", "-o", "addr", "show")))
+                free = next((n for n in range(200, 255) if str(n) not in used), None)
+                if free is None:
+                    raise TestbedError("no free 10.200-254.0.0/16 network for the devices' links")
+                self._subnet = f"10.{free}"
             for slot in self.slots:
                 self._cpu(slot)
                 if self.shape_links:
@@ -159,8 +167,9 @@ class Testbed:
         path = self.cgroup(slot)
         path.mkdir()
         self._cgroups.append(path)
-        (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        (path / "cpu.cfs_quota_us").write_text(str(max(1000, round(slot.cores * PERIOD_US))))
+        period = max(PERIOD_US, math.ceil(1000 / slot.cores))  # the kernel's smallest quota is 1 ms
+        (path / "cpu.cfs_period_us").write_text(str(period))
+        (path / "cpu.cfs_quota_us").write_text(str(round(slot.cores * period)))
 
     @staticmethod
     def _tbf(mbps: float) -> list[str]:
@@ -174,10 +183,10 @@ class Testbed:
         self._netns.append(ns)
         _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", dev_if, "netns", ns)
         self._veths.append(host_if)  # deleting one end deletes the pair and both qdiscs
-        _run("ip", "addr", "add", f"{slot.host_ip}/30", "dev", host_if)
+        _run("ip", "addr", "add", f"{self.host_ip(slot)}/30", "dev", host_if)
         _run("ip", "link", "set", host_if, "up")
         inside = ("ip", "netns", "exec", ns)
-        _run(*inside, "ip", "addr", "add", f"{slot.device_ip}/30", "dev", dev_if)
+        _run(*inside, "ip", "addr", "add", f"{self.device_ip(slot)}/30", "dev", dev_if)
         _run(*inside, "ip", "link", "set", dev_if, "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
         if slot.down_mbps:  # host -> device

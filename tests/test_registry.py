@@ -81,3 +81,11 @@ def test_load_watch_needs_a_sustained_change() -> None:
     assert not watch.observe("a", 0.1)  # a blip resets the streak
     assert [watch.observe("a", 0.8) for _ in range(4)] == [False, False, True, False]  # asked once per streak
     assert not watch.observe("b", 0.9)  # not in the plan
+
+
+def test_live_cluster_at_measured_or_declared_rates() -> None:
+    reg = Registry(CLUSTER)
+    reg.on_status("a", Status("online", "i1", 1), 0.0)
+    reg.on_info("a", Info(node="a", version="x", benchmark={"conv_gflops": 2.0}), 0.0)  # a throttled benchmark
+    assert [d.profile.gflops for d in reg.live_cluster().devices] == [2.0]
+    assert reg.live_cluster(measured=False).devices == (CLUSTER.devices[0],)  # emulated: the profile is the truth

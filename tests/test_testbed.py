@@ -70,11 +70,11 @@ def _transfer_s(bed: Testbed, slot: Slot, upload: int, download: int) -> float:
     """Seconds to move the bytes over the slot's link, timed by the receiving end."""
     done: dict[str, float] = {}
     port = 18000 + slot.index
-    server = threading.Thread(target=_serve_once, args=(slot.host_ip, port, download, done))
+    server = threading.Thread(target=_serve_once, args=(bed.host_ip(slot), port, download, done))
     server.start()
     time.sleep(0.2)
     client = (
-        f"import socket, time\ns = socket.create_connection(('{slot.host_ip}', {port}), timeout=20)\n"
+        f"import socket, time\ns = socket.create_connection(('{bed.host_ip(slot)}', {port}), timeout=20)\n"
         + (f"s.sendall(b'y' * {upload})\ns.close()\n" if upload else
            f"n, t = 0, time.monotonic()\nwhile n < {download}:\n    n += len(s.recv(1 << 16))\n"
            "print(time.monotonic() - t)\ns.close()\n")
