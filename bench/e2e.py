@@ -22,7 +22,7 @@ from save import save_report  # bench/save.py, beside this script
 
 from controller.cli import main as edgeflow
 from controller.client import InferenceClient
-from controller.launch import DaemonProcess, local_broker, unwind_on_signals
+from controller.launch import DaemonProcess, local_broker, unwind_on_signals, wait_online
 from controller.progress import progress_bar
 from controller.testbed import Testbed, slots_for
 from controller.verify import reference_outputs, relative_error
@@ -63,6 +63,8 @@ def run(models: list[str], methods: list[str], requests: int) -> dict[str, Any]:
         daemons = [DaemonProcess(s.node, broker.url_at(bed.host_ip(s)), CLUSTER, Path(tmp), "--profile",
                                  "local-core", prefix=bed.command(s, [])) for s in slots]  # fmt: skip
         try:
+            wait_online(broker, CLUSTER, [s.node for s in slots], timeout_s=120.0)
+            bed.throttle()
             for model in models:
                 report["models"][model] = {}
                 for method in methods:

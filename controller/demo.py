@@ -22,7 +22,7 @@ import torch
 from controller.client import InferenceClient
 from controller.deploy import current_plan, deploy_plan
 from controller.graph.trace import trace_model
-from controller.launch import Broker, DaemonProcess, controller_process, local_broker
+from controller.launch import Broker, DaemonProcess, controller_process, local_broker, wait_online
 from controller.partitioners import plan_model
 from controller.progress import progress_bar
 from controller.testbed import Testbed, missing_rights, slots_for
@@ -116,6 +116,9 @@ def run_demo(
                 "local-core", "--mqtt-version", broker.mqtt_version, prefix=bed.command(slot, []) if bed else (),
             )  # fmt: skip
             stack.callback(daemon.terminate)
+        wait_online(broker, CLUSTER, nodes, timeout_s=120.0)
+        if bed is not None:
+            bed.throttle()  # from here on each device runs at its share
         rows = []
         with controller_process(broker, tmp, CLUSTER, model_spec, "--method", "edgeflow", "--rates", "declared"):
             say("controller: plans with EdgeFlow and deploys as the nodes come online")

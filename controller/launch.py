@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgeflowd.errors import EdgeFlowError
-from edgeflowd.mqtt import BrokerSettings
+from edgeflowd.messages import Status, decode_control
+from edgeflowd.mqtt import BrokerSettings, listen, received
+from edgeflowd.protocol import Topics
 
 __all__ = [
     "Broker",
@@ -27,6 +29,7 @@ __all__ = [
     "local_broker",
     "mosquitto_broker",
     "unwind_on_signals",
+    "wait_online",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,3 +210,20 @@ class DaemonProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_online(broker: Broker, cluster: str, nodes: Sequence[str], timeout_s: float) -> None:
+    """Until every one of ``nodes`` reports itself online (after its start-up benchmark)."""
+    topics = Topics(cluster)
+    conn, inbox = listen(broker.settings, "edgeflow-launch", [topics.node_filter("status")])
+    online: set[str] = set()
+    try:
+        for topic, payload in received(inbox, timeout_s):
+            node = topics.parse(topic)[1]["node"]
+            if payload and decode_control(payload, topic, Status).state == "online":
+                online.add(node)
+            if online >= set(nodes):
+                return
+    finally:
+        conn.stop()
+    raise EdgeFlowError(f"{', '.join(sorted(set(nodes) - online))} did not come online within {timeout_s:g} s")

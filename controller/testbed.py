@@ -112,7 +112,8 @@ def _kill_cgroup(path: Path, timeout_s: float = 5.0) -> None:
 
 class Testbed:
     """``with Testbed(slots, shape_links) as bed:`` then start each device's process with
-    ``bed.command(slot, argv)``; it reaches the host (broker) at ``bed.host_ip(slot)``."""
+    ``bed.command(slot, argv)`` (it reaches the host, the broker, at ``bed.host_ip(slot)``), and
+    call ``bed.throttle()`` once they are up."""
 
     __test__ = False  # not a pytest class, whatever its name
 
@@ -169,7 +170,14 @@ class Testbed:
         self._cgroups.append(path)
         period = max(PERIOD_US, math.ceil(1000 / slot.cores))  # the kernel's smallest quota is 1 ms
         (path / "cpu.cfs_period_us").write_text(str(period))
-        (path / "cpu.cfs_quota_us").write_text(str(round(slot.cores * period)))
+
+    def throttle(self) -> None:
+        """Hold each device to its share from now on. The cgroups start unlimited, so that the
+        processes start (import torch, benchmark) at full speed: start-up is not what is measured."""
+        for slot in self.slots:
+            path = self.cgroup(slot)
+            period = int((path / "cpu.cfs_period_us").read_text())
+            (path / "cpu.cfs_quota_us").write_text(str(round(slot.cores * period)))
 
     @staticmethod
     def _tbf(mbps: float) -> list[str]:

@@ -41,6 +41,7 @@ def test_slots_keep_relative_speeds_within_the_core_budget() -> None:
 def test_cpu_quota_throttles_each_device() -> None:
     slots = [Slot(0, "slow", 0.2), Slot(1, "fast", 0.6)]
     with Testbed(slots, shape_links=False) as bed:
+        bed.throttle()
         procs = [subprocess.Popen(bed.command(s, [sys.executable, "-c", BUSY]), stdout=subprocess.PIPE, text=True)
                  for s in slots]  # fmt: skip
         used = [float(p.communicate(timeout=30)[0]) for p in procs]
