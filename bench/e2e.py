@@ -20,15 +20,15 @@ from typing import Any
 import torch
 from save import save_report  # bench/save.py, beside this script
 
-from controller.cli import main as edgeflow
-from controller.client import InferenceClient
-from controller.launch import DaemonProcess, local_broker, unwind_on_signals, wait_online
-from controller.progress import progress_bar
-from controller.testbed import Testbed, slots_for
-from controller.verify import reference_outputs, relative_error
+from controller.cli.main import main as edgeflow
+from controller.cli.progress import progress_bar
+from controller.control.requester import InferenceClient
+from controller.control.verify import reference_outputs, relative_error
+from controller.lab.launch import DaemonProcess, local_broker, unwind_on_signals, wait_online
+from controller.lab.testbed import Testbed, slots_for
 from controller.zoo import build_model
-from edgeflowd.mqtt import BrokerSettings
-from edgeflowd.profiles import load_cluster
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.profiles.devices import load_cluster
 
 CLUSTER = "testbed-4"
 CORES = 1.0  # the four quotas together: one of the machine's two cores; the other runs the broker
@@ -45,23 +45,44 @@ def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
     ok = m.latencies_ms
     pairs = [(r.outputs, x) for r, x in zip(m.results, inputs, strict=True) if r.outputs is not None]
     worst = max(relative_error(got, reference_outputs(model, x))[1] for got, x in pairs)
-    return {"succeeded": m.succeeded, "requests": requests, "median_ms": statistics.median(ok),
-            "p95_ms": ok[round(0.95 * (len(ok) - 1))], "predicted_ms": client.info.predicted_ms,
-            "max_relative_error": worst, "latencies_ms": ok}  # fmt: skip
+    return {
+        "succeeded": m.succeeded,
+        "requests": requests,
+        "median_ms": statistics.median(ok),
+        "p95_ms": ok[round(0.95 * (len(ok) - 1))],
+        "predicted_ms": client.info.predicted_ms,
+        "max_relative_error": worst,
+        "latencies_ms": ok,
+    }
 
 
 def run(models: list[str], methods: list[str], requests: int) -> dict[str, Any]:
     cluster = load_cluster(CLUSTER)
     slots = slots_for(cluster, CORES)
-    report: dict[str, Any] = {"cluster": CLUSTER, "cores": CORES, "requests": requests,
-                              "slots": [s.__dict__ for s in slots], "models": {}}  # fmt: skip
+    report: dict[str, Any] = {
+        "cluster": CLUSTER,
+        "cores": CORES,
+        "requests": requests,
+        "slots": [s.__dict__ for s in slots],
+        "models": {},
+    }
     with (
         tempfile.TemporaryDirectory(prefix="edgeflow-e2e-") as tmp,
         Testbed(slots) as bed,
         local_broker(Path(tmp), "mosquitto", [bed.host_ip(s) for s in slots]) as broker,
     ):
-        daemons = [DaemonProcess(s.node, broker.url_at(bed.host_ip(s)), CLUSTER, Path(tmp), "--profile",
-                                 "local-core", prefix=bed.command(s, [])) for s in slots]  # fmt: skip
+        daemons = [
+            DaemonProcess(
+                s.node,
+                broker.url_at(bed.host_ip(s)),
+                CLUSTER,
+                Path(tmp),
+                "--profile",
+                "local-core",
+                prefix=bed.command(s, []),
+            )
+            for s in slots
+        ]
         try:
             wait_online(broker, CLUSTER, [s.node for s in slots], timeout_s=120.0)
             bed.throttle()
@@ -69,8 +90,21 @@ def run(models: list[str], methods: list[str], requests: int) -> dict[str, Any]:
                 report["models"][model] = {}
                 for method in methods:
                     t0 = time.monotonic()
-                    code = edgeflow(["deploy", "--model", model, "--cluster", CLUSTER, "--broker", broker.url,
-                                     "--method", method, "--timeout", "300"])  # fmt: skip
+                    code = edgeflow(
+                        [
+                            "deploy",
+                            "--model",
+                            model,
+                            "--cluster",
+                            CLUSTER,
+                            "--broker",
+                            broker.url,
+                            "--method",
+                            method,
+                            "--timeout",
+                            "300",
+                        ]
+                    )
                     if code != 0:
                         raise SystemExit(f"deploy of {model} with {method} failed")
                     row = measure(broker.url, model, requests)
@@ -90,9 +124,11 @@ def table(report: dict[str, Any]) -> list[str]:
     lines = [f"{'model':<13} {'method':<9} {'median ms':>10} {'p95 ms':>8} {'predicted':>10} {'pred/meas':>9}  ok"]
     for model, rows in report["models"].items():
         for method, r in rows.items():
-            lines.append(f"{model:<13} {method:<9} {r['median_ms']:>10.0f} {r['p95_ms']:>8.0f} "
-                         f"{r['predicted_ms']:>10.0f} {r['predicted_ms'] / r['median_ms']:>9.2f}  "
-                         f"{r['succeeded']}/{r['requests']}")  # fmt: skip
+            lines.append(
+                f"{model:<13} {method:<9} {r['median_ms']:>10.0f} {r['p95_ms']:>8.0f} "
+                f"{r['predicted_ms']:>10.0f} {r['predicted_ms'] / r['median_ms']:>9.2f}  "
+                f"{r['succeeded']}/{r['requests']}"
+            )
     return lines
 
 
@@ -108,8 +144,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
         rows = report["models"][model]
         names = list(rows)
         ax.bar(names, [rows[n]["median_ms"] for n in names], color="#4c72b0", label="measured median")
-        ax.errorbar(names, [rows[n]["median_ms"] for n in names], fmt="none", ecolor="k", capsize=3,
-                    yerr=[[0] * len(names), [rows[n]["p95_ms"] - rows[n]["median_ms"] for n in names]])  # fmt: skip
+        ax.errorbar(
+            names,
+            [rows[n]["median_ms"] for n in names],
+            fmt="none",
+            ecolor="k",
+            capsize=3,
+            yerr=[[0] * len(names), [rows[n]["p95_ms"] - rows[n]["median_ms"] for n in names]],
+        )
         ax.scatter(names, [rows[n]["predicted_ms"] for n in names], color="#dd8452", zorder=3, label="predicted")
         ax.set_title(model)
         ax.set_ylabel("latency, ms (bar: median, whisker: p95)")

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from save import save_report  # bench/save.py, beside this script
 
-from controller.cli import main as edgeflow
-from controller.client import InferenceClient
-from controller.launch import DaemonProcess, mosquitto_broker
-from controller.verify import reference_outputs, relative_error
+from controller.cli.main import main as edgeflow
+from controller.control.requester import InferenceClient
+from controller.control.verify import reference_outputs, relative_error
+from controller.lab.launch import DaemonProcess, mosquitto_broker
 from controller.zoo import build_model
-from edgeflowd.mqtt import BrokerSettings
+from edgeflowd.net.settings import BrokerSettings
 
 NODES = ("node-a", "node-b", "node-c")
 
@@ -65,10 +65,15 @@ def measure(broker: str, model_spec: str, requests: int) -> dict[str, Any]:
         pairs = [(r.outputs, x) for r, x in zip(m.results, inputs, strict=True) if r.outputs is not None]
         worst = max(relative_error(got, reference_outputs(model, x))[1] for got, x in pairs)
         out[f"in_flight_{concurrency}"] = {
-            "succeeded": m.succeeded, "requests": requests, "p50_ms": m.p50_ms, "p90_ms": m.p90_ms,
-            "throughput_rps": m.throughput_rps, "max_relative_error": worst,
-            "messages_per_request": m.messages, "mib_per_request": m.mib,
-        }  # fmt: skip
+            "succeeded": m.succeeded,
+            "requests": requests,
+            "p50_ms": m.p50_ms,
+            "p90_ms": m.p90_ms,
+            "throughput_rps": m.throughput_rps,
+            "max_relative_error": worst,
+            "messages_per_request": m.messages,
+            "mib_per_request": m.mib,
+        }
         out["predicted_ms"] = client.info.predicted_ms
     return out
 
@@ -84,8 +89,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(names, p50, color="#4c72b0", label="3 local daemons, p50 (1 in flight)")
     for threads, style in (("1", "--"), ("2", ":")):
-        ax.axhline(report["single_process_ms"][threads], color="k", linestyle=style,
-                   label=f"one process, {threads} torch thread(s)")  # fmt: skip
+        ax.axhline(
+            report["single_process_ms"][threads],
+            color="k",
+            linestyle=style,
+            label=f"one process, {threads} torch thread(s)",
+        )
     ax.set_ylabel("latency, ms")
     ax.set_title(f"{report['model']} on {os.cpu_count()} cores: daemons vs one process")
     ax.legend(fontsize=8, loc="lower right")
@@ -107,8 +116,19 @@ def main() -> int:
         daemons = [DaemonProcess(n, broker.url, "local-3", Path(tmp), "--profile", "local-core") for n in NODES]
         try:
             for method in args.methods:
-                code = edgeflow(["deploy", "--model", args.model, "--cluster", "local-3", "--broker", broker.url,
-                                 "--method", method])  # fmt: skip
+                code = edgeflow(
+                    [
+                        "deploy",
+                        "--model",
+                        args.model,
+                        "--cluster",
+                        "local-3",
+                        "--broker",
+                        broker.url,
+                        "--method",
+                        method,
+                    ]
+                )
                 if code != 0:
                     raise SystemExit(f"deploy with {method} failed")
                 report["methods"][method] = measure(broker.url, args.model, args.requests)

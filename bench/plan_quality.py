@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from save import save_report  # bench/save.py, beside this script
 
 from controller.graph.trace import trace_model
-from controller.partitioners import METHODS, lower_bound_s, plan_model
-from controller.partitioners.evaluate import predicted_latency
-from controller.partitioners.optimal import model_latency, solve_optimal
-from controller.partitions import Partition
+from controller.planner.methods import METHODS, lower_bound_s, plan_model
+from controller.planner.methods.evaluate import predicted_latency
+from controller.planner.methods.optimal import model_latency, solve_optimal
+from controller.planner.partitions import Partition
 from controller.zoo import ZOO, build_model
-from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
+from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link, load_cluster
 
 BASELINES = ["single", "equal", "coedge", "ftp", "chain"]
 

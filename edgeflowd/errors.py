@@ -6,7 +6,7 @@ and goes on.
 
 from __future__ import annotations
 
-__all__ = ["EdgeFlowError", "GraphError", "PlanError", "ProfileError", "ProtocolError"]
+__all__ = ["EdgeFlowError", "GraphError", "MqttError", "PlanError", "ProfileError", "ProtocolError"]
 
 
 class EdgeFlowError(Exception):
@@ -27,3 +27,7 @@ class ProfileError(EdgeFlowError):
 
 class ProtocolError(EdgeFlowError):
     """A message or serialised unit is malformed; the message names the topic or field."""
+
+
+class MqttError(EdgeFlowError):
+    """The broker cannot be reached, refused us, or dropped a publish."""

@@ -96,8 +96,11 @@ def _control(stage: Path, version: str, arch: str, torch: str, python: str) -> N
     (debian / "conffiles").write_text("/etc/edgeflow/edgeflowd.yaml\n/etc/default/edgeflowd\n")
     major, minor = map(int, _run(python, "-c", "import sys; print(*sys.version_info[:2])").split())
     size_kib = sum(p.lstat().st_size for p in stage.rglob("*") if p.is_file() or p.is_symlink()) // 1024
-    torch_note = ("\n It uses the system's torch (a vendor build): the environment sees system site packages."
-                  if torch == "none" else f"\n It bundles {torch}.")  # fmt: skip
+    torch_note = (
+        "\n It uses the system's torch (a vendor build): the environment sees system site packages."
+        if torch == "none"
+        else f"\n It bundles {torch}."
+    )
     (debian / "control").write_text(
         f"Package: {PACKAGE}\nVersion: {version}\nArchitecture: {arch}\nSection: net\nPriority: optional\n"
         f"Maintainer: EdgeFlow developers <edgeflow@users.noreply.github.com>\n"

@@ -8,8 +8,9 @@ import queue
 import time
 from collections.abc import Callable
 
-from controller.launch import Broker, DaemonProcess, free_port, mosquitto_broker
-from edgeflowd.mqtt import BrokerSettings, Connection
+from controller.lab.launch import Broker, DaemonProcess, free_port, mosquitto_broker
+from edgeflowd.net.mqtt import Connection
+from edgeflowd.net.settings import BrokerSettings
 
 __all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker"]
 
@@ -22,8 +23,11 @@ class Watcher:
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.last: dict[str, bytes] = {}
         self.arrived: dict[str, float] = {}  # time.monotonic() when each topic's last payload arrived
-        self.conn = Connection(broker, f"watcher-{os.getpid()}-{time.monotonic_ns()}",
-                               lambda t, p: self.messages.put((t, p, time.monotonic())))  # fmt: skip
+        self.conn = Connection(
+            broker,
+            f"watcher-{os.getpid()}-{time.monotonic_ns()}",
+            lambda t, p: self.messages.put((t, p, time.monotonic())),
+        )
         self.conn.subscribe(f"{self.root}/node/#", qos=1)
         self.conn.subscribe(f"{self.root}/controller/#", qos=1)
         self.conn.start()

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.acl import mosquitto_acl
-from controller.cli import main
-from controller.launch import REPO
-from edgeflowd.messages import Status, decode_control, encode_control
-from edgeflowd.mqtt import BrokerSettings, Connection, MqttError
-from edgeflowd.protocol import Topics
+from controller.cli.main import main
+from controller.control.acl import mosquitto_acl
+from controller.lab.launch import REPO
+from edgeflowd.net.mqtt import Connection, MqttError
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.messages import Status, decode_control, encode_control
+from edgeflowd.wire.topics import Topics
 from tests.cluster import DaemonProcess, Watcher, free_port, mosquitto_broker
 
 pytestmark = [
@@ -37,12 +38,41 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _certificate(d: Path, name: str, *, server: bool = False) -> None:
     """``name.key`` and ``name.crt`` signed by the test CA (``ca.crt``), CN = name."""
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
     ext = d / f"{name}.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else "extendedKeyUsage=clientAuth\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.crt", "-days", "2", "-extfile", ext.name, cwd=d)  # fmt: skip
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        cwd=d,
+    )
 
 
 @dataclass
@@ -52,12 +82,24 @@ class Secured:
     files: Path
 
     def as_user(self, user: str) -> BrokerSettings:
-        return BrokerSettings(self.url, ca_file=str(self.files / "ca.crt"), username=user,
-                              password_file=str(self.files / f"{user}.password"))  # fmt: skip
+        return BrokerSettings(
+            self.url,
+            ca_file=str(self.files / "ca.crt"),
+            username=user,
+            password_file=str(self.files / f"{user}.password"),
+        )
 
     def flags(self, user: str) -> list[str]:
-        return ["--broker", self.url, "--ca-file", str(self.files / "ca.crt"), "--username", user,
-                "--password-file", str(self.files / f"{user}.password")]  # fmt: skip
+        return [
+            "--broker",
+            self.url,
+            "--ca-file",
+            str(self.files / "ca.crt"),
+            "--username",
+            user,
+            "--password-file",
+            str(self.files / f"{user}.password"),
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +108,24 @@ def secured() -> Iterator[Secured]:
     files = Path(tempfile.mkdtemp(prefix="edgeflow-tls-", dir="/tmp"))
     try:
         files.chmod(0o755)
-        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-                 "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=edgeflow-test-ca", cwd=files)  # fmt: skip
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=edgeflow-test-ca",
+            cwd=files,
+        )
         _certificate(files, "broker", server=True)
         _certificate(files, "sec-b")
         passwd = files / "passwd"
@@ -113,18 +171,57 @@ def test_daemons_deploy_and_infer_through_tls_with_acls(
         + "".join(f"  - {{id: {n}, profile: local-core}}\n" for n in NODES)
     )
     ca = str(secured.files / "ca.crt")
-    a = DaemonProcess("sec-a", secured.url, CLUSTER, tmp_path, "--ca-file", ca, "--username", "sec-a",
-                      "--password-file", str(secured.files / "sec-a.password"))  # fmt: skip
-    b = DaemonProcess("sec-b", secured.cert_url, CLUSTER, tmp_path, "--ca-file", ca, "--cert-file",
-                      str(secured.files / "sec-b.crt"), "--key-file", str(secured.files / "sec-b.key"))  # fmt: skip
+    a = DaemonProcess(
+        "sec-a",
+        secured.url,
+        CLUSTER,
+        tmp_path,
+        "--ca-file",
+        ca,
+        "--username",
+        "sec-a",
+        "--password-file",
+        str(secured.files / "sec-a.password"),
+    )
+    b = DaemonProcess(
+        "sec-b",
+        secured.cert_url,
+        CLUSTER,
+        tmp_path,
+        "--ca-file",
+        ca,
+        "--cert-file",
+        str(secured.files / "sec-b.crt"),
+        "--key-file",
+        str(secured.files / "sec-b.key"),
+    )
     watcher = Watcher(secured.as_user("controller"), CLUSTER)
     try:
         watcher.wait_for("both nodes online over TLS", lambda last: all(_online(watcher, n) for n in NODES))
-        code, out = _cli(capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--method", "equal",
-                         *secured.flags("controller"))  # fmt: skip
+        code, out = _cli(
+            capsys,
+            "deploy",
+            "--model",
+            "small_dag",
+            "--cluster",
+            str(cluster_file),
+            "--method",
+            "equal",
+            *secured.flags("controller"),
+        )
         assert code == 0, out + a.log() + b.log()
-        code, out = _cli(capsys, "infer", "--model", "small_dag", "--cluster", CLUSTER, "--repeat", "4", "--check",
-                         *secured.flags("client"))  # fmt: skip
+        code, out = _cli(
+            capsys,
+            "infer",
+            "--model",
+            "small_dag",
+            "--cluster",
+            CLUSTER,
+            "--repeat",
+            "4",
+            "--check",
+            *secured.flags("client"),
+        )
         assert code == 0 and "4/4 requests succeeded" in out and ": ok" in out, out
 
         # sec-a forges sec-b's retained status, then writes its own info: the broker drops the
@@ -154,9 +251,20 @@ def test_bad_credentials_fail_clearly(secured: Secured, capsys: pytest.CaptureFi
     wrong = secured.files / "wrong.password"
     try:
         wrong.write_text("not-the-password\n")
-        code, out = _cli(capsys, "status", "--cluster", str(REPO / "profiles/clusters/local-3.yaml"), "--broker",
-                         secured.url, "--ca-file", str(secured.files / "ca.crt"), "--username", "controller",
-                         "--password-file", str(wrong))  # fmt: skip
+        code, out = _cli(
+            capsys,
+            "status",
+            "--cluster",
+            str(REPO / "profiles/clusters/local-3.yaml"),
+            "--broker",
+            secured.url,
+            "--ca-file",
+            str(secured.files / "ca.crt"),
+            "--username",
+            "controller",
+            "--password-file",
+            str(wrong),
+        )
         assert code != 0 and "Not authorized" in out, out
     finally:
         wrong.unlink()

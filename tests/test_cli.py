@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import controller.verify
-from controller.cli import main
-from controller.verify import relative_error
+import controller.control.verify
+from controller.cli.main import main
+from controller.control.verify import relative_error
 
 
 def test_verify_reports_every_partition(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,7 +20,7 @@ def test_verify_reports_every_partition(capsys: pytest.CaptureFixture[str]) -> N
 def test_verify_exits_non_zero_when_an_error_exceeds_the_tolerance(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(controller.verify, "TOLERANCE", -1.0)
+    monkeypatch.setattr(controller.control.verify, "TOLERANCE", -1.0)
     code = main(["verify", "--model", "tests.models:tiny_unet", "--input-shape", "1x3x9x9", "--random-partitions", "1"])
     assert code == 1
     assert "FAIL" in capsys.readouterr().out

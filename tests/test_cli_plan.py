@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
+from controller.cli.main import main
 
 
 def test_plan_compare_writes_json_and_gantt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,15 +12,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.executor import execute
+from controller.control.verify import run_plan
 from controller.graph.trace import trace_model
-from controller.partitions import even_partition
-from controller.plan import Plan, build_plan
+from controller.planner.partitions import even_partition
+from controller.planner.plan import Plan, build_plan
 from controller.zoo import build_model
-from edgeflowd.codec import decode_bundle, decode_units, encode_bundle, encode_units
+from edgeflowd.core.ops import allowed_resolver
+from edgeflowd.core.units import CLIENT
 from edgeflowd.errors import ProtocolError
-from edgeflowd.ops import allowed_resolver
-from edgeflowd.units import CLIENT
+from edgeflowd.wire.codec import decode_bundle, decode_units, encode_bundle, encode_units
 from tests import models
 
 
@@ -34,7 +34,7 @@ def yolo() -> tuple[Plan, dict[str, torch.Tensor], torch.Tensor]:
 
 def test_units_round_trip_and_run_from_decoded_bytes(yolo: tuple[Plan, dict[str, torch.Tensor], torch.Tensor]) -> None:
     plan, tensors, x = yolo
-    want, _ = execute(plan, x, tensors, allowed_resolver)
+    want, _, _ = run_plan(plan, x, tensors, allowed_resolver)
     decoded_units = []
     decoded_tensors: dict[str, torch.Tensor] = {}
     for device in range(plan.n_devices):
@@ -53,7 +53,7 @@ def test_units_round_trip_and_run_from_decoded_bytes(yolo: tuple[Plan, dict[str,
         tuple(sorted(rebuilt.units, key=lambda u: plan.units.index(plan.unit(u.uid)))),
         rebuilt.outputs,
     )
-    got, _ = execute(rebuilt, x, decoded_tensors, allowed_resolver)
+    got, _, _ = run_plan(rebuilt, x, decoded_tensors, allowed_resolver)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
@@ -78,7 +78,7 @@ def test_model_local_ops_are_refused_where_the_model_is_not_loaded() -> None:
     plan = build_plan(graph, even_partition(graph, 2))
     units, tensors = decode_units(encode_units(list(plan.units), graph.tensors))
     with pytest.raises(ProtocolError, match=r"op 'local\.module\.pad' is not allow-listed"):
-        execute(Plan(plan.model, 2, tuple(units), plan.outputs), x, tensors, allowed_resolver)
+        run_plan(Plan(plan.model, 2, tuple(units), plan.outputs), x, tensors, allowed_resolver)
 
 
 def _header(meta: object, tensors: object) -> bytes:

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from controller.cli import main
-from controller.client import InferenceClient
-from controller.launch import controller_process
-from controller.verify import TOLERANCE, reference_outputs, relative_error
+from controller.cli.main import main
+from controller.control.requester import InferenceClient
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error
+from controller.lab.launch import controller_process
 from controller.zoo import build_model
-from edgeflowd.assignment import Assignment
-from edgeflowd.messages import PlanInfo, decode_control
-from edgeflowd.mqtt import BrokerSettings
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.messages import PlanInfo, decode_control
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker
 
 pytestmark = pytest.mark.integration
@@ -37,8 +37,11 @@ def _plan(watcher: Watcher) -> PlanInfo | None:
 
 
 def _plan_on(watcher: Watcher, nodes: set[str], timeout_s: float) -> PlanInfo:
-    watcher.wait_for(f"a plan on {sorted(nodes)}", lambda last: (p := _plan(watcher)) is not None
-                     and set(p.nodes) == nodes, timeout_s=timeout_s)  # fmt: skip
+    watcher.wait_for(
+        f"a plan on {sorted(nodes)}",
+        lambda last: (p := _plan(watcher)) is not None and set(p.nodes) == nodes,
+        timeout_s=timeout_s,
+    )
     plan = _plan(watcher)
     assert plan is not None
     return plan
@@ -95,8 +98,10 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
             assert all("timed out" in r.error or "was replaced by" in r.error for r in failed), failed
             late = results[-10:]  # well after the re-plan: served by the two-node plan
             assert all(r.ok for r in late), [r.error for r in late]
-            figures = [f"stream: {len(results) - len(failed)}/{len(results)} requests succeeded across the fault; "
-                       f"two-node plan live {replan_s:.1f} s after the kill"]  # fmt: skip
+            figures = [
+                f"stream: {len(results) - len(failed)}/{len(results)} requests succeeded across the fault; "
+                f"two-node plan live {replan_s:.1f} s after the kill"
+            ]
             assert _exact(broker.url, 4) == 4
             t0 = time.monotonic()
             daemons["node-b"].start()
@@ -133,8 +138,12 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
     cpu = sorted(os.sched_getaffinity(0))
     pins = {"node-a": [cpu[0]], "node-b": [cpu[1]], "node-c": [cpu[1]]}
     with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
-        daemons = [DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core", "--config", str(config),
-                                 cpus=pins[n]) for n in NODES]  # fmt: skip
+        daemons = [
+            DaemonProcess(
+                n, broker.url, "local-3", tmp_path, "--profile", "local-core", "--config", str(config), cpus=pins[n]
+            )
+            for n in NODES
+        ]
         for daemon in daemons:
             stack.callback(daemon.terminate)
         watcher = stack.enter_context(closing(Watcher(broker.settings, "local-3")))
@@ -147,12 +156,19 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
             busy = subprocess.Popen(["taskset", "-c", str(cpu[0]), sys.executable, "-c", spin])
             stack.callback(busy.wait, 5)
             stack.callback(busy.kill)
-            watcher.wait_for("a re-plan for the load", lambda last: (p := _plan(watcher)) is not None
-                             and p.generation > first.generation, timeout_s=60)  # fmt: skip
+            watcher.wait_for(
+                "a re-plan for the load",
+                lambda last: (p := _plan(watcher)) is not None and p.generation > first.generation,
+                timeout_s=60,
+            )
             second = _plan(watcher)
             assert second is not None
             watcher.wait_for("the new assignments", lambda last: _row_shares(watcher, second.generation)["node-b"] > 0)
             after = _row_shares(watcher, second.generation)
-            print("row shares before:", {n: f"{s:.0%}" for n, s in before.items()},
-                  "after loading node-a:", {n: f"{s:.0%}" for n, s in after.items()})  # fmt: skip
+            print(
+                "row shares before:",
+                {n: f"{s:.0%}" for n, s in before.items()},
+                "after loading node-a:",
+                {n: f"{s:.0%}" for n, s in after.items()},
+            )
             assert after["node-a"] < before["node-a"] / 2

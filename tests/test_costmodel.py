@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from controller.costmodel import CHUNK_BYTES, FRAME_OVERHEAD_BYTES, compute_s, send, transfer_s
 from controller.graph.trace import trace_model
-from controller.partitioners.baselines import single_on
-from controller.partitions import even_partition
-from controller.plan import build_plan
-from controller.simulate import simulate
-from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link
+from controller.planner.costmodel import CHUNK_BYTES, FRAME_OVERHEAD_BYTES, compute_s, send, transfer_s
+from controller.planner.methods.baselines import single_on
+from controller.planner.partitions import even_partition
+from controller.planner.plan import build_plan
+from controller.planner.simulate import simulate
+from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
 
 LINK = Link(up_mbps=80.0, down_mbps=100.0, latency_ms=2.0)
 

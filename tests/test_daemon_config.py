@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from controller.acl import mosquitto_acl
-from edgeflowd.cli import main as edgeflowd_main
-from edgeflowd.config import DaemonConfig, load_config, read_config
+from controller.control.acl import mosquitto_acl
 from edgeflowd.errors import ProfileError
-from edgeflowd.mqtt import BrokerURL, MqttError
-from edgeflowd.notify import Notifier
-from edgeflowd.profiles import load_cluster
+from edgeflowd.net.mqtt import MqttError
+from edgeflowd.net.settings import BrokerURL
+from edgeflowd.node.cli import main as edgeflowd_main
+from edgeflowd.node.config import DaemonConfig, load_config, read_config
+from edgeflowd.node.notify import Notifier
+from edgeflowd.profiles.devices import load_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,8 +32,11 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     path.write_text("node_id: pi4-a\nbroker: mqtt://10.0.0.2\nmqtt_version: 5\nrequest_ttl_s: 12\nprofile: dev.yaml\n")
     config = load_config(path, {"broker": "mqtt://127.0.0.1:1884", "workers": None})
     assert (config.node_id, config.broker, config.mqtt_version, config.request_ttl_s) == (
-        "pi4-a", "mqtt://127.0.0.1:1884", "5", 12.0,
-    )  # fmt: skip
+        "pi4-a",
+        "mqtt://127.0.0.1:1884",
+        "5",
+        12.0,
+    )
     assert config.profile == str(tmp_path / "dev.yaml")  # relative to the configuration file
 
 
@@ -94,8 +98,13 @@ def test_notifier_speaks_the_datagram_protocol_without_systemd_python() -> None:
         notifier.watchdog()
         notifier.stopping()
         got = [sock.recv(256).decode() for _ in range(5)]
-    assert got == ["STATUS=connecting", "READY=1\nSTATUS=serving", "STATUS=serving again", "WATCHDOG=1",
-                   "STOPPING=1\nSTATUS=stopping"]  # fmt: skip
+    assert got == [
+        "STATUS=connecting",
+        "READY=1\nSTATUS=serving",
+        "STATUS=serving again",
+        "WATCHDOG=1",
+        "STOPPING=1\nSTATUS=stopping",
+    ]
 
 
 def test_notifier_is_silent_in_the_foreground_and_ignores_another_process_watchdog() -> None:
@@ -129,13 +138,20 @@ def test_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
     path = tmp_path / "edgeflowd.yaml"
     path.write_text("node_id: from-file\nworkers: 2\ncluster: lab\n")
-    env = {"EDGEFLOWD_NODE_ID": "from-env", "EDGEFLOWD_WORKERS": "3", "EDGEFLOWD_ARGS": "--log-level debug",
-           "EDGEFLOWD_CLUSTER": ""}  # fmt: skip
+    env = {
+        "EDGEFLOWD_NODE_ID": "from-env",
+        "EDGEFLOWD_WORKERS": "3",
+        "EDGEFLOWD_ARGS": "--log-level debug",
+        "EDGEFLOWD_CLUSTER": "",
+    }
     report = read_config(path, {"workers": 4}, env)
     assert report.errors == []
     assert (report.config.node_id, report.config.workers, report.config.cluster) == ("from-env", 4, "lab")
-    assert report.sources == {"node_id": "environment EDGEFLOWD_NODE_ID", "workers": "--workers",
-                              "cluster": f"{path}:3"}  # fmt: skip
+    assert report.sources == {
+        "node_id": "environment EDGEFLOWD_NODE_ID",
+        "workers": "--workers",
+        "cluster": f"{path}:3",
+    }
 
 
 def test_every_error_is_reported_at_once_with_its_place(tmp_path: Path) -> None:
@@ -156,8 +172,10 @@ def test_check_config_prints_sources_and_checks_files(tmp_path: Path, capsys: py
     (tmp_path / "pw").write_text("secret\n")
     (tmp_path / "pw").chmod(0o644)
     path = tmp_path / "edgeflowd.yaml"
-    path.write_text(f"node_id: n1\nbroker: mqtts://broker.lan\nca_file: {tmp_path}/missing.pem\nusername: n1\n"
-                    "password_file: pw\nprofile: rpi4\n")  # fmt: skip
+    path.write_text(
+        f"node_id: n1\nbroker: mqtts://broker.lan\nca_file: {tmp_path}/missing.pem\nusername: n1\n"
+        "password_file: pw\nprofile: rpi4\n"
+    )
     assert edgeflowd_main(["--check-config", "--config", str(path), "--cache-dir", str(tmp_path / "cache")]) == 2
     out = capsys.readouterr().out
     assert re.search(rf"^username: +n1 +# {re.escape(str(path))}:4$", out, re.M)

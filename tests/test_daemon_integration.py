@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from controller.cli import main
-from edgeflowd.assignment import Assignment, BlobRef
-from edgeflowd.codec import pack_envelope
-from edgeflowd.messages import AssignmentReport, PlanInfo, Status, Telemetry, decode_control
-from edgeflowd.mqtt import BrokerSettings, Connection
-from edgeflowd.protocol import Topics, encode_frames
-from edgeflowd.rows import RowRange
+from controller.cli.main import main
+from edgeflowd.core.rows import RowRange
+from edgeflowd.net.mqtt import Connection
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.assignment import Assignment, BlobRef
+from edgeflowd.wire.codec import pack_envelope
+from edgeflowd.wire.frames import encode_frames
+from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Status, Telemetry, decode_control
+from edgeflowd.wire.topics import Topics
 from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
 
 pytestmark = pytest.mark.integration
@@ -77,8 +79,20 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 
 def _deploy(local: Local, capsys: pytest.CaptureFixture[str], model: str, method: str = "equal") -> PlanInfo:
-    code, out = _cli(capsys, "deploy", "--model", model, "--cluster", CLUSTER, "--broker", local.broker.url,
-                     "--method", method, "--timeout", "120")  # fmt: skip
+    code, out = _cli(
+        capsys,
+        "deploy",
+        "--model",
+        model,
+        "--cluster",
+        CLUSTER,
+        "--broker",
+        local.broker.url,
+        "--method",
+        method,
+        "--timeout",
+        "120",
+    )
     assert code == 0, out
     found = re.search(r"generation (\d+) \(plan (\w+)\) ready on 3 nodes", out)
     assert found, out
@@ -259,16 +273,42 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
             try:
                 early = _notify_messages(sock, "waiting for an assignment", 60)
                 assert not any("READY=1" in m for m in early), early
-                code, out = _cli(capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file),
-                                 "--broker", local.broker.url, "--mqtt-version", "3.1.1")  # fmt: skip
+                code, out = _cli(
+                    capsys,
+                    "deploy",
+                    "--model",
+                    "small_dag",
+                    "--cluster",
+                    str(cluster_file),
+                    "--broker",
+                    local.broker.url,
+                    "--mqtt-version",
+                    "3.1.1",
+                )
                 assert code == 0, out
                 ready = _notify_messages(sock, "READY=1", 30)
                 assert "STATUS=serving small_dag plan" in ready[-1]
                 assert "WATCHDOG=1" in "".join(_notify_messages(sock, "WATCHDOG=1", 5))
                 saved = local.tmp / "out.npy"
-                code, out = _cli(capsys, "infer", "--model", "small_dag", "--cluster", "solo", "--broker",
-                                 local.broker.url, "--mqtt-version", "3.1.1", "--repeat", "3", "--check",
-                                 "--input", str(_input_file(local.tmp)), "--output", str(saved))  # fmt: skip
+                code, out = _cli(
+                    capsys,
+                    "infer",
+                    "--model",
+                    "small_dag",
+                    "--cluster",
+                    "solo",
+                    "--broker",
+                    local.broker.url,
+                    "--mqtt-version",
+                    "3.1.1",
+                    "--repeat",
+                    "3",
+                    "--check",
+                    "--input",
+                    str(_input_file(local.tmp)),
+                    "--output",
+                    str(saved),
+                )
                 assert code == 0, out
                 assert np.load(saved).shape == (1, 16, 32, 32)
                 watcher = Watcher(BrokerSettings(local.broker.url, "3.1.1"), "solo")
@@ -307,11 +347,24 @@ def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
             conn.stop()
         daemon = DaemonProcess("t1", broker.url, "tiny", tmp_path)
         try:
-            code, out = _cli(capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker",
-                             broker.url)  # fmt: skip
+            code, out = _cli(
+                capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", broker.url
+            )
             assert code == 0, out
-            code, out = _cli(capsys, "infer", "--model", "small_dag", "--cluster", "tiny", "--broker", broker.url,
-                             "--repeat", "3", "--check", "--traffic")  # fmt: skip
+            code, out = _cli(
+                capsys,
+                "infer",
+                "--model",
+                "small_dag",
+                "--cluster",
+                "tiny",
+                "--broker",
+                broker.url,
+                "--repeat",
+                "3",
+                "--check",
+                "--traffic",
+            )
             assert code == 0, out
         finally:
             daemon.terminate()
@@ -341,8 +394,19 @@ def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pyt
                 )
             finally:
                 watcher.close()
-            code, out = _cli(capsys, "infer", "--model", "small_dag", "--cluster", "bounce", "--broker", url,
-                             "--repeat", "3", "--check")  # fmt: skip
+            code, out = _cli(
+                capsys,
+                "infer",
+                "--model",
+                "small_dag",
+                "--cluster",
+                "bounce",
+                "--broker",
+                url,
+                "--repeat",
+                "3",
+                "--check",
+            )
             assert code == 0, out
     finally:
         if daemon is not None:

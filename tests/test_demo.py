@@ -13,9 +13,9 @@ import time
 import psutil
 import pytest
 
-from controller.cli import main
-from controller.launch import REPO
-from controller.testbed import leftovers, missing_rights
+from controller.cli.main import main
+from controller.lab.launch import REPO
+from controller.lab.testbed import leftovers, missing_rights
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,11 @@ def test_demo_compares_methods_and_leaves_nothing_behind(broker: str, capsys: py
 def test_demo_stops_everything_on_ctrl_c() -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "demo", "--model", "small_dag", "--requests", "1000", "--methods"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     started = set()
     try:
         assert demo.stdout is not None

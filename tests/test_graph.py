@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from controller.control.verify import TOLERANCE, check_partition, reference_outputs
 from controller.graph.layers import Layer, LayerGraph
 from controller.graph.trace import trace_model
-from controller.partitions import even_partition, random_partition
-from controller.verify import TOLERANCE, check_partition, reference_outputs
+from controller.planner.partitions import even_partition, random_partition
 from controller.zoo import build_model, parse_shape
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import RowRule
 from edgeflowd.errors import GraphError
-from edgeflowd.rows import RowRange
-from edgeflowd.slicing import RowRule
 from tests import models
 
 

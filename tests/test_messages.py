@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeflowd.errors import ProtocolError
-from edgeflowd.messages import AssignmentReport, Info, Status, Telemetry, decode_control, encode_control
+from edgeflowd.wire.messages import AssignmentReport, Info, Status, Telemetry, decode_control, encode_control
 
 TOPIC = "edgeflow/v1/lab/node/pi4-a/telemetry"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from controller.launch import REPO
+from controller.lab.launch import REPO
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,17 +48,25 @@ def test_package_fields_contents_and_scripts(deb: Path, tmp_path: Path) -> None:
     assert re.match(r"python3 \(>= 3\.\d+\), python3 \(<< 3\.\d+\)", fields["Depends"])
     listing = _run("dpkg-deb", "--contents", deb).stdout.splitlines()
     paths = {line.split()[5].removeprefix(".") for line in listing}
-    for path in ("/opt/edgeflow/bin/edgeflowd", "/opt/edgeflow/bin/edgeflow", "/lib/systemd/system/edgeflowd.service",
-                 "/etc/edgeflow/edgeflowd.yaml", "/etc/default/edgeflowd", "/usr/lib/sysusers.d/edgeflowd.conf",
-                 "/opt/edgeflow/share/edgeflow/profiles/devices/rpi4.yaml",
-                 "/usr/share/doc/edgeflowd/examples/mosquitto/edgeflow.acl",
-                 "/usr/share/doc/edgeflowd/copyright"):  # fmt: skip
+    for path in (
+        "/opt/edgeflow/bin/edgeflowd",
+        "/opt/edgeflow/bin/edgeflow",
+        "/lib/systemd/system/edgeflowd.service",
+        "/etc/edgeflow/edgeflowd.yaml",
+        "/etc/default/edgeflowd",
+        "/usr/lib/sysusers.d/edgeflowd.conf",
+        "/opt/edgeflow/share/edgeflow/profiles/devices/rpi4.yaml",
+        "/usr/share/doc/edgeflowd/examples/mosquitto/edgeflow.acl",
+        "/usr/share/doc/edgeflowd/copyright",
+    ):
         assert path in paths, path
     assert all(line.split()[1] == "root/root" for line in listing)
     assert any(re.search(r"/usr/bin/edgeflowd -> /opt/edgeflow/bin/edgeflowd$", line) for line in listing)
     assert not [p for p in paths if "/site-packages/torch/" in p]  # the vendor-torch variant
-    assert _run("dpkg-deb", "--info", deb, "conffiles").stdout.split() == ["/etc/edgeflow/edgeflowd.yaml",
-                                                                          "/etc/default/edgeflowd"]  # fmt: skip
+    assert _run("dpkg-deb", "--info", deb, "conffiles").stdout.split() == [
+        "/etc/edgeflow/edgeflowd.yaml",
+        "/etc/default/edgeflowd",
+    ]
     for script in ("postinst", "prerm", "postrm"):
         text = _run("dpkg-deb", "--info", deb, script).stdout
         assert text.startswith("#!/bin/sh\n")
@@ -95,8 +103,11 @@ def test_install_into_a_clean_root_check_config_and_purge(deb: Path, tmp_path: P
     # The installed unit passes systemd-analyze (which needs ExecStart to exist: point it into the root).
     if shutil.which("systemd-analyze"):
         unit = tmp_path / "edgeflowd.service"
-        unit.write_text((root / "lib/systemd/system/edgeflowd.service").read_text().replace(
-            "/opt/edgeflow/bin/edgeflowd", f"{root}/opt/edgeflow/bin/edgeflowd"))  # fmt: skip
+        unit.write_text(
+            (root / "lib/systemd/system/edgeflowd.service")
+            .read_text()
+            .replace("/opt/edgeflow/bin/edgeflowd", f"{root}/opt/edgeflow/bin/edgeflowd")
+        )
         result = _run("systemd-analyze", "verify", unit, check=False)
         assert result.returncode == 0 and result.stderr == "", result.stderr
 

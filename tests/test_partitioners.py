@@ -7,16 +7,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.control.verify import TOLERANCE, check_partition, reference_outputs
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
-from controller.partitioners import METHODS, lower_bound_s, plan_model
-from controller.partitioners.baselines import cut_points, single_on
-from controller.partitioners.evaluate import predicted_latency
-from controller.partitioners.optimal import model_latency, solve_optimal
-from controller.verify import TOLERANCE, check_partition, reference_outputs
+from controller.planner.methods import METHODS, lower_bound_s, plan_model
+from controller.planner.methods.baselines import cut_points, single_on
+from controller.planner.methods.evaluate import predicted_latency
+from controller.planner.methods.optimal import model_latency, solve_optimal
 from controller.zoo import build_model
 from edgeflowd.errors import PlanError
-from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link, load_cluster
+from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link, load_cluster
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,15 @@ import random
 import pytest
 import torch
 
-from controller.executor import execute
+from controller.control.verify import run_plan
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
-from controller.partitions import Partition, even_partition, random_partition, split_rows
-from controller.plan import build_plan
+from controller.planner.partitions import Partition, even_partition, random_partition, split_rows
+from controller.planner.plan import build_plan
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import row_numel
+from edgeflowd.core.units import SINK
 from edgeflowd.errors import PlanError
-from edgeflowd.rows import RowRange
-from edgeflowd.units import SINK
 from tests import models
 
 
@@ -75,9 +76,12 @@ def test_forwarding_tables_send_only_needed_rows(unet: tuple[LayerGraph, torch.T
         for fwd in unit.forwards:
             if fwd.consumer != SINK:
                 assert needed[(fwd.consumer, unit.layer)].contains(fwd.rows)
-    _, stats = execute(plan, x, graph.tensors, graph.resolve)
-    assert stats.messages == sum(len(u.forwards) for u in plan.units)
-    assert 0 < stats.remote_bytes < stats.bytes
+    remote = [(u, f) for u, f, device in plan.messages() if device != u.device]
+    local = [(u, f) for u, f, device in plan.messages() if device == u.device]
+    assert remote and local
+    _, messages, nbytes = run_plan(plan, x, graph.tensors, graph.resolve)
+    assert messages == len(remote)  # one frame per remote forward; local slices never touch the bus
+    assert nbytes > sum(4 * row_numel(u.out_shape) * len(f.rows) for u, f in remote)  # + frame headers
 
 
 def test_validate_catches_a_dropped_forward(unet: tuple[LayerGraph, torch.Tensor]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgeflowd.errors import ProfileError
-from edgeflowd.profiles import PROFILES_DIR, load_cluster, load_device_profile
+from edgeflowd.profiles.devices import PROFILES_DIR, load_cluster, load_device_profile
 
 
 @pytest.mark.parametrize("path", sorted((PROFILES_DIR / "devices").glob("*.yaml")), ids=lambda p: p.stem)

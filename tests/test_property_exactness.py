@@ -8,19 +8,28 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from controller.control.verify import TOLERANCE, check_partition, reference_outputs
 from controller.graph.trace import trace_model
-from controller.partitions import even_partition, random_partition
-from controller.verify import TOLERANCE, check_partition, reference_outputs
+from controller.planner.partitions import even_partition, random_partition
 from tests.synthetic import C, Stage, SyntheticDag, stages_and_height
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=stages_and_height(), devices=st.integers(1, 4), seed=st.integers(0, 2**16))
 @example(  # found by CI: batch norm on a 1x1 map while the model was still in training mode
-    spec=([Stage("up", 1, 1, 1, 0, False), Stage("conv", 1, 3, 1, 0, False), Stage("conv", 3, 1, 2, 0, False),
-           Stage("residual", 1, 1, 1, 0, False)], 7, 7),
-    devices=1, seed=0,
-)  # fmt: skip
+    spec=(
+        [
+            Stage("up", 1, 1, 1, 0, False),
+            Stage("conv", 1, 3, 1, 0, False),
+            Stage("conv", 3, 1, 2, 0, False),
+            Stage("residual", 1, 1, 1, 0, False),
+        ],
+        7,
+        7,
+    ),
+    devices=1,
+    seed=0,
+)
 def test_random_partitions_of_random_dags_are_exact(
     spec: tuple[list[Stage], int, int], devices: int, seed: int
 ) -> None:

@@ -11,22 +11,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import ProtocolError
-from edgeflowd.protocol import FrameAssembler, Topics, decode_frame, encode_frames
-from edgeflowd.rows import RowRange
+from edgeflowd.wire.frames import FrameAssembler, decode_frame, encode_frames
+from edgeflowd.wire.topics import BlobTopic, ControllerTopic, NodeTopic, ResultTopic, Topics, UnitInputTopic
 
 T = Topics("lab")
 
 
 def test_topics_build_and_parse() -> None:
     cases = {
-        T.node("pi4-a", "status"): ("node/status", {"node": "pi4-a"}),
-        T.node("pi4-a", "assignment/reported"): ("node/assignment/reported", {"node": "pi4-a"}),
-        T.controller("plan"): ("controller/plan", {}),
-        T.unit_input("g7", "conv1@d2"): ("unit_input", {"plan": "g7", "unit": "conv1@d2"}),
-        T.result("g7", "req-9"): ("result", {"plan": "g7", "request": "req-9"}),
-        T.infer_request: ("infer_request", {}),
-        T.blob("ab" * 32, 3): ("blob", {"sha256": "ab" * 32, "part": "3"}),
+        T.node("pi4-a", "status"): NodeTopic("pi4-a", "status"),
+        T.node("pi4-a", "assignment/reported"): NodeTopic("pi4-a", "assignment/reported"),
+        T.controller("plan"): ControllerTopic("plan"),
+        T.unit_input("g7", "conv1@d2"): UnitInputTopic("g7", "conv1@d2"),
+        T.result("g7", "req-9"): ResultTopic("g7", "req-9"),
+        T.blob("ab" * 32, 3): BlobTopic("ab" * 32, 3),
     }
     for topic, parsed in cases.items():
         assert topic.startswith("edgeflow/v1/lab/") and T.parse(topic) == parsed
@@ -43,7 +43,11 @@ def test_subscription_filters() -> None:
 
 @pytest.mark.parametrize(
     ("topic", "message"),
-    [("edgeflow/v1/other/controller/plan", "is not under"), ("edgeflow/v1/lab/node/a/secrets", "unknown topic")],
+    [
+        ("edgeflow/v1/other/controller/plan", "is not under"),
+        ("edgeflow/v1/lab/node/a/secrets", "unknown topic"),
+        ("edgeflow/v1/lab/infer/request", "unknown topic"),
+    ],
 )
 def test_unknown_topics_are_refused(topic: str, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):

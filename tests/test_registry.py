@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from controller.registry import LoadWatch, NodeView, Registry, effective_device, others_load
-from edgeflowd.messages import Info, Status, Telemetry
-from edgeflowd.profiles import Cluster, Device, DeviceProfile, Link
+from controller.control.registry import LoadWatch, NodeView, Registry, effective_device, others_load
+from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
+from edgeflowd.wire.messages import Info, Status, Telemetry
 
 LINK = Link(100.0, 100.0, 1.0)
-PROFILE = DeviceProfile("board", gflops=10.0, memory_mb=1000.0, threads=1, link=LINK,
-                        kind_factors={"conv": 1.0, "dwconv": 0.3, "matmul": 0.6, "pool": 0.25})  # fmt: skip
+PROFILE = DeviceProfile(
+    "board",
+    gflops=10.0,
+    memory_mb=1000.0,
+    threads=1,
+    link=LINK,
+    kind_factors={"conv": 1.0, "dwconv": 0.3, "matmul": 0.6, "pool": 0.25},
+)
 CLUSTER = Cluster("c", (Device("a", PROFILE), Device("b", PROFILE, load=0.5)))
 
 
@@ -20,8 +26,11 @@ def _telemetry(cpu: float, own: float) -> Telemetry:
 
 
 def test_effective_rate_combines_benchmark_factors_and_others_load() -> None:
-    view = NodeView("a", info=Info(node="a", version="x", benchmark={"conv_gflops": 30.0, "dwconv_gflops": 3.0}),
-                    telemetry=_telemetry(cpu=70.0, own=20.0))  # fmt: skip
+    view = NodeView(
+        "a",
+        info=Info(node="a", version="x", benchmark={"conv_gflops": 30.0, "dwconv_gflops": 3.0}),
+        telemetry=_telemetry(cpu=70.0, own=20.0),
+    )
     device = effective_device(CLUSTER.devices[0], view)
     assert device.profile.gflops == 30.0  # measured beats declared
     assert device.profile.kind_factors["dwconv"] == pytest.approx(0.1)  # measured ratio

@@ -5,44 +5,44 @@ from __future__ import annotations
 
 import json
 import random
-from collections import deque
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from controller.deploy import Deployment, make_deployment
+from controller.control.deploy import Deployment, make_deployment
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
-from controller.partitions import random_partition
-from controller.plan import build_plan
-from controller.verify import TOLERANCE, reference_outputs, relative_error
+from controller.planner.partitions import random_partition
+from controller.planner.plan import build_plan
 from controller.zoo import build_model
-from edgeflowd.assignment import Assignment, BlobRef, blob_of, split_blob
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
-from edgeflowd.inbox import Inbox, InboxFullError, Need
-from edgeflowd.protocol import FrameAssembler, Topics, decode_frame
-from edgeflowd.rows import RowRange
-from edgeflowd.runtime import NodeRuntime, frames_for
-from edgeflowd.slicing import take_rows
-from edgeflowd.units import SINK, ExecutionUnit
-from edgeflowd.weights import WeightFetch, WeightStore
+from edgeflowd.node.in_memory import run_request
+from edgeflowd.node.runtime import Dropped, NodeRuntime
+from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, output_needs
+from edgeflowd.node.weights import WeightFetch, WeightStore
+from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of, split_blob
+from edgeflowd.wire.frames import encode_frames
+from edgeflowd.wire.topics import ResultTopic, Topics, UnitInputTopic
 
 SHAPE = (1, 2, 6, 3)
 
 
-def _inbox(max_bytes: int = 1 << 20) -> Inbox:
+def _buffer(max_bytes: int = 1 << 20) -> SliceBuffer:
     needs = {"u@d0": [Need("a", RowRange(0, 6), SHAPE), Need("b", RowRange(2, 4), SHAPE)]}
-    return Inbox(needs, max_bytes=max_bytes, ttl_s=10.0)
+    return SliceBuffer(needs, max_bytes=max_bytes, ttl_s=10.0)
 
 
 def _rows(t: torch.Tensor, rows: RowRange) -> torch.Tensor:
     return t[:, :, rows.start : rows.stop]
 
 
-def test_inbox_fires_once_every_row_has_arrived_in_any_order() -> None:
+def test_slice_buffer_fires_once_every_row_has_arrived_in_any_order() -> None:
     a, b = torch.randn(SHAPE), torch.randn(SHAPE)
-    box = _inbox()
+    box = _buffer()
     assert box.add("r1", "u@d0", "a", RowRange(3, 6), _rows(a, RowRange(3, 6)), 0.0, "t") is None
     assert box.add("r1", "u@d0", "b", RowRange(2, 4), _rows(b, RowRange(2, 4)), 0.0, "t") is None
     assert box.missing("r1", "u@d0") == ["a rows [0,6) (3 of 6 arrived)"]
@@ -61,26 +61,26 @@ def test_inbox_fires_once_every_row_has_arrived_in_any_order() -> None:
         ("u@d0", "a", RowRange(0, 2), (1, 2, 2, 4), "expected \\(1, 2, 2, 3\\)"),
     ],
 )
-def test_inbox_refuses_slices_nobody_here_reads(
+def test_slice_buffer_refuses_slices_nobody_here_reads(
     consumer: str, producer: str, rows: RowRange, shape: tuple[int, ...], message: str
 ) -> None:
     with pytest.raises(ProtocolError, match=message):
-        _inbox().add("r1", consumer, producer, rows, torch.zeros(shape), 0.0, "t")
+        _buffer().add("r1", consumer, producer, rows, torch.zeros(shape), 0.0, "t")
 
 
-def test_inbox_refuses_repeated_rows_and_keeps_what_it_holds() -> None:
-    box = _inbox()
+def test_slice_buffer_refuses_repeated_rows_and_keeps_what_it_holds() -> None:
+    box = _buffer()
     box.add("r1", "u@d0", "a", RowRange(0, 3), torch.zeros(1, 2, 3, 3), 0.0, "t")
     with pytest.raises(ProtocolError, match="arrived twice"):
         box.add("r1", "u@d0", "a", RowRange(2, 4), torch.zeros(1, 2, 2, 3), 0.0, "t")
     assert box.missing("r1", "u@d0")[0] == "a rows [0,6) (3 of 6 arrived)"
 
 
-def test_inbox_budget_refuses_new_requests_not_old_ones_and_entries_expire() -> None:
+def test_slice_buffer_budget_refuses_new_requests_not_old_ones_and_entries_expire() -> None:
     piece = torch.zeros(1, 2, 3, 3)  # 72 bytes
-    box = _inbox(max_bytes=100)
+    box = _buffer(max_bytes=100)
     box.add("r1", "u@d0", "a", RowRange(0, 3), piece, 0.0, "t")
-    with pytest.raises(InboxFullError, match="request r2"):
+    with pytest.raises(BufferFullError, match="request r2"):
         box.add("r2", "u@d0", "a", RowRange(0, 3), piece, 0.0, "t")
     box.add("r1", "u@d0", "a", RowRange(3, 6), piece, 1.0, "t")  # r1 may finish its entry
     assert box.expire(5.0) == []
@@ -153,62 +153,63 @@ def _small_deployment(
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_node_runtimes_exchanging_only_frames_reproduce_the_model(seed: int) -> None:
-    """The daemon's data path without the broker: every slice is encoded into frames under a small
-    packet limit, decoded, reassembled, buffered, and fires its unit; outputs must match."""
+    """The daemon's data path without the broker: assignments and weight blobs decoded from their
+    bytes, every slice encoded into frames under a small packet limit (so slices travel in
+    chunks), carried by the in-memory bus, reassembled, buffered, and firing its unit."""
     deployment, model, x = _small_deployment(devices=3, seed=seed)
-    blobs = deployment.blobs
-    runtimes = {}
+    topics = Topics("mem")
+    nodes = []
     for node, assignment in deployment.assignments.items():
         decoded = Assignment.from_bytes(assignment.to_bytes(), node)
         store = WeightStore()
         fetch = WeightFetch(decoded.weights, store, 0.0)
         for sha, ref in list(fetch.missing.items()):
-            for i, part in enumerate(split_blob(blobs[sha][1], ref)):
+            for i, part in enumerate(split_blob(deployment.blobs[sha][1], ref)):
                 got = fetch.add(sha, i, part, node)
             assert got is not None
             store.put(*got)
         tensors = {name: store.get(ref) for name, ref in decoded.weights.items()}
-        runtimes[decoded.device] = NodeRuntime(decoded, tensors, 1 << 24, 30.0)  # type: ignore[arg-type]
-    topics = Topics("mem")
+        nodes.append(NodeRuntime(decoded.plan, topics, decoded.units, tensors, 1 << 24, 30.0))  # type: ignore[arg-type]
     info = deployment.info
-    wire: deque[tuple[str, bytes]] = deque()
-    source = ExecutionUnit.from_json(info.sources[0])
-    for fwd in source.forwards:
-        wire.extend(frames_for(topics, info.plan, "r1", source, fwd, take_rows(x, fwd.rows, source.rows), 700))
-    assemblers = {d: FrameAssembler() for d in [*runtimes, -1]}
-    results = Inbox({SINK: [Need(o["layer"], RowRange(0, o["shape"][2]), tuple(o["shape"])) for o in info.outputs]},
-                    1 << 24, 30.0)  # fmt: skip
-    outputs = None
-    for _ in range(10_000):
-        if not wire:
-            break
-        topic, payload = wire.popleft()
-        kind, fields = topics.parse(topic)
-        frame = decode_frame(payload, topic)
-        if kind == "result":
-            whole = FrameAssembler().add(frame, 0.0) if frame.chunks == 1 else assemblers[-1].add(frame, 0.0)
-            if whole is not None:
-                outputs = results.add("r1", SINK, frame.layer, frame.rows, whole, 0.0, topic) or outputs
-            continue
-        device = int(fields["unit"].rsplit("@d", 1)[1])
-        runtime = runtimes[device]
-        tensor = assemblers[device].add(frame, 0.0, topic)
-        if tensor is None:
-            continue
-        ready = runtime.accept("r1", fields["unit"], frame.layer, frame.rows, tensor, 0.0, topic)
-        work = deque([ready] if ready else [])
-        while work:  # units this slice completes, and those their local outputs complete
-            done = work.popleft()
-            for fwd, piece in runtime.compute(done):
-                if runtime.is_local(fwd.consumer):  # the daemon hands these over in-process
-                    nxt = runtime.accept("r1", fwd.consumer, done.unit.layer, fwd.rows, piece, 0.0, "local")
-                    work.extend([nxt] if nxt else [])
-                else:
-                    wire.extend(frames_for(topics, info.plan, "r1", done.unit, fwd, piece, 700))
-    assert outputs is not None, "the model's outputs never completed"
-    _, rel = relative_error(outputs, reference_outputs(model, x))
+    sources = [ExecutionUnit.from_json(u) for u in info.sources]
+    outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+    requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
+    outputs_got, bus = run_request(nodes, requester, x, max_packet=700)
+    _, rel = relative_error(outputs_got, reference_outputs(model, x))
     assert rel <= TOLERANCE
-    assert all(r.inbox.pending == 0 for r in runtimes.values())
+    assert bus.messages > sum(len(u.forwards) for n in nodes for u in n.units.values()) / 3  # chunked
+    assert all(n.slices.pending == 0 and n.frames.pending == 0 for n in nodes)
+
+
+def test_a_requester_buffers_only_the_requests_it_opened() -> None:
+    deployment, _, _ = _small_deployment(devices=2)
+    info = deployment.info
+    topics = Topics("mem")
+    sources = [ExecutionUnit.from_json(u) for u in info.sources]
+    outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+    mine = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
+    layer, shape = info.outputs[0]["layer"], tuple(info.outputs[0]["shape"])
+    rows = RowRange(0, shape[2])
+    frame = encode_frames("other-1", info.plan, "x@d0", layer, rows, torch.zeros(shape), 1 << 20)[0]
+    result = ResultTopic(info.plan, "other-1")
+    assert mine.receive(result, frame, 0.0, "t") == [Dropped("foreign", "t")]
+    assert mine.slices.pending == 0
+    stale = ResultTopic("g0", "other-1")
+    assert mine.receive(stale, frame, 0.0, "t") == [Dropped("stale", "t")]
+    with pytest.raises(ProtocolError, match="the topic says 'someone-else'"):
+        mine.receive(ResultTopic(info.plan, "someone-else"), frame, 0.0, "t")
+    mine.open("other-1")
+    taken = mine.receive(result, frame, 0.0, "t")
+    assert not any(isinstance(action, Dropped) for action in taken)
+    assert taken or mine.slices.pending == 1
+
+
+def test_a_node_refuses_frames_for_units_it_does_not_run() -> None:
+    deployment, _, _ = _small_deployment(devices=2)
+    assignment = deployment.assignments["n0"]
+    runtime = NodeRuntime(assignment.plan, Topics("mem"), assignment.units, {}, 1 << 20, 30.0)
+    with pytest.raises(ProtocolError, match="no unit 'nobody@d7' here"):
+        runtime.receive(UnitInputTopic(assignment.plan, "nobody@d7"), b"", 0.0, "t")
 
 
 def test_blob_refs_validate_their_fields() -> None:

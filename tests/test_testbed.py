@@ -17,9 +17,9 @@ import time
 import psutil
 import pytest
 
-from controller.launch import REPO
-from controller.testbed import Slot, Testbed, leftovers, missing_rights, slots_for, sweep
-from edgeflowd.profiles import load_cluster
+from controller.lab.launch import REPO
+from controller.lab.testbed import Slot, Testbed, leftovers, missing_rights, slots_for, sweep
+from edgeflowd.profiles.devices import load_cluster
 
 needs_rights = pytest.mark.skipif(bool(missing_rights(True)), reason="; ".join(missing_rights(True)) or "ok")
 pytestmark = pytest.mark.integration
@@ -42,8 +42,10 @@ def test_cpu_quota_throttles_each_device() -> None:
     slots = [Slot(0, "slow", 0.2), Slot(1, "fast", 0.6)]
     with Testbed(slots, shape_links=False) as bed:
         bed.throttle()
-        procs = [subprocess.Popen(bed.command(s, [sys.executable, "-c", BUSY]), stdout=subprocess.PIPE, text=True)
-                 for s in slots]  # fmt: skip
+        procs = [
+            subprocess.Popen(bed.command(s, [sys.executable, "-c", BUSY]), stdout=subprocess.PIPE, text=True)
+            for s in slots
+        ]
         used = [float(p.communicate(timeout=30)[0]) for p in procs]
         assert all(bed.cgroup(s).is_dir() for s in slots)
     assert used[0] == pytest.approx(0.2 * 1.5, abs=0.1)
@@ -74,14 +76,15 @@ def _transfer_s(bed: Testbed, slot: Slot, upload: int, download: int) -> float:
     server = threading.Thread(target=_serve_once, args=(bed.host_ip(slot), port, download, done))
     server.start()
     time.sleep(0.2)
-    client = (
-        f"import socket, time\ns = socket.create_connection(('{bed.host_ip(slot)}', {port}), timeout=20)\n"
-        + (f"s.sendall(b'y' * {upload})\ns.close()\n" if upload else
-           f"n, t = 0, time.monotonic()\nwhile n < {download}:\n    n += len(s.recv(1 << 16))\n"
-           "print(time.monotonic() - t)\ns.close()\n")
-    )  # fmt: skip
-    out = subprocess.run(bed.command(slot, [sys.executable, "-c", client]), check=True, timeout=30,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    client = f"import socket, time\ns = socket.create_connection(('{bed.host_ip(slot)}', {port}), timeout=20)\n" + (
+        f"s.sendall(b'y' * {upload})\ns.close()\n"
+        if upload
+        else f"n, t = 0, time.monotonic()\nwhile n < {download}:\n    n += len(s.recv(1 << 16))\n"
+        "print(time.monotonic() - t)\ns.close()\n"
+    )
+    out = subprocess.run(
+        bed.command(slot, [sys.executable, "-c", client]), check=True, timeout=30, capture_output=True, text=True
+    ).stdout
     server.join(30)
     return done["s"] if upload else float(out)
 
@@ -106,7 +109,7 @@ def test_links_are_shaped_to_the_profile_rates() -> None:
 _OWNER = textwrap.dedent(
     """
     import signal, subprocess, sys, time
-    from controller.testbed import Slot, Testbed
+    from controller.lab.testbed import Slot, Testbed
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     slots = [Slot(3, "a", 0.3, 50, 50), Slot(4, "b", 0.3, 50, 50)]
@@ -149,8 +152,14 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
 def test_refuses_clearly_without_rights() -> None:
-    code = "from controller.testbed import Slot, Testbed\nwith Testbed([Slot(0, 'a', 0.5)]): pass"
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    code = "from controller.lab.testbed import Slot, Testbed\nwith Testbed([Slot(0, 'a', 0.5)]): pass"
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "cannot run the testbed: the testbed needs root" in result.stderr, result.stderr

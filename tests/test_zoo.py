@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from controller.cli import main
+from controller.cli.main import main
 from controller.zoo import ZOO, build_model
 
 PUBLISHED_PARAMETERS = {

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeflowd.ops import ALLOWED, Const
+from edgeflowd.core.ops import ALLOWED, Const
 
 __all__ = ["Converted", "canonical_window", "function_name", "method_name", "module_call"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from edgeflowd.ops import Const, OpCall
+from edgeflowd.core.ops import Const, OpCall
 
 __all__ = ["op_flops"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from edgeflowd.ops import OpCall, allowed_resolver
-from edgeflowd.slicing import RowRule, height_of
+from edgeflowd.core.ops import OpCall, allowed_resolver
+from edgeflowd.core.slicing import RowRule, height_of
 
 __all__ = ["Layer", "LayerGraph"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from edgeflowd.ops import ELEMENTWISE, Const, In, OpCall
-from edgeflowd.slicing import RowRule
+from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall
+from edgeflowd.core.slicing import RowRule
 
 __all__ = ["Classified", "classify", "row_local"]
 

@@ -24,9 +24,9 @@ from controller.graph.convert import canonical_window, function_name, method_nam
 from controller.graph.flops import op_flops
 from controller.graph.layers import Layer, LayerGraph
 from controller.graph.rowmap import classify, row_local
+from edgeflowd.core.ops import Const, In, OpCall, Prev, method_caller
+from edgeflowd.core.slicing import WINDOW_TARGETS
 from edgeflowd.errors import GraphError
-from edgeflowd.ops import Const, In, OpCall, Prev, method_caller
-from edgeflowd.slicing import WINDOW_TARGETS
 
 __all__ = ["trace_model"]
 

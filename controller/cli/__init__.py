@@ -1,0 +1,5 @@
+"""The `edgeflow` command."""
+
+from controller.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,41 @@
+"""Argument types shared by the ``edgeflow`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller.zoo import parse_shape
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.node.cli import add_security_arguments
+
+__all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
+
+CLUSTER_HELP = "cluster YAML file, or a name under profiles/clusters/"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def input_shape(text: str) -> tuple[int, ...]:
+    try:
+        return parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--broker`` and how to reach it securely: the same flags as edgeflowd's settings."""
+    group = parser.add_argument_group("broker")
+    group.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS")
+    group.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    add_security_arguments(group)
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    return BrokerSettings(
+        args.broker, args.mqtt_version, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file
+    )

@@ -1,0 +1,53 @@
+"""A Mosquitto ACL for one cluster: each node, logged in with its node id as username, may write
+only its own ``node/<id>/`` leaves and the data plane; it reads its assignment, the weight blobs and
+the data plane. The controller, requesters and dashboards get their own users. Pure text: the
+topics come from :class:`Topics`, so the ACL follows the protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgeflowd.wire.topics import NODE_LEAVES, Topics
+
+__all__ = ["mosquitto_acl"]
+
+
+def mosquitto_acl(
+    cluster: str,
+    nodes: Sequence[str],
+    controller: str = "controller",
+    clients: Sequence[str] = ("client",),
+    dashboards: Sequence[str] = ("dashboard",),
+) -> str:
+    topics = Topics(cluster)
+    lines = [
+        f"# Mosquitto acl_file for EdgeFlow cluster {cluster!r} (topic root {topics.root}/).",
+        "# Usernames: each node's node_id; the node may not write another node's topics or its own assignment.",
+        "",
+    ]
+    for node in nodes:
+        lines.append(f"user {node}")
+        lines += [f"topic write {topics.node(node, leaf)}" for leaf in NODE_LEAVES if leaf != "assignment"]
+        lines += [
+            f"topic read {topics.node(node, 'assignment')}",
+            f"topic read {topics.all_blobs}",
+            f"topic readwrite {topics.all_data}",
+            "",
+        ]
+    lines += ["# plans, deploys and watches every node", f"user {controller}", f"topic readwrite {topics.root}/#", ""]
+    for client in clients:
+        lines += [
+            "# sends requests: reads the plan, writes inputs, reads results",
+            f"user {client}",
+            f"topic read {topics.controller('plan')}",
+            f"topic readwrite {topics.all_data}",
+            "",
+        ]
+    for dashboard in dashboards:
+        lines += [
+            "# broker dashboard: reads everything, writes nothing",
+            f"user {dashboard}",
+            f"topic read {topics.root}/#",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""The controller's view of the nodes, built from their retained status and info and their
+telemetry; and the effective device each node is planned as. Pure: messages and ``now`` in,
+events out.
+
+Effective rate of a node for an op kind (what the partitioner uses):
+
+    rate(kind) = conv_gflops x factor(kind) x (1 - load)
+
+- ``conv_gflops`` is the node's measured dense-convolution rate (its start-up micro-benchmark in
+  ``info.benchmark``); the declared profile's ``gflops`` when it reported none.
+- ``factor(kind)`` is measured where the benchmark covers the kind (``dwconv``, ``matmul``: their
+  rate over the conv rate), the declared profile's factor otherwise.
+- ``load`` is the share of the node's CPUs taken by *other* work: telemetry's ``cpu_percent``
+  minus the daemon's own ``process_cpu_percent``, clamped to [0, 0.95], or the cluster file's
+  static load when no telemetry came yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.wire.messages import PROTOCOL_VERSIONS, AssignmentReport, Info, Status, Telemetry, decode_control
+from edgeflowd.wire.topics import NodeTopic
+
+__all__ = ["NODE_FEEDS", "Event", "LoadWatch", "NodeView", "Registry", "effective_device", "others_load"]
+
+NODE_FEEDS = ("status", "info", "telemetry", "assignment/reported")
+"""The node topics a registry is built from."""
+
+MAX_LOAD = 0.95
+
+
+@dataclass
+class NodeView:
+    node: str
+    online: bool = False
+    instance: str = ""
+    info: Info | None = None
+    telemetry: Telemetry | None = None
+    report: AssignmentReport | None = None
+    refused: str = ""  # why the controller will not plan with this node
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # joined | left | duplicate | refused | unknown
+    node: str
+    detail: str
+
+    @property
+    def changes_membership(self) -> bool:
+        return self.kind in ("joined", "left", "refused")
+
+
+def others_load(telemetry: Telemetry) -> float:
+    return min(MAX_LOAD, max(0.0, (telemetry.cpu_percent - telemetry.process_cpu_percent) / 100.0))
+
+
+def effective_device(device: Device, view: NodeView | None) -> Device:
+    """``device`` (from the cluster file) as measured and loaded now (see the module docstring)."""
+    profile = device.profile
+    bench = view.info.benchmark if view and view.info else {}
+    conv = bench.get("conv_gflops")
+    if isinstance(conv, (int, float)) and conv > 0:
+        factors = dict(profile.kind_factors)
+        for kind in ("dwconv", "matmul"):
+            rate = bench.get(f"{kind}_gflops")
+            if isinstance(rate, (int, float)) and rate > 0:
+                factors[kind] = rate / conv
+        profile = replace(profile, gflops=float(conv), kind_factors=factors)
+    load = others_load(view.telemetry) if view and view.telemetry else device.load
+    return Device(device.id, profile, load)
+
+
+class Registry:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.views: dict[str, NodeView] = {d.id: NodeView(d.id) for d in cluster.devices}
+        self._unknown: set[str] = set()
+
+    def _view(self, node: str) -> tuple[NodeView | None, list[Event]]:
+        view = self.views.get(node)
+        if view is None and node not in self._unknown:
+            self._unknown.add(node)
+            detail = f"node {node!r} is not in cluster {self.cluster.name}'s profile; it gets no work"
+            return None, [Event("unknown", node, detail)]
+        return view, []
+
+    def on_status(self, node: str, status: Status, now: float) -> list[Event]:
+        view, events = self._view(node)
+        if view is None:
+            return events
+        view.last_seen = now
+        if status.state == "online":
+            if view.online and view.instance and status.instance != view.instance:
+                events.append(
+                    Event(
+                        "duplicate",
+                        node,
+                        f"instance {status.instance} came online while instance "
+                        f"{view.instance} is still online: the same node id twice, or a last will "
+                        "not yet delivered",
+                    )
+                )
+            if not view.online or status.instance != view.instance:
+                view.online, view.instance = True, status.instance
+                events.append(Event("joined", node, f"instance {status.instance}, session {status.session}"))
+        elif view.online and status.instance in (view.instance, ""):
+            view.online = False
+            events.append(Event("left", node, f"instance {status.instance} offline"))
+        return events
+
+    def on_info(self, node: str, info: Info, now: float) -> list[Event]:
+        view, events = self._view(node)
+        if view is None:
+            return events
+        view.info, view.last_seen = info, now
+        common = set(info.protocol) & set(PROTOCOL_VERSIONS)
+        refused = (
+            ""
+            if common
+            else (f"node speaks protocol versions {sorted(info.protocol)}, this controller {list(PROTOCOL_VERSIONS)}")
+        )
+        if refused and refused != view.refused:
+            events.append(Event("refused", node, refused))
+        view.refused = refused
+        return events
+
+    def on_telemetry(self, node: str, telemetry: Telemetry, now: float) -> None:
+        view = self.views.get(node)
+        if view is not None:
+            view.telemetry, view.last_seen = telemetry, now
+
+    def on_report(self, node: str, report: AssignmentReport) -> None:
+        view = self.views.get(node)
+        if view is not None:
+            view.report = report
+
+    def on_message(self, about: NodeTopic, payload: bytes, topic: str, now: float) -> list[Event]:
+        """Apply one node message; raises ProtocolError on a malformed payload. Empty payloads
+        (cleared retained topics) are ignored."""
+        if not payload:
+            return []
+        node = about.node
+        if about.leaf == "status":
+            return self.on_status(node, decode_control(payload, topic, Status), now)
+        if about.leaf == "info":
+            return self.on_info(node, decode_control(payload, topic, Info), now)
+        if about.leaf == "telemetry":
+            self.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
+        elif about.leaf == "assignment/reported":
+            self.on_report(node, decode_control(payload, topic, AssignmentReport))
+        return []
+
+    def live(self) -> list[str]:
+        """Nodes to plan with, in the cluster file's order: online, speaking our protocol, and
+        benchmarked (their info arrived)."""
+        return [d.id for d in self.cluster.devices if (v := self.views[d.id]).online and not v.refused and v.info]
+
+    def live_cluster(self, measured: bool = True) -> Cluster:
+        """The live nodes, at their measured rates and load, or (``measured=False``) as declared:
+        for emulated devices, whose profile is the truth and whose own benchmark runs throttled."""
+        live = [d for d in self.cluster.devices if d.id in self.live()]
+        return self.cluster.with_devices(tuple(effective_device(d, self.views[d.id]) if measured else d for d in live))
+
+
+class LoadWatch:
+    """Hysteresis on load: a node's load must differ from the load its plan assumed by more than
+    ``threshold`` for ``samples`` telemetry messages in a row before a re-plan is asked for."""
+
+    def __init__(self, threshold: float = 0.25, samples: int = 3) -> None:
+        self.threshold = threshold
+        self.samples = samples
+        self.planned: dict[str, float] = {}
+        self._streak: dict[str, int] = {}
+
+    def planned_with(self, loads: dict[str, float]) -> None:
+        self.planned = dict(loads)
+        self._streak = {}
+
+    def observe(self, node: str, load: float) -> bool:
+        if node not in self.planned:
+            return False
+        off = abs(load - self.planned[node]) > self.threshold
+        self._streak[node] = self._streak.get(node, 0) + 1 if off else 0
+        if self._streak[node] < self.samples:
+            return False
+        self._streak[node] = 0  # asked once per streak; the re-plan resets the baseline
+        return True

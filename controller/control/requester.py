@@ -1,0 +1,279 @@
+"""The requester: sends inputs to a deployed plan and collects correlated results.
+
+It plays the plan's client units through a node runtime of its own, the one the daemons use: that
+slices each input by the source unit's forwarding table into frames for the first units' topics,
+and reassembles the output rows that arrive on ``data/<plan>/result/<request>``. Requests carry
+ids of the form ``<client>-<n>``; results of other clients or of requests already given up on are
+ignored. Every request either completes or fails with an error saying which output rows never
+came (or that a new plan replaced it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from controller.control.deploy import current_plan
+from edgeflowd.core.units import ExecutionUnit
+from edgeflowd.errors import EdgeFlowError, ProtocolError
+from edgeflowd.net.mqtt import Connection, MessageQueue, listen
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
+from edgeflowd.node.slices import BufferFullError, output_needs
+from edgeflowd.wire.frames import decode_frame
+from edgeflowd.wire.messages import PlanInfo, decode_control
+from edgeflowd.wire.topics import ResultTopic, Topics
+
+__all__ = ["InferenceClient", "Measurement", "Result", "Traffic"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    request: str
+    outputs: list[torch.Tensor] | None
+    latency_s: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outputs is not None
+
+
+@dataclass
+class Traffic:
+    """Data-plane messages and bytes through the broker for this client's requests (a tap on
+    ``data/<plan>/#``: inputs, every forwarded slice between nodes, results)."""
+
+    by_request: dict[str, list[int]] = field(default_factory=dict)  # request -> [messages, bytes]
+
+    def per_request(self) -> tuple[float, float]:
+        """Mean (messages, MiB) per request."""
+        counts = list(self.by_request.values())
+        n = max(1, len(counts))
+        return sum(c[0] for c in counts) / n, sum(c[1] for c in counts) / n / 2**20
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A timed batch of requests (after warm-up), with the broker traffic it took when tapped."""
+
+    results: list[Result]
+    wall_s: float
+    messages: float  # per request
+    mib: float  # per request
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return sorted(r.latency_s * 1e3 for r in self.results if r.ok)
+
+    @property
+    def succeeded(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.latencies_ms)
+
+    @property
+    def p90_ms(self) -> float:
+        ok = self.latencies_ms
+        return ok[int(0.9 * (len(ok) - 1))]
+
+    @property
+    def throughput_rps(self) -> float:
+        return self.succeeded / self.wall_s
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        conn: Connection,
+        topics: Topics,
+        info: PlanInfo,
+        inbox: MessageQueue,
+        tap: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``conn`` must feed ``inbox`` with its messages; this subscribes what it needs."""
+        self.conn = conn
+        self.topics = topics
+        self.messages = inbox
+        self.clock = clock
+        self.tag = uuid.uuid4().hex[:8]
+        self._seq = 0
+        self.tap = tap
+        self.traffic: Traffic | None = Traffic() if tap else None
+        self._pattern = ""
+        self._adopt(info)
+
+    def _adopt(self, info: PlanInfo) -> None:
+        """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
+        sources = [ExecutionUnit.from_json(u, f"plan.sources[{i}]") for i, u in enumerate(info.sources)]
+        if len(sources) != 1:
+            raise EdgeFlowError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
+        self.info = info
+        outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+        # No TTL: a request is given up on by its own timeout (run), which closes it.
+        self.runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), outputs=outputs)
+        pattern = self.topics.data_filter(info.plan) if self.tap else self.topics.results(info.plan)
+        if self._pattern:
+            self.conn.unsubscribe(self._pattern)
+        self._pattern = pattern
+        if not self.conn.subscribe_wait([pattern], qos=0):
+            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {pattern}")
+
+    @classmethod
+    def connect(
+        cls, broker: BrokerSettings, cluster: str, model: str, tap: bool = False, plan_wait_s: float = 5.0
+    ) -> InferenceClient:
+        """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
+        Close it with :meth:`close`."""
+        topics = Topics(cluster)
+        conn, inbox = listen(broker, "edgeflow-infer", [topics.controller("plan")])
+        try:
+            info = current_plan(topics, inbox, wait_s=plan_wait_s)
+            if info is None:
+                raise EdgeFlowError(
+                    f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)"
+                )
+            if info.model != model:
+                serving = f"{info.model!r} (generation {info.generation})"
+                raise EdgeFlowError(f"{topics.root}/ serves {serving}, not {model!r}")
+            return cls(conn, topics, info, inbox, tap=tap)
+        except BaseException:
+            conn.stop()
+            raise
+
+    def close(self) -> None:
+        self.conn.stop()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.info.input_shape)
+
+    def send(self, x: torch.Tensor) -> str:
+        """Publish one input; returns its request id."""
+        if tuple(x.shape) != self.input_shape:
+            raise EdgeFlowError(f"input has shape {tuple(x.shape)}; plan {self.info.plan} takes {self.input_shape}")
+        self._seq += 1
+        request = f"{self.tag}-{self._seq}"
+        for action in self.runtime.send(request, x, self.conn.max_packet):
+            if isinstance(action, Publish):
+                self.conn.publish(action.topic, action.payload)
+        return request
+
+    def run(
+        self,
+        inputs: Iterator[torch.Tensor],
+        concurrency: int,
+        timeout_s: float,
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> list[Result]:
+        """Keep ``concurrency`` requests in flight until ``inputs`` is exhausted; results in
+        request order. A request with no complete result after ``timeout_s`` fails."""
+        started: dict[str, float] = {}
+        order: list[str] = []
+        done: dict[str, Result] = {}
+        more = True
+        while more or started:
+            while more and len(started) < concurrency:
+                x = next(inputs, None)
+                if x is None:
+                    more = False
+                    break
+                t0 = self.clock()
+                request = self.send(x)
+                started[request] = t0
+                order.append(request)
+            try:
+                topic, payload = self.messages.get(timeout=0.05)
+            except queue.Empty:
+                topic, payload = "", b""
+            finished = None
+            if topic == self.topics.controller("plan"):
+                replaced = self._replaced(payload)
+                for request, t0 in list(started.items()) if replaced else []:
+                    del started[request]
+                    done[request] = Result(request, None, self.clock() - t0, f"request {request}: {replaced}")
+                    on_result(done[request])
+            elif topic:
+                finished = self._on_message(topic, payload, started)
+            if finished is not None:
+                request, outputs = finished
+                done[request] = Result(request, outputs, self.clock() - started.pop(request))
+                on_result(done[request])
+            now = self.clock()
+            for request, t0 in list(started.items()):
+                if now - t0 > timeout_s:
+                    del started[request]
+                    missing = "; ".join(self.runtime.missing(request)) or "no rows"
+                    self.runtime.close(request)
+                    error = f"request {request} timed out after {timeout_s:g} s; missing {missing}"
+                    done[request] = Result(request, None, now - t0, error)
+                    on_result(done[request])
+        return [done[r] for r in order]
+
+    def measure(
+        self,
+        inputs: list[torch.Tensor],
+        concurrency: int,
+        warmup: int = 1,
+        timeout_s: float = 60.0,
+        on_result: Callable[[Result], None] = lambda r: None,
+    ) -> Measurement:
+        """Run ``warmup`` requests untimed (first-touch allocations on every node), then time
+        ``inputs``; traffic counts cover the timed requests only."""
+        self.run(iter(inputs[:warmup]), 1, timeout_s)
+        if self.traffic is not None:
+            self.traffic.by_request.clear()
+        start = self.clock()
+        results = self.run(iter(inputs), concurrency, timeout_s, on_result)
+        wall = self.clock() - start
+        messages, mib = self.traffic.per_request() if self.traffic is not None else (0.0, 0.0)
+        return Measurement(results, wall, messages, mib)
+
+    def _replaced(self, payload: bytes) -> str:
+        """Adopt a new plan of the same model; returns why in-flight requests fail (or "")."""
+        try:
+            new = decode_control(payload, self.topics.controller("plan"), PlanInfo) if payload else None
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+            return ""
+        if new is None or new.generation == self.info.generation or new.model != self.info.model:
+            return ""
+        old = self.info.plan
+        self._adopt(new)
+        return f"plan {old} was replaced by {new.plan} while the request was in flight"
+
+    def _on_message(
+        self, topic: str, payload: bytes, started: dict[str, float]
+    ) -> tuple[str, list[torch.Tensor]] | None:
+        try:
+            about = self.topics.parse(topic)
+            if self.traffic is not None:
+                self._count(payload, started)
+            if not isinstance(about, ResultTopic):
+                return None  # the tap's view of frames between nodes
+            actions = self.runtime.receive(about, payload, self.clock(), topic)
+        except (ProtocolError, BufferFullError) as exc:
+            log.warning("ignored: %s", exc)
+            return None
+        done = [a for a in actions if isinstance(a, Complete)]
+        return (done[0].request, done[0].outputs) if done else None
+
+    def _count(self, payload: bytes, started: dict[str, float]) -> None:
+        """Tap: count every data-plane message of this client's requests."""
+        request = decode_frame(payload, "tap").request
+        if request in started and self.traffic is not None:
+            counts = self.traffic.by_request.setdefault(request, [0, 0])
+            counts[0] += 1
+            counts[1] += len(payload)

@@ -1,0 +1,174 @@
+"""``edgeflow demo``: a whole heterogeneous cluster on this machine.
+
+A broker (Mosquitto, else the embedded pure-Python one), four ``edgeflowd`` processes made 1x-4x
+apart with 50-200 Mbit/s links by the testbed (``testbed-4``; as root, otherwise four unthrottled
+processes, and the demo says so), and the controller, which plans with EdgeFlow and deploys as
+the nodes come online. Then, with the controller stopped so that it cannot re-plan them away, the
+baselines are deployed in turn. Every plan gets the same requests, one at a time; a table puts
+measured beside predicted latency. Everything it starts is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from controller.control.deploy import current_plan, deploy_plan
+from controller.control.requester import InferenceClient
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error
+from controller.graph.trace import trace_model
+from controller.lab.launch import Broker, DaemonProcess, controller_process, local_broker, wait_online
+from controller.lab.testbed import Testbed, missing_rights, slots_for
+from controller.planner.methods import plan_model
+from controller.terminal import progress_bar
+from controller.zoo import build_model
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.net.mqtt import listen
+from edgeflowd.profiles.devices import load_cluster
+from edgeflowd.wire.messages import PlanInfo
+from edgeflowd.wire.topics import Topics
+
+__all__ = ["DEFAULT_BASELINES", "DemoRow", "demo_table", "run_demo"]
+
+CLUSTER = "testbed-4"
+CORES = 1.0  # the four devices' quotas together; the other core runs the broker and the requester
+DEFAULT_BASELINES = ("single", "coedge", "ftp")
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    method: str
+    predicted_ms: float
+    p50_ms: float
+    p90_ms: float
+    succeeded: int
+    requests: int
+    messages: float
+    mib: float
+    relative_error: float
+
+
+def _plan_on_every_node(broker: Broker, nodes: Sequence[str], timeout_s: float) -> PlanInfo:
+    """Wait for the controller's plan that covers every node (it deploys as they come online)."""
+    topics = Topics(CLUSTER)
+    conn, inbox = listen(broker.settings, "edgeflow-demo", [topics.controller("plan")])
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            info = current_plan(topics, inbox, left)
+            if info is not None and set(info.nodes) == set(nodes):
+                return info
+    finally:
+        conn.stop()
+    raise EdgeFlowError(f"the controller did not deploy to all of {', '.join(nodes)} within {timeout_s:g} s")
+
+
+def _measure(
+    broker: Broker, model_spec: str, method: str, inputs: list[torch.Tensor], want: list[torch.Tensor]
+) -> DemoRow:
+    client = InferenceClient.connect(broker.settings, CLUSTER, model_spec, tap=True)
+    try:
+        m = client.measure(inputs, 1, timeout_s=120.0, on_result=progress_bar(len(inputs), f"  {method:<10}"))
+    finally:
+        client.close()
+    if not m.succeeded:
+        raise EdgeFlowError(f"{method}: no request succeeded: {m.results[0].error}")
+    first = m.results[0].outputs
+    error = relative_error(first, want)[1] if first is not None else float("nan")
+    return DemoRow(
+        method, client.info.predicted_ms, m.p50_ms, m.p90_ms, m.succeeded, len(inputs), m.messages, m.mib, error
+    )
+
+
+def run_demo(
+    model_spec: str,
+    baselines: Sequence[str],
+    requests: int,
+    broker_kind: str = "auto",
+    say: Callable[[str], None] = print,
+) -> list[DemoRow]:
+    cluster = load_cluster(CLUSTER)
+    nodes = [d.id for d in cluster.devices]
+    model, shape = build_model(model_spec, None, 0)
+    graph = trace_model(model, torch.zeros(shape), model_spec)
+    inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(requests)]
+    want = reference_outputs(model, inputs[0])
+    slots = slots_for(cluster, CORES)
+    missing = missing_rights(shape_links=True)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeflow-demo-")))
+        bed = None if missing else stack.enter_context(Testbed(slots))
+        if bed is None:
+            say(
+                f"no device emulation ({'; '.join(missing)}): the daemons run unthrottled on shared cores, "
+                "so measured latency will not follow the 1x-4x predictions"
+            )
+        else:
+            say("emulated devices: " + ", ".join(f"{s.node} {s.cores:.1f} core, {s.up_mbps:g} Mbit/s" for s in slots))
+        broker = stack.enter_context(local_broker(tmp, broker_kind, [bed.host_ip(s) for s in slots] if bed else []))
+        say(f"broker at {broker.url} (MQTT {broker.mqtt_version}); starting {len(nodes)} edgeflowd processes")
+        for slot in slots:
+            daemon = DaemonProcess(
+                slot.node,
+                broker.url_at(bed.host_ip(slot)) if bed else broker.url,
+                CLUSTER,
+                tmp,
+                "--profile",
+                "local-core",
+                "--mqtt-version",
+                broker.mqtt_version,
+                prefix=bed.command(slot, []) if bed else (),
+            )
+            stack.callback(daemon.terminate)
+        wait_online(broker, CLUSTER, nodes, timeout_s=120.0)
+        if bed is not None:
+            bed.throttle()  # from here on each device runs at its share
+        rows = []
+        with controller_process(broker, tmp, CLUSTER, model_spec, "--method", "edgeflow", "--rates", "declared"):
+            say("controller: plans with EdgeFlow and deploys as the nodes come online")
+            t0 = time.perf_counter()
+            info = _plan_on_every_node(broker, nodes, timeout_s=300.0)
+            say(
+                f"edgeflow: generation {info.generation} live on {len(nodes)} nodes after "
+                f"{time.perf_counter() - t0:.1f} s; {requests} requests"
+            )
+            rows.append(_measure(broker, model_spec, "edgeflow", inputs, want))
+        say("controller stopped; deploying the baselines")
+        for method in baselines:
+            planned = plan_model(graph, cluster, method)
+            t0 = time.perf_counter()
+            info = deploy_plan(broker.settings, CLUSTER, planned, graph, nodes, timeout_s=300.0)
+            say(f"{method}: generation {info.generation} live in {time.perf_counter() - t0:.1f} s; {requests} requests")
+            rows.append(_measure(broker, model_spec, method, inputs, want))
+        say("stopping the controller, the daemons, the broker and the emulation")
+    return rows
+
+
+def demo_table(rows: list[DemoRow]) -> list[str]:
+    lines = [
+        f"{'method':<10} {'predicted ms':>12} {'measured p50':>12} {'p90':>8} {'ok':>7} "
+        f"{'msgs/req':>8} {'MiB/req':>8} {'rel. error':>10}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r.method:<10} {r.predicted_ms:>12.1f} {r.p50_ms:>12.1f} {r.p90_ms:>8.1f} "
+            f"{f'{r.succeeded}/{r.requests}':>7} {r.messages:>8.1f} {r.mib:>8.2f} {r.relative_error:>10.1e}"
+        )
+    ours = next((r for r in rows if r.method == "edgeflow"), None)
+    others = [r for r in rows if r.method != "edgeflow"]
+    if ours is not None and others:
+        best = min(others, key=lambda r: r.p50_ms)
+        change = 1 - ours.p50_ms / best.p50_ms
+        verdict = f"{change:.0%} below" if change > 0 else f"{-change:.0%} above"
+        lines.append(
+            f"edgeflow's measured p50 is {verdict} the best other method ({best.method}, {best.p50_ms:.0f} ms)"
+        )
+    exact = all(r.relative_error <= TOLERANCE for r in rows)
+    lines.append(f"every method's output equals the local model's within {TOLERANCE:g}: {'yes' if exact else 'NO'}")
+    return lines

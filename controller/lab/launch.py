@@ -1,0 +1,269 @@
+"""Starting the pieces of a local cluster as real processes: Mosquitto on a free loopback port
+and ``edgeflowd`` daemons (separate interpreters: a process forked after torch has run hangs).
+Used by the integration tests and the benchmarks; every wait has a deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.net.mqtt import listen, received
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.messages import Status, decode_control
+from edgeflowd.wire.topics import NodeTopic, Topics
+
+__all__ = [
+    "Broker",
+    "DaemonProcess",
+    "controller_process",
+    "embedded_broker",
+    "free_port",
+    "local_broker",
+    "mosquitto_broker",
+    "unwind_on_signals",
+    "wait_online",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unwind_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, so that the ``with`` blocks that started a broker,
+    daemons or a testbed clean them up; also in a process started with SIGINT ignored (a shell's
+    background job)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Broker:
+    def __init__(self, port: int, process: subprocess.Popen[bytes], tls: bool = False, mqtt_version: str = "5") -> None:
+        self.port = port
+        self.process = process
+        self.tls = tls
+        self.mqtt_version = mqtt_version  # the newest the broker speaks
+
+    @property
+    def url(self) -> str:
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str) -> str:
+        """Its URL on another of its listeners (a testbed link's host end)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+    @property
+    def settings(self) -> BrokerSettings:
+        """How an anonymous client reaches it (secured brokers: build :class:`BrokerSettings`)."""
+        return BrokerSettings(self.url, self.mqtt_version)
+
+
+@contextmanager
+def mosquitto_broker(
+    tmp: Path,
+    extra: str = "",
+    port: int | None = None,
+    store: Path | None = None,
+    listener: str = "allow_anonymous true\n",
+    tls: bool = False,
+) -> Iterator[Broker]:
+    """Mosquitto on 127.0.0.1 with TCP_NODELAY, stopped (and reaped) on exit. ``listener``: the
+    listener's settings (certificates, authentication; ``tls`` when they make it TLS). With
+    ``store``, retained messages are saved there at exit and restored by the next broker given it
+    (run as root, Mosquitto reads and writes as user ``mosquitto``: files must be reachable)."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise EdgeFlowError("mosquitto is not installed: run `make install` as root (it installs it with apt)")
+    port = port or free_port()
+    conf = tmp / f"mosquitto-{port}.conf"
+    persistence = f"persistence true\npersistence_location {store}/\n" if store else "persistence false\n"
+    conf.write_text(f"listener {port} 127.0.0.1\n{listener}set_tcp_nodelay true\n{persistence}{extra}")
+    with _serving([exe, "-c", str(conf)], port, tmp / f"mosquitto-{port}.log", "mosquitto") as process:
+        yield Broker(port, process, tls)
+
+
+@contextmanager
+def _serving(argv: list[str], port: int, log_path: Path, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until it accepts connections on 127.0.0.1:``port``; stop (and reap) it on exit."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise EdgeFlowError(f"{what} did not start on port {port}: {log_path.read_text().strip()}") from exc
+                time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+@contextmanager
+def embedded_broker(tmp: Path, hosts: Sequence[str] = ()) -> Iterator[Broker]:
+    """The pure-Python broker (amqtt; MQTT 3.1.1 only) in its own process, on 127.0.0.1 and
+    ``hosts``, for machines without Mosquitto."""
+    port = free_port()
+    binds = [f"--bind={host}:{port}" for host in ("127.0.0.1", *hosts)]
+    argv = [sys.executable, "-m", "controller.lab.embedded_broker", *binds]
+    with _serving(argv, port, tmp / f"amqtt-{port}.log", "the embedded broker") as process:
+        yield Broker(port, process, mqtt_version="3.1.1")
+
+
+@contextmanager
+def local_broker(tmp: Path, kind: str = "auto", hosts: Sequence[str] = ()) -> Iterator[Broker]:
+    """Mosquitto (``kind`` "mosquitto", or "auto" where installed), else the embedded broker, on
+    127.0.0.1 and ``hosts``."""
+    if kind == "auto":
+        kind = "mosquitto" if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists() else "embedded"
+    if kind == "embedded":
+        with embedded_broker(tmp, hosts) as broker:
+            yield broker
+        return
+    port = free_port()
+    with mosquitto_broker(tmp, port=port, extra="".join(f"listener {port} {h}\n" for h in hosts)) as broker:
+        yield broker
+
+
+@contextmanager
+def controller_process(
+    broker: Broker, log_dir: Path, cluster: str, model: str, *extra: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``edgeflow controller`` as its own process; it must exit cleanly on SIGTERM."""
+    log_path = log_dir / "controller.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.cli.main",
+                "controller",
+                "--broker",
+                broker.url,
+                "--mqtt-version",
+                broker.mqtt_version,
+                "--cluster",
+                cluster,
+                "--model",
+                model,
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            code = process.wait(15)
+    if code != 0:
+        raise EdgeFlowError(f"the controller exited with status {code}: {log_path.read_text()[-2000:]}")
+
+
+class DaemonProcess:
+    """One ``edgeflowd`` started as its own process (never forked from this torch process)."""
+
+    def __init__(
+        self,
+        node: str,
+        broker: str,
+        cluster: str,
+        log_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        cpus: Sequence[int] = (),
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """``cpus``: pin the daemon (all its threads, from the start) to these CPUs. ``prefix``:
+        a command that runs it (a testbed device's cgroup and namespace)."""
+        self.node = node
+        pin = ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+        self.args = [
+            *prefix,
+            *pin,
+            sys.executable,
+            "-m",
+            "edgeflowd.node.cli",
+            "--node-id",
+            node,
+            "--broker",
+            broker,
+            "--cluster",
+            cluster,
+            "--threads",
+            "1",
+            *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_dir / f"edgeflowd-{node}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        assert self.process is not None
+        if self.alive():
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_online(broker: Broker, cluster: str, nodes: Sequence[str], timeout_s: float) -> None:
+    """Until every one of ``nodes`` reports itself online (after its start-up benchmark)."""
+    topics = Topics(cluster)
+    conn, inbox = listen(broker.settings, "edgeflow-launch", [topics.node_filter("status")])
+    online: set[str] = set()
+    try:
+        for topic, payload in received(inbox, timeout_s):
+            about = topics.parse(topic)
+            node = about.node if isinstance(about, NodeTopic) else ""
+            if payload and decode_control(payload, topic, Status).state == "online":
+                online.add(node)
+            if online >= set(nodes):
+                return
+    finally:
+        conn.stop()
+    raise EdgeFlowError(f"{', '.join(sorted(set(nodes) - online))} did not come online within {timeout_s:g} s")

@@ -1,0 +1,89 @@
+"""Cost model: how long a unit computes and how long a forwarded slice travels (pure).
+
+- compute: ``op_overhead + FLOPs(rows) / rate(device, op kind, load)``; a layer's FLOPs are
+  spread evenly over its rows.
+- transfer: every slice goes device → broker → device, so it pays the sender's uplink and the
+  receiver's downlink (chunked frames pipeline through the broker), plus both per-message
+  latencies. Forwards between units on the same device cost nothing (they never leave the process).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from controller.graph.layers import Layer
+from edgeflowd.profiles.devices import Device, Link
+
+__all__ = [
+    "CHUNK_BYTES",
+    "FRAME_OVERHEAD_BYTES",
+    "Hop",
+    "comm_s_per_byte",
+    "compute_s",
+    "memory_bytes",
+    "per_row_s",
+    "row_bytes",
+    "send",
+    "transfer_s",
+]
+
+FRAME_OVERHEAD_BYTES = 256
+"""JSON frame header plus MQTT fixed header and topic, per message."""
+
+
+def row_bytes(layer: Layer) -> float:
+    """Bytes of one output row of ``layer`` (float32)."""
+    return layer.out_bytes / layer.height
+
+
+def memory_bytes(layer: Layer, rows: int) -> float:
+    """What a unit of ``rows`` rows of ``layer`` keeps in memory: the weights and its output."""
+    return layer.param_bytes + rows * row_bytes(layer)
+
+
+def per_row_s(layer: Layer, device: Device) -> float:
+    return layer.flops / layer.height / device.rate(layer.kind)
+
+
+def compute_s(layer: Layer, rows: int, device: Device) -> float:
+    """Seconds for ``device`` to compute ``rows`` rows of ``layer`` (0 for no rows)."""
+    if rows <= 0:
+        return 0.0
+    return device.profile.op_overhead_ms / 1e3 + rows * per_row_s(layer, device)
+
+
+CHUNK_BYTES = 1 << 20
+"""Frames larger than this travel as several MQTT messages; the broker forwards each chunk as
+soon as it has it, so the sender's uplink and the receiver's downlink work in a pipeline."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    up_end: float  # when the sender's uplink is free again
+    down_end: float  # when the receiver's downlink is free again
+    arrival: float  # when the receiver has the whole message
+
+
+def send(nbytes: float, src: Link, dst: Link, ready: float = 0.0, up_free: float = 0.0, down_free: float = 0.0) -> Hop:
+    """One message of ``nbytes`` payload, sent when ``ready``, queued behind the links' earlier
+    traffic. Latency is per message and per side; it delays but does not occupy a link."""
+    chunks = max(1, math.ceil(nbytes / CHUNK_BYTES))
+    per_chunk = 8.0 * (nbytes / chunks + FRAME_OVERHEAD_BYTES)
+    up_s, down_s = per_chunk / (src.up_mbps * 1e6), per_chunk / (dst.down_mbps * 1e6)
+    up_end, down_end = max(ready, up_free), down_free
+    for _ in range(chunks):
+        up_end += up_s
+        down_end = max(up_end + src.latency_ms / 1e3, down_end) + down_s
+    return Hop(up_end, down_end, down_end + dst.latency_ms / 1e3)
+
+
+def transfer_s(nbytes: float, src: Link, dst: Link) -> float:
+    """Seconds for one message of ``nbytes`` payload from ``src`` through the broker to ``dst``
+    on idle links."""
+    return send(nbytes, src, dst).arrival
+
+
+def comm_s_per_byte(src: Link, dst: Link) -> float:
+    """Marginal seconds per payload byte through both links (the LP's linear transfer cost)."""
+    return 8.0 / (src.up_mbps * 1e6) + 8.0 / (dst.down_mbps * 1e6)

@@ -1,0 +1,60 @@
+"""Partition methods, EdgeFlow's and the baselines', behind one signature and one table:
+``METHODS[name](graph, cluster) -> Partition``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.graph.layers import LayerGraph
+from controller.planner.methods.baselines import chain, coedge, equal, ftp, single
+from controller.planner.methods.optimal import optimal
+from controller.planner.methods.progressive import edgeflow_partition, progressive_partition
+from controller.planner.partitions import Partition
+from controller.planner.plan import Plan, build_plan
+from controller.planner.simulate import Timeline, simulate
+from edgeflowd.profiles.devices import Cluster
+
+__all__ = ["METHODS", "Planned", "lower_bound_s", "plan_model"]
+
+Method = Callable[[LayerGraph, Cluster], Partition]
+
+METHODS: dict[str, Method] = {
+    "edgeflow": edgeflow_partition,
+    "progressive": progressive_partition,
+    "single": single,
+    "equal": equal,
+    "coedge": coedge,
+    "ftp": ftp,
+    "chain": chain,
+    "optimal": optimal,  # small graphs only: raises PlanError beyond the MILP's reach
+}
+
+
+@dataclass(frozen=True)
+class Planned:
+    method: str
+    partition: Partition
+    plan: Plan
+    timeline: Timeline
+    plan_time_s: float
+
+    @property
+    def latency_s(self) -> float:
+        return self.timeline.latency_s
+
+
+def plan_model(
+    graph: LayerGraph, cluster: Cluster, method: str, clock: Callable[[], float] = time.perf_counter
+) -> Planned:
+    start = clock()
+    partition = METHODS[method](graph, cluster)
+    elapsed = clock() - start
+    plan = build_plan(graph, partition)
+    return Planned(method, partition, plan, simulate(plan, graph, cluster), elapsed)
+
+
+def lower_bound_s(graph: LayerGraph, cluster: Cluster) -> float:
+    """Every FLOP on the summed rate of all devices, no communication: no plan can beat it."""
+    return sum(layer.flops / sum(d.rate(layer.kind) for d in cluster.devices) for layer in graph.compute_layers)

@@ -1,0 +1,171 @@
+"""Row rules and slice-exact execution: compute rows ``[a, b)`` of a layer from only the input
+rows that those output rows depend on.
+
+Padding rows are synthesised here, never sent: zeros for convolution and average pooling, ``-inf``
+for max pooling (PyTorch's max pooling ignores padding, which ``-inf`` reproduces exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver, run_call
+from edgeflowd.core.rows import RowRange
+from edgeflowd.errors import ProtocolError
+
+__all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "row_numel", "run_layer_rows", "take_rows"]
+
+RuleKind = Literal["window", "upsample", "identity", "whole"]
+WINDOW_TARGETS = frozenset({"F.conv2d", "F.max_pool2d", "F.avg_pool2d"})
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """Which rows of one input the output rows ``[a, b)`` read.
+
+    - ``window``: rows ``[a*stride - pad, (b-1)*stride - pad + span)`` (``span`` is the dilated
+      kernel height); the range may reach into padding.
+    - ``upsample``: nearest upsampling by an integer ``factor``: rows ``[a//f, (b-1)//f + 1)``.
+    - ``identity``: the same rows (element-wise ops, channel concat).
+    - ``whole``: every row (the input is broadcast, or the op mixes rows).
+    """
+
+    kind: RuleKind
+    span: int = 1
+    stride: int = 1
+    pad: int = 0
+    factor: int = 1
+
+    def needed(self, out: RowRange, in_height: int) -> RowRange:
+        """Input rows, unclipped, that output rows ``out`` depend on."""
+        if out.empty:
+            return RowRange(0, 0)
+        if self.kind == "whole":
+            return RowRange(0, in_height)
+        if self.kind == "identity":
+            return out
+        if self.kind == "window":
+            return RowRange(out.start * self.stride - self.pad, (out.stop - 1) * self.stride - self.pad + self.span)
+        return RowRange(out.start // self.factor, (out.stop - 1) // self.factor + 1)
+
+    def needed_clipped(self, start: int, stop: int, in_height: int) -> tuple[int, int]:
+        """``needed(RowRange(start, stop)).clip(in_height)`` as plain ints (planners' hot loop)."""
+        if self.kind == "whole":
+            lo, hi = 0, in_height
+        elif self.kind == "identity":
+            lo, hi = start, stop
+        elif self.kind == "window":
+            lo, hi = start * self.stride - self.pad, (stop - 1) * self.stride - self.pad + self.span
+        else:
+            lo, hi = start // self.factor, (stop - 1) // self.factor + 1
+        return max(lo, 0), min(hi, in_height)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "span": self.span, "stride": self.stride, "pad": self.pad, "factor": self.factor}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> RowRule:
+        if not isinstance(value, dict) or value.get("kind") not in ("window", "upsample", "identity", "whole"):
+            raise ProtocolError(f"{where}: a row rule needs kind window|upsample|identity|whole")
+        try:
+            return cls(
+                kind=value["kind"],
+                span=int(value.get("span", 1)),
+                stride=int(value.get("stride", 1)),
+                pad=int(value.get("pad", 0)),
+                factor=int(value.get("factor", 1)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"{where}: row rule fields must be integers") from exc
+
+
+def height_of(shape: Sequence[int]) -> int:
+    """Rows of a tensor: its height for NCHW maps; anything else is one indivisible row."""
+    return int(shape[2]) if len(shape) == 4 else 1
+
+
+def row_numel(shape: Sequence[int]) -> int:
+    """Elements in one row of a tensor of ``shape`` (the whole tensor when it is one row)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n // height_of(shape)
+
+
+def take_rows(tensor: torch.Tensor, rows: RowRange, held: RowRange) -> torch.Tensor:
+    """Rows ``rows`` (absolute) of ``tensor``, which holds rows ``held`` of its layer."""
+    if tensor.dim() != 4:
+        return tensor
+    return tensor[:, :, rows.start - held.start : rows.stop - held.start]
+
+
+def _pads(needed: RowRange, have: RowRange) -> tuple[int, int]:
+    """Rows of padding to synthesise above and below the rows we have."""
+    if have.empty:  # the window lies wholly in padding
+        return len(needed), 0
+    return have.start - needed.start, needed.stop - have.stop
+
+
+def _window(
+    call: OpCall,
+    x: torch.Tensor,
+    needed: RowRange,
+    have: RowRange,
+    out_width: int,
+    tensors: Mapping[str, torch.Tensor],
+    resolve: Resolver,
+) -> torch.Tensor:
+    top, bottom = _pads(needed, have)
+    kw = call.kwargs
+    if call.target == "F.conv2d":
+        x = F.pad(x, (0, 0, top, bottom)) if top or bottom else x
+        conv: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=(0, kw["padding"][1]))
+        return conv
+    if call.target == "F.avg_pool2d":
+        # Only planned when no window is partial, so the divisor is kernel area everywhere.
+        x = F.pad(x, (0, 0, top, bottom)) if top or bottom else x
+        avg: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=(0, kw["padding"][1]), ceil_mode=False)
+        return avg
+    # max pooling: pad both axes with -inf to exactly the extent the windows cover.
+    pw, sw = kw["padding"][1], kw["stride"][1]
+    need_w = (out_width - 1) * sw + kw["dilation"][1] * (kw["kernel_size"][1] - 1) + 1
+    right = need_w - x.shape[3] - pw
+    x = F.pad(x, (pw, max(right, 0), top, bottom), value=float("-inf"))
+    x = x[..., :need_w] if right < 0 else x
+    pooled: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=0, ceil_mode=False)
+    return pooled
+
+
+def run_layer_rows(
+    ops: Sequence[OpCall],
+    rules: Sequence[RowRule],
+    inputs: Sequence[torch.Tensor],
+    needed: Sequence[RowRange],
+    have: Sequence[RowRange],
+    out: RowRange,
+    out_shape: Sequence[int],
+    tensors: Mapping[str, torch.Tensor],
+    resolve: Resolver = allowed_resolver,
+) -> torch.Tensor:
+    """Rows ``out`` of a layer whose first op reads ``inputs`` (input k holds rows ``have[k]``
+    of its producer, the clipped part of ``needed[k]``); the remaining ops are row-local."""
+    first, kinds = ops[0], {rule.kind for rule in rules}
+    if "window" in kinds and first.target in WINDOW_TARGETS:
+        result = _window(first, inputs[0], needed[0], have[0], int(out_shape[3]), tensors, resolve)
+    elif "upsample" in kinds and first.target == "F.interpolate":
+        factors = (float(rules[0].factor), float(out_shape[3] // inputs[0].shape[3]))
+        result = run_call(first, inputs, None, tensors, resolve, size=None, scale_factor=factors)
+        offset = out.start - have[0].start * rules[0].factor
+        result = result[:, :, offset : offset + len(out)]
+    else:
+        result = run_call(first, inputs, None, tensors, resolve)
+    for call in ops[1:]:
+        result = run_call(call, inputs, result, tensors, resolve)
+    if not isinstance(result, torch.Tensor):
+        raise ProtocolError(f"layer op {ops[-1].node or ops[-1].target} returned {type(result).__name__}, not a tensor")
+    return result

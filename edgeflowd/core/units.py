@@ -1,0 +1,170 @@
+"""Execution units: one layer's row range on one device, with its input requirements, operator
+and forwarding table. Pure data plus :func:`run_unit`; no I/O, no threads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import RowRule, run_layer_rows
+from edgeflowd.errors import ProtocolError
+
+__all__ = ["CLIENT", "SINK", "ExecutionUnit", "Forward", "UnitInput", "run_unit", "unit_id"]
+
+CLIENT = -1
+"""Device index of the requester, which holds the model input and receives the output."""
+SINK = "@output"
+"""Consumer id of the requester's result collector in forwarding tables."""
+
+
+def unit_id(layer: str, device: int) -> str:
+    return f"{layer}@client" if device == CLIENT else f"{layer}@d{device}"  # a valid MQTT topic level
+
+
+@dataclass(frozen=True)
+class UnitInput:
+    """Rows this unit needs of one producer layer's output.
+
+    ``needed`` is where the op's windows reach (may extend into padding); ``rows`` is the clipped
+    part that producers actually send; ``shape`` is the producer's full output shape."""
+
+    producer: str
+    needed: RowRange
+    rows: RowRange
+    rule: RowRule
+    shape: tuple[int, ...]
+
+    def slice_shape(self) -> tuple[int, ...]:
+        """Shape of the tensor this input arrives as: the producer's, with only ``rows``."""
+        if len(self.shape) != 4:
+            return self.shape
+        return (self.shape[0], self.shape[1], len(self.rows), self.shape[3])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "producer": self.producer,
+            "needed": self.needed.to_json(),
+            "rows": self.rows.to_json(),
+            "rule": self.rule.to_json(),
+            "shape": list(self.shape),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> UnitInput:
+        try:
+            return cls(
+                producer=str(value["producer"]),
+                needed=RowRange.from_json(value["needed"]),
+                rows=RowRange.from_json(value["rows"]),
+                rule=RowRule.from_json(value["rule"], f"{where}.rule"),
+                shape=tuple(int(v) for v in value["shape"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{where}: bad unit input: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One forwarding-table entry: rows ``rows`` (absolute, of this unit's layer) go to
+    ``consumer`` (a unit id, or :data:`SINK`)."""
+
+    consumer: str
+    rows: RowRange
+
+    def to_json(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "rows": self.rows.to_json()}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> Forward:
+        try:
+            return cls(consumer=str(value["consumer"]), rows=RowRange.from_json(value["rows"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{where}: bad forwarding entry: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ExecutionUnit:
+    """Rows ``rows`` of layer ``layer`` (full output shape ``out_shape``) computed on ``device``.
+
+    Invariant: ``inputs[k]`` matches the layer's k-th input; every op after ``ops[0]`` is
+    row-local, so running the ops on the assembled input slices yields exactly these rows."""
+
+    layer: str
+    device: int
+    rows: RowRange
+    out_shape: tuple[int, ...]
+    inputs: tuple[UnitInput, ...]
+    ops: tuple[OpCall, ...]
+    forwards: tuple[Forward, ...]
+
+    @property
+    def uid(self) -> str:
+        return unit_id(self.layer, self.device)
+
+    def const_names(self) -> list[str]:
+        return sorted({name for call in self.ops for name in call.const_names()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "device": self.device,
+            "rows": self.rows.to_json(),
+            "out_shape": list(self.out_shape),
+            "inputs": [i.to_json() for i in self.inputs],
+            "ops": [op.to_json() for op in self.ops],
+            "forwards": [f.to_json() for f in self.forwards],
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str = "unit") -> ExecutionUnit:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: a unit is a JSON object")
+        try:
+            where = f"{where}[{value['layer']}#{value['device']}]"
+            return cls(
+                layer=str(value["layer"]),
+                device=int(value["device"]),
+                rows=RowRange.from_json(value["rows"]),
+                out_shape=tuple(int(v) for v in value["out_shape"]),
+                inputs=tuple(UnitInput.from_json(v, f"{where}.inputs[{i}]") for i, v in enumerate(value["inputs"])),
+                ops=tuple(OpCall.from_json(v, f"{where}.ops[{i}]") for i, v in enumerate(value["ops"])),
+                forwards=tuple(Forward.from_json(v, f"{where}.forwards[{i}]") for i, v in enumerate(value["forwards"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{where}: missing or bad field: {exc}") from exc
+
+
+def run_unit(
+    unit: ExecutionUnit,
+    inputs: Sequence[torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+    resolve: Resolver = allowed_resolver,
+) -> torch.Tensor:
+    """Compute the unit's rows from ``inputs[k]`` = rows ``unit.inputs[k].rows`` of producer k."""
+    if len(inputs) != len(unit.inputs):
+        raise ProtocolError(f"unit {unit.uid}: expected {len(unit.inputs)} inputs, got {len(inputs)}")
+    for spec, tensor in zip(unit.inputs, inputs, strict=True):
+        if tuple(tensor.shape) != spec.slice_shape():
+            raise ProtocolError(
+                f"unit {unit.uid}: input {spec.producer} rows {spec.rows} has shape {tuple(tensor.shape)}, "
+                f"expected {spec.slice_shape()}"
+            )
+    result = run_layer_rows(
+        unit.ops,
+        [i.rule for i in unit.inputs],
+        inputs,
+        [i.needed for i in unit.inputs],
+        [i.rows for i in unit.inputs],
+        unit.rows,
+        unit.out_shape,
+        tensors,
+        resolve,
+    )
+    if len(unit.out_shape) == 4 and result.shape[2] != len(unit.rows):
+        raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(unit.rows)}")
+    return result

@@ -1,0 +1,169 @@
+"""What a node runs, and the weights it still waits for, as a state machine: the retained
+assignment, blob parts and ``now`` in, actions out (subscribe to a blob, report, activate).
+
+A new generation starts a fetch of the blobs the weight store lacks; once every blob is held and
+hash-checked, :class:`Activate` hands the assignment and its tensors to the daemon, which switches
+its runtime. The current assignment again (a reconnect replays the retained copy) is answered
+with its report; an older generation is ignored; a fetch that stalls is abandoned with an error
+report. Sockets and threads stay in the daemon; the weight store is the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from edgeflowd.errors import EdgeFlowError, ProtocolError
+from edgeflowd.node.weights import WeightFetch, WeightStore
+from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.topics import Topics
+
+__all__ = ["Activate", "AssignmentAction", "Assignments", "Refuse", "Report", "Say", "Subscribe", "Unsubscribe"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    topic: str
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    topic: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Publish ``assignment/reported``: ``generation`` is ready, or failed with ``error``."""
+
+    generation: int
+    state: str  # ready | error
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Say:
+    """A line for the service manager's STATUS."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Activate:
+    """Run ``assignment`` with ``tensors`` from now on; ``None``: the assignment was cleared."""
+
+    assignment: Assignment | None
+    tensors: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A malformed message, refused: the daemon logs and counts it."""
+
+    message: str
+
+
+AssignmentAction = Subscribe | Unsubscribe | Report | Say | Activate | Refuse
+
+
+class Assignments:
+    """The current assignment and the fetch of the next one, for node ``node``."""
+
+    def __init__(self, node: str, topics: Topics, store: WeightStore, timeout_s: float) -> None:
+        self.node = node
+        self.topics = topics
+        self.store = store
+        self.timeout_s = timeout_s
+        self.current: Assignment | None = None
+        self.fetch: tuple[Assignment, WeightFetch] | None = None
+
+    def on_assignment(self, payload: bytes, topic: str, now: float) -> list[AssignmentAction]:
+        """The retained assignment changed; a malformed one is reported and refused."""
+        if not payload:  # the retained assignment was cleared
+            self.current = None
+            return [*self._cancel(), Activate(None, {}), Say("assignment cleared; idle")]
+        try:
+            assignment = Assignment.from_bytes(payload, topic)
+            if assignment.node != self.node:
+                raise ProtocolError(f"{topic}: assignment is for node {assignment.node!r}, not {self.node!r}")
+        except ProtocolError as exc:
+            return [Report(-1, "error", str(exc)), Refuse(str(exc))]
+        current = self.current
+        if current is not None and (assignment.generation, assignment.plan) == (current.generation, current.plan):
+            return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
+        if current is not None and assignment.generation < current.generation:
+            log.warning(
+                "node=%s ignores generation %d: already at %d", self.node, assignment.generation, current.generation
+            )
+            return []
+        actions: list[AssignmentAction] = list(self._cancel())
+        fetch = WeightFetch(assignment.weights, self.store, now)
+        self.fetch = (assignment, fetch)
+        log.info(
+            "node=%s generation %d: %d units, %d of %d weights to fetch",
+            self.node,
+            assignment.generation,
+            len(assignment.units),
+            len(fetch.missing),
+            len(assignment.weights),
+        )
+        actions.append(Say(f"fetching weights for generation {assignment.generation}"))
+        actions += [Subscribe(self.topics.blob_parts(sha)) for sha in sorted(fetch.missing)]
+        return actions + self._activate_if_fetched()
+
+    def on_blob(self, sha256: str, part: int, payload: bytes, topic: str) -> list[AssignmentAction]:
+        """One part of a weight blob; bytes that do not hash to the name abandon the fetch."""
+        if self.fetch is None:
+            return []  # a retained copy arriving after the fetch finished
+        try:
+            got = self.fetch[1].add(sha256, part, payload, topic)
+        except ProtocolError as exc:
+            return [*self._abandon(str(exc)), Refuse(str(exc))]
+        if got is None:
+            return []
+        self.store.put(*got)
+        return [Unsubscribe(self.topics.blob_parts(sha256)), *self._activate_if_fetched()]
+
+    def tick(self, now: float) -> list[AssignmentAction]:
+        """Abandon a fetch that has waited longer than ``timeout_s``."""
+        if self.fetch is None or now - self.fetch[1].started <= self.timeout_s:
+            return []
+        missing = sorted(self.fetch[1].missing)[:3]
+        return self._abandon(f"weights {missing} did not arrive within {self.timeout_s:g} s")
+
+    def _activate_if_fetched(self) -> list[AssignmentAction]:
+        if self.fetch is None or not self.fetch[1].done:
+            return []
+        assignment, _ = self.fetch
+        self.fetch = None
+        tensors = {}
+        for name, ref in assignment.weights.items():
+            tensor = self.store.get(ref)
+            if tensor is None:  # pragma: no cover - the fetch is done only when every blob is held
+                raise EdgeFlowError(f"weight {name} vanished from the store")
+            tensors[name] = tensor
+        self.current = assignment
+        self.store.keep_only(ref.sha256 for ref in assignment.weights.values())
+        return [Activate(assignment, tensors), Report(assignment.generation, "ready")]
+
+    def _abandon(self, reason: str) -> list[AssignmentAction]:
+        if self.fetch is None:
+            return []
+        generation = self.fetch[0].generation
+        return [
+            *self._cancel(),
+            Report(generation, "error", reason),
+            Say(f"generation {generation} failed: {reason}"),
+        ]
+
+    def _cancel(self) -> list[AssignmentAction]:
+        """Stop fetching (a newer assignment, a clear, a failure): unsubscribe its blobs."""
+        if self.fetch is None:
+            return []
+        fetch = self.fetch[1]
+        self.fetch = None
+        return [Unsubscribe(self.topics.blob_parts(sha)) for sha in sorted(fetch.missing)]

@@ -1,0 +1,106 @@
+"""``edgeflowd`` entry point: configuration, logging, signals; the service is :class:`Daemon`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from edgeflowd import __version__
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.node.check import check_config
+from edgeflowd.node.config import DaemonConfig, load_config
+from edgeflowd.profiles.devices import DeviceProfile, load_device_profile
+
+__all__ = ["add_security_arguments", "main"]
+
+
+def add_security_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How to prove who we are to the broker: the daemon's settings, and every tool's flags."""
+    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
+    parser.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
+    parser.add_argument("--key-file", metavar="PEM")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeflowd",
+        description="EdgeFlow device daemon: runs this node's share of a distributed model. It "
+        "connects to the broker, takes its retained assignment, computes its execution units and "
+        "forwards their output rows. Settings come from --config, then EDGEFLOWD_* environment "
+        "variables (EDGEFLOWD_NODE_ID, EDGEFLOWD_BROKER, ...), then these flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeflowd {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration (keys as the flags, with _)")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="print the effective configuration and every error, then exit (0: ready to start)",
+    )
+    parser.add_argument("--node-id", help="this node's id: a cluster profile's device id")
+    parser.add_argument(
+        "--broker", metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS (default mqtt://127.0.0.1:1883)"
+    )
+    parser.add_argument("--cluster", help="cluster name, the topic root edgeflow/v1/CLUSTER/ (default 'default')")
+    parser.add_argument("--profile", metavar="FILE", help="device profile YAML, or a shipped profile's name")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the profile's, else 1)")
+    parser.add_argument("--workers", type=int, help="units computed at once (default 1)")
+    parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
+    add_security_arguments(parser)
+    parser.add_argument("--cache-dir", metavar="DIR", help="keep fetched weights here, named by SHA-256")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    # Under systemd the journal stamps time and unit itself.
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "check_config")}
+    if args.check_config:
+        lines, status = check_config(args.config, overrides)
+        print("\n".join(lines))
+        return status
+    try:
+        config = load_config(args.config, overrides)
+        profile = load_device_profile(config.profile) if config.profile else None
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    return serve(config, profile)
+
+
+def serve(config: DaemonConfig, profile: DeviceProfile | None) -> int:
+    from edgeflowd.node.daemon import Daemon  # noqa: PLC0415 - imports torch: keep --help and config errors fast
+
+    try:
+        daemon = Daemon(config, profile)
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The device daemon: the thin threaded shell that carries out what the node runtime and the
+assignment state machine decide.
+
+Threads and what they own:
+- paho's network thread only enqueues (:meth:`Daemon._enqueue`; a full queue is counted);
+- the engine thread (the caller of :meth:`Daemon.run`) owns the assignment state, the runtime's
+  buffers and the periodic work (expiry, telemetry, watchdog);
+- workers run units (:meth:`NodeRuntime.compute`) and publish what leaves the node; slices for
+  units of this node come back to the engine as :class:`LocalSlice` events, never through the broker.
+A new assignment is switched in by the engine; frames of any other plan are dropped as stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+import torch
+
+from edgeflowd import __version__
+from edgeflowd.errors import EdgeFlowError, ProtocolError
+from edgeflowd.net.mqtt import Connection
+from edgeflowd.node import assignments as a
+from edgeflowd.node.benchmark import run_benchmark
+from edgeflowd.node.config import DaemonConfig
+from edgeflowd.node.events import Connected, Counts, Event, LocalSlice, Message
+from edgeflowd.node.notify import Notifier
+from edgeflowd.node.runtime import Dropped, NodeRuntime
+from edgeflowd.node.slices import BufferFullError
+from edgeflowd.node.telemetry import sample_telemetry
+from edgeflowd.node.weights import WeightStore
+from edgeflowd.node.workers import Workers
+from edgeflowd.profiles.devices import DeviceProfile
+from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.messages import AssignmentReport, Info, Status, encode_control
+from edgeflowd.wire.topics import BlobTopic, NodeTopic, Topics, UnitInputTopic
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        profile: DeviceProfile | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.profile = profile
+        self.node = config.node_id
+        self.topics = Topics(config.cluster)
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.instance = uuid.uuid4().hex[:12]
+        self.counts = Counts()
+        self.events: queue.Queue[Event] = queue.Queue(maxsize=config.queue_messages)
+        self.assignments = a.Assignments(
+            self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s
+        )
+        self.runtime: NodeRuntime | None = None
+        self._sessions = 0
+        self.benchmark: dict[str, float] = {}
+        self._stop = threading.Event()
+        offline = encode_control(Status(state="offline", instance=self.instance))
+        self.conn = Connection(
+            config.broker_settings(),
+            f"edgeflowd-{self.node}-{self.instance}",
+            lambda topic, payload: self._enqueue(Message(topic, payload)),
+            will=(self.topics.node(self.node, "status"), offline),
+            on_connect=self._on_connect,
+            packet_bytes=config.packet_bytes,
+        )
+        self.workers = Workers(config.workers, self.node, self.conn, self.counts, self._enqueue)
+
+    # -- network thread and workers: only enqueue ------------------------------------------------
+    def _enqueue(self, event: Event) -> None:
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:
+            self.counts.add("dropped")  # never block paho's thread or a worker; the request times out
+
+    def _on_connect(self) -> None:
+        self._sessions += 1
+        status = Status(state="online", instance=self.instance, session=self._sessions)
+        self.conn.publish(self.topics.node(self.node, "status"), encode_control(status), qos=1, retain=True)
+        profile = dataclasses.asdict(self.profile) if self.profile else {}
+        info = Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark)
+        self.conn.publish(self.topics.node(self.node, "info"), encode_control(info), qos=1, retain=True)
+        self._enqueue(Connected())
+
+    # -- engine --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until :meth:`stop`; returns the exit status."""
+        threads = self.config.threads or (self.profile.threads if self.profile else 1)
+        torch.set_num_threads(threads)
+        self.benchmark = run_benchmark()
+        log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
+        self.conn.subscribe(self.topics.node(self.node, "assignment"), qos=1)
+        self.conn.begin()
+        self.notifier.status(f"connecting to {self.conn.broker}")
+        last_telemetry = 0.0
+        while not self._stop.is_set():
+            try:
+                event: Event | None = self.events.get(timeout=_TICK_S)
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    self._handle(event)
+                now = self.clock()
+                self._expire(now)
+                if self.conn.connected.is_set() and now - last_telemetry >= self.config.telemetry_interval_s:
+                    last_telemetry = now
+                    self._publish_telemetry()
+            except (ProtocolError, BufferFullError) as exc:  # a bad message; valid data with no room
+                self.counts.add("malformed" if isinstance(exc, ProtocolError) else "dropped")
+                log.warning("node=%s refused: %s", self.node, exc)
+            except Exception:  # the daemon outlives any one bad message or bug in one path
+                self.counts.add("errors")
+                log.exception("node=%s: error while handling %s", self.node, type(event).__name__)
+            self.notifier.watchdog_due(self.clock())
+        self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, LocalSlice):
+            if event.runtime is self.runtime:  # else: a slice of the plan just replaced
+                self.workers.act(event.runtime, event.runtime.deliver(event.slice, self.clock()))
+        elif isinstance(event, Connected):
+            if self.runtime is not None:
+                self.notifier.ready(self._serving())
+            else:
+                self.notifier.status(f"connected to {self.conn.broker}; waiting for an assignment")
+        else:
+            self._on_message(event.topic, event.payload)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        about = self.topics.parse(topic)
+        if isinstance(about, UnitInputTopic):
+            if self.runtime is None:
+                self.counts.add("stale")
+                return
+            actions = self.runtime.receive(about, payload, self.clock(), topic)
+            if not any(isinstance(action, Dropped) for action in actions):
+                self.counts.add("frames_in")
+            self.workers.act(self.runtime, actions)
+        elif isinstance(about, BlobTopic):
+            self._apply(self.assignments.on_blob(about.sha256, about.part, payload, topic))
+        elif about == NodeTopic(self.node, "assignment"):
+            self._apply(self.assignments.on_assignment(payload, topic, self.clock()))
+        else:
+            raise ProtocolError(f"{topic}: not a topic node {self.node} reads")
+
+    def _expire(self, now: float) -> None:
+        self._apply(self.assignments.tick(now))
+        if self.runtime is None:
+            return
+        partial, buffers = self.runtime.expire(now)
+        for request, unit in buffers:
+            log.info("node=%s unit=%s req=%s: inputs incomplete in time; dropped", self.node, unit, request)
+        self.counts.add("dropped", partial + len(buffers))
+
+    # -- carrying out the assignment state machine's actions (engine) ----------------------------
+    def _apply(self, actions: list[a.AssignmentAction]) -> None:
+        for action in actions:
+            if isinstance(action, a.Subscribe):
+                self.conn.subscribe(action.topic, qos=1)
+            elif isinstance(action, a.Unsubscribe):
+                self.conn.unsubscribe(action.topic)
+            elif isinstance(action, a.Say):
+                self.notifier.status(action.text)
+            elif isinstance(action, a.Report):
+                self._report(action)
+            elif isinstance(action, a.Activate):
+                self._switch(action.assignment, action.tensors)
+            elif isinstance(action, a.Refuse):
+                self.counts.add("malformed")
+                log.warning("node=%s refused: %s", self.node, action.message)
+
+    def _switch(self, assignment: Assignment | None, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Subscribe the new units' inputs, then swap, then unsubscribe the old ones: frames of the
+        new plan are never missed, frames of the old plan find no buffers and are dropped."""
+        old, new = self.runtime, None
+        if assignment is not None:
+            limit = int(self.config.buffer_mb * 2**20)
+            new = NodeRuntime(assignment.plan, self.topics, assignment.units, tensors, limit, self.config.request_ttl_s)
+        new_topics, old_topics = (r.input_topics() if r else set() for r in (new, old))
+        if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):
+            log.warning("node=%s: the broker did not acknowledge the new input subscriptions", self.node)
+        self.runtime = new
+        for topic in sorted(old_topics - new_topics):
+            self.conn.unsubscribe(topic)
+        if new is not None:
+            self.notifier.ready(self._serving())
+            log.info("node=%s %s", self.node, self._serving())
+
+    def _serving(self) -> str:
+        current = self.assignments.current
+        assert current is not None
+        return (
+            f"serving {current.model} plan {current.plan} (generation {current.generation}): {len(current.units)} units"
+        )
+
+    def _report(self, report: a.Report) -> None:
+        units = sorted(self.runtime.units) if self.runtime and report.state == "ready" else []
+        message = AssignmentReport(report.generation, report.state, report.error, units, self.instance)
+        if report.error:
+            log.error("node=%s generation %d: %s", self.node, report.generation, report.error)
+        topic = self.topics.node(self.node, "assignment/reported")
+        self.conn.publish(topic, encode_control(message), qos=1, retain=True)
+
+    # -- periodic and shutdown -----------------------------------------------------------------
+    def _publish_telemetry(self) -> None:
+        current, runtime = self.assignments.current, self.runtime
+        generation, pending = (current.generation, runtime.slices.pending) if current and runtime else (-1, 0)
+        telemetry = sample_telemetry(self.counts.snapshot(), generation=generation, pending=pending)
+        self.conn.publish(self.topics.node(self.node, "telemetry"), encode_control(telemetry))
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("node=%s stopping", self.node)
+        offline = encode_control(Status(state="offline", instance=self.instance, session=self._sessions))
+        try:
+            if self.conn.connected.is_set():
+                self.conn.publish_wait(self.topics.node(self.node, "status"), offline, timeout_s=2.0, retain=True)
+        except EdgeFlowError as exc:
+            log.warning("node=%s could not publish offline status: %s", self.node, exc)
+        self.workers.shutdown()
+        self.conn.stop()

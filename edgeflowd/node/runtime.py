@@ -1,0 +1,237 @@
+"""The data path, sans I/O: a data-plane message and ``now`` in, actions out.
+
+This is the only code that reads data-plane frames, reassembles chunked slices, buffers a unit's
+input rows, runs units and decides, for each row range a forwarding table names, whether it stays
+in this process or is published. Whoever carries the actions out adds the threads and the
+transport: the daemon (a broker, a worker pool), the requester (a broker, its own thread), and
+``edgeflow verify`` and the tests (:func:`carry_out` over the in-memory bus).
+
+One runtime serves one plan. A node's runtime holds that node's units; a requester's holds the
+plan's source units (which only emit) and the output sink, and buffers only the requests it
+:meth:`NodeRuntime.open`\\ ed, so another client's results on the same topic cost it nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from edgeflowd.core.ops import Resolver, allowed_resolver
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import take_rows
+from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, run_unit
+from edgeflowd.errors import ProtocolError
+from edgeflowd.node.slices import Need, SliceBuffer, needs_of
+from edgeflowd.wire.frames import FrameAssembler, decode_frame, encode_frames
+from edgeflowd.wire.topics import DataTopic, ResultTopic, Topics
+
+__all__ = [
+    "Action",
+    "Complete",
+    "Compute",
+    "Deliver",
+    "Dropped",
+    "NodeRuntime",
+    "Publish",
+    "carry_out",
+]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Run ``unit`` on its complete ``inputs`` for ``request``; any thread may, it touches no buffer."""
+
+    request: str
+    unit: ExecutionUnit
+    inputs: list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Rows ``rows`` of layer ``producer`` for ``consumer``, a unit of the same runtime: handed back
+    to :meth:`NodeRuntime.deliver` in-process, never through the broker."""
+
+    request: str
+    consumer: str
+    producer: str
+    rows: RowRange
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One frame for the transport."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Complete:
+    """Every output row of ``request`` arrived (a requester's runtime only)."""
+
+    request: str
+    outputs: list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A valid frame nobody here wants: ``why`` is ``stale`` (another plan) or ``foreign`` (a
+    request this requester did not open, or gave up on)."""
+
+    why: str
+    topic: str
+
+
+Action = Compute | Deliver | Publish | Complete | Dropped
+
+
+class NodeRuntime:
+    """The units of one plan on one node (or a requester's sources and sink), their weights, the
+    partial frames and the per-request input buffers. ``outputs`` (a requester's) are what the
+    sink reads; ``resolve`` maps op names to functions (the allow-list on a board; ``verify`` may
+    pass the traced model's own, for ops only that process can run)."""
+
+    def __init__(
+        self,
+        plan: str,
+        topics: Topics,
+        units: Sequence[ExecutionUnit],
+        tensors: Mapping[str, torch.Tensor],
+        max_bytes: int,
+        ttl_s: float,
+        outputs: Sequence[Need] = (),
+        resolve: Resolver = allowed_resolver,
+    ) -> None:
+        self.plan = plan
+        self.topics = topics
+        self.units = {u.uid: u for u in units}
+        self.tensors = dict(tensors)
+        self.resolve = resolve
+        needs = {uid: needs_of(u) for uid, u in self.units.items() if u.device != CLIENT}
+        if outputs:
+            needs[SINK] = list(outputs)
+        self.slices = SliceBuffer(needs, max_bytes, ttl_s)
+        self.frames = FrameAssembler(max_bytes=max_bytes, ttl_s=ttl_s)
+        self._open: set[str] | None = set() if outputs else None
+
+    def input_topics(self) -> set[str]:
+        """What to subscribe to: every topic this runtime receives on."""
+        return {
+            self.topics.results(self.plan) if uid == SINK else self.topics.unit_input(self.plan, uid)
+            for uid in self.slices.needs
+        }
+
+    # -- the engine's side: one thread owns the buffers ------------------------------------------
+    def receive(self, topic: DataTopic, payload: bytes, now: float, where: str) -> list[Action]:
+        """A frame that arrived on ``topic``; raises :class:`ProtocolError` (names ``where`` and
+        the field) on anything malformed, and :class:`BufferFullError` when a new request's rows
+        would exceed the budget."""
+        if topic.plan != self.plan:
+            return [Dropped("stale", where)]
+        consumer = SINK if isinstance(topic, ResultTopic) else topic.unit
+        if consumer not in self.slices.needs:
+            raise ProtocolError(f"{where}: no unit {consumer!r} here")
+        frame = decode_frame(payload, where)
+        if frame.plan != topic.plan:
+            raise ProtocolError(f"{where}: frame field 'plan' is {frame.plan!r}, the topic says {topic.plan!r}")
+        if isinstance(topic, ResultTopic) and frame.request != topic.request:
+            raise ProtocolError(
+                f"{where}: frame field 'request' is {frame.request!r}, the topic says {topic.request!r}"
+            )
+        if self._open is not None and frame.request not in self._open:
+            return [Dropped("foreign", where)]
+        tensor = self.frames.add(frame, now, where)
+        if tensor is None:
+            return []
+        return self.deliver(Deliver(frame.request, consumer, frame.layer, frame.rows, tensor), now, where)
+
+    def deliver(self, slice_: Deliver, now: float, where: str = "local") -> list[Action]:
+        """Buffer one whole slice; the unit (or the sink) it completes, if any."""
+        inputs = self.slices.add(
+            slice_.request, slice_.consumer, slice_.producer, slice_.rows, slice_.tensor, now, where
+        )
+        if inputs is None:
+            return []
+        if slice_.consumer == SINK:
+            self.close(slice_.request)
+            return [Complete(slice_.request, inputs)]
+        return [Compute(slice_.request, self.units[slice_.consumer], inputs)]
+
+    def open(self, request: str) -> None:
+        """A requester's runtime buffers results only of requests it opened."""
+        if self._open is not None:
+            self._open.add(request)
+
+    def close(self, request: str) -> None:
+        """Forget ``request``: later frames of it are dropped as foreign, rows held are freed."""
+        if self._open is not None:
+            self._open.discard(request)
+        self.slices.forget(request)
+
+    def expire(self, now: float) -> tuple[int, list[tuple[str, str]]]:
+        """Drop what is older than the TTL: (partial slices dropped, (request, unit) buffers dropped)."""
+        return self.frames.expire(now), self.slices.expire(now)
+
+    def missing(self, request: str) -> list[str]:
+        """The output rows ``request`` still lacks (a requester's runtime), for timeout messages."""
+        return self.slices.missing(request, SINK)
+
+    # -- any thread: reads only what never changes -----------------------------------------------
+    def compute(self, work: Compute, max_packet: int) -> list[Action]:
+        """Run the unit and route its rows."""
+        with torch.no_grad():
+            out = run_unit(work.unit, work.inputs, self.tensors, self.resolve)
+        return self.emit(work.request, work.unit, out, max_packet)
+
+    def emit(self, request: str, unit: ExecutionUnit, out: torch.Tensor, max_packet: int) -> list[Action]:
+        """What ``unit``'s forwarding table makes of its output ``out``: a :class:`Deliver` for each
+        consumer in this runtime, frames no larger than ``max_packet`` for every other one."""
+        actions: list[Action] = []
+        for forward in unit.forwards:
+            piece = take_rows(out, forward.rows, unit.rows).contiguous()
+            if forward.consumer in self.slices.needs:
+                actions.append(Deliver(request, forward.consumer, unit.layer, forward.rows, piece))
+                continue
+            if forward.consumer == SINK:
+                topic = self.topics.result(self.plan, request)
+            else:
+                topic = self.topics.unit_input(self.plan, forward.consumer)
+            frames = encode_frames(request, self.plan, unit.uid, unit.layer, forward.rows, piece, max_packet)
+            actions += [Publish(topic, frame) for frame in frames]
+        return actions
+
+    def send(self, request: str, x: torch.Tensor, max_packet: int) -> list[Action]:
+        """A requester's input ``x`` for ``request``, sliced by every source unit's forwarding table."""
+        self.open(request)
+        sources = [u for u in self.units.values() if u.device == CLIENT]
+        if len(sources) != 1:
+            raise ProtocolError(f"plan {self.plan} has {len(sources)} inputs; requests carry exactly one")
+        return self.emit(request, sources[0], x, max_packet)
+
+
+def carry_out(
+    runtime: NodeRuntime,
+    actions: Iterable[Action],
+    publish: Callable[[str, bytes], None],
+    now: float,
+    max_packet: int,
+) -> list[Complete]:
+    """Carry ``actions`` out on the caller's thread, as the daemon does with its threads: compute
+    every unit they make ready, hand local slices back, publish the rest; returns what completed."""
+    done: list[Complete] = []
+    work: deque[Action] = deque(actions)
+    while work:
+        action = work.popleft()
+        if isinstance(action, Compute):
+            work.extend(runtime.compute(action, max_packet))
+        elif isinstance(action, Deliver):
+            work.extend(runtime.deliver(action, now))
+        elif isinstance(action, Publish):
+            publish(action.topic, action.payload)
+        elif isinstance(action, Complete):
+            done.append(action)
+    return done

@@ -1,0 +1,52 @@
+"""Telemetry sampling: the node's load as psutil sees it, plus its counters."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+
+import psutil
+
+from edgeflowd.wire.messages import Telemetry
+
+__all__ = ["sample_telemetry"]
+
+
+def _temperature_c() -> float | None:
+    reader = getattr(psutil, "sensors_temperatures", None)  # absent on some platforms
+    try:
+        sensors = reader() if reader else {}
+    except OSError:
+        return None
+    readings = [t.current for entries in sensors.values() for t in entries if t.current]
+    return max(readings) if readings else None
+
+
+_SELF = psutil.Process()
+
+
+def _cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return list(range(psutil.cpu_count() or 1))
+
+
+def sample_telemetry(counts: Mapping[str, int], generation: int, pending: int) -> Telemetry:
+    """CPU figures are since the previous call (psutil keeps the baseline), over this process's
+    allowed CPUs."""
+    cpus = _cpus()
+    per_cpu = psutil.cpu_percent(interval=None, percpu=True)
+    mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
+    known = {f.name for f in fields(Telemetry)}
+    return Telemetry(
+        cpu_percent=round(sum(mine) / len(mine), 1),
+        process_cpu_percent=round(_SELF.cpu_percent(interval=None) / len(cpus), 1),
+        memory_percent=psutil.virtual_memory().percent,
+        load_avg=[round(v, 2) for v in os.getloadavg()],
+        temperature_c=_temperature_c(),
+        generation=generation,
+        pending=pending,
+        **{k: int(v) for k, v in counts.items() if k in known},
+    )

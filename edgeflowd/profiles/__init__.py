@@ -1,0 +1,1 @@
+"""Device and cluster profiles (YAML) and the YAML reader whose errors name file and line."""

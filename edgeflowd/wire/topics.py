@@ -1,0 +1,163 @@
+"""MQTT topic names: every topic of a cluster, built and parsed in one place (pure).
+
+Topics live under ``edgeflow/v1/<cluster>/``; docs/protocol.md has the tree with example payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeflowd.errors import ProtocolError
+
+__all__ = [
+    "CONTROLLER_LEAVES",
+    "NODE_LEAVES",
+    "BlobTopic",
+    "ControllerTopic",
+    "DataTopic",
+    "NodeTopic",
+    "ResultTopic",
+    "Topic",
+    "Topics",
+    "UnitInputTopic",
+]
+
+
+def _level(value: str, what: str) -> str:
+    if not value or any(c in value for c in "/#+\x00"):
+        raise ProtocolError(f"{what} {value!r} cannot be an MQTT topic level (empty, or contains / # +)")
+    return value
+
+
+NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported")
+CONTROLLER_LEAVES = ("status", "plan", "event")
+
+
+@dataclass(frozen=True)
+class NodeTopic:
+    """``node/<node>/<leaf>``: what one node says about itself, or its assignment."""
+
+    node: str
+    leaf: str
+
+
+@dataclass(frozen=True)
+class ControllerTopic:
+    """``controller/<leaf>``: the controller's status, the deployed plan's summary, its events."""
+
+    leaf: str
+
+
+@dataclass(frozen=True)
+class UnitInputTopic:
+    """``data/<plan>/<unit>/in``: row slices for one execution unit."""
+
+    plan: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class ResultTopic:
+    """``data/<plan>/result/<request>``: output rows of one request, for its requester."""
+
+    plan: str
+    request: str
+
+
+@dataclass(frozen=True)
+class BlobTopic:
+    """``blob/<sha256>/<part>``: one retained part of a content-addressed weight blob."""
+
+    sha256: str
+    part: int
+
+
+Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | BlobTopic
+DataTopic = UnitInputTopic | ResultTopic
+
+
+def _node_leaf(leaf: str) -> str:
+    if leaf not in NODE_LEAVES:
+        raise ProtocolError(f"unknown node topic leaf {leaf!r}")
+    return leaf
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one cluster, built and parsed in one place."""
+
+    cluster: str
+
+    def __post_init__(self) -> None:
+        _level(self.cluster, "cluster name")
+
+    @property
+    def root(self) -> str:
+        return f"edgeflow/v1/{self.cluster}"
+
+    def node(self, node_id: str, leaf: str) -> str:
+        return f"{self.root}/node/{_level(node_id, 'node id')}/{_node_leaf(leaf)}"
+
+    def controller(self, leaf: str) -> str:
+        if leaf not in CONTROLLER_LEAVES:
+            raise ProtocolError(f"unknown controller topic leaf {leaf!r}")
+        return f"{self.root}/controller/{leaf}"
+
+    def unit_input(self, plan: str, unit: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/{_level(unit, 'unit id')}/in"
+
+    def result(self, plan: str, request: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/result/{_level(request, 'request id')}"
+
+    def node_filter(self, leaf: str) -> str:
+        """Subscription filter for one leaf of every node (``node/+/<leaf>``)."""
+        return f"{self.root}/node/+/{_node_leaf(leaf)}"
+
+    @property
+    def reports(self) -> str:
+        """Subscription filter for every node's assignment report."""
+        return self.node_filter("assignment/reported")
+
+    def results(self, plan: str) -> str:
+        """Subscription filter for every result of one plan."""
+        return f"{self.root}/data/{_level(plan, 'plan id')}/result/+"
+
+    def blob(self, sha256: str, part: int) -> str:
+        """Retained part ``part`` of a content-addressed weight blob."""
+        return f"{self.blob_parts(sha256)[:-1]}{part}"
+
+    def blob_parts(self, sha256: str) -> str:
+        """Subscription filter for every part of one blob."""
+        return f"{self.root}/blob/{_level(sha256, 'blob hash')}/+"
+
+    @property
+    def all_blobs(self) -> str:
+        """Filter for every weight blob of the cluster."""
+        return f"{self.root}/blob/#"
+
+    @property
+    def all_data(self) -> str:
+        """Filter for the whole data plane: unit inputs and results of every plan."""
+        return f"{self.root}/data/#"
+
+    def data_filter(self, plan: str) -> str:
+        """Subscription filter for every data-plane message of one plan (a traffic tap)."""
+        return f"{self.root}/data/{_level(plan, 'plan id')}/#"
+
+    def parse(self, topic: str) -> Topic:
+        """The typed value of a topic of this cluster; anything else raises :class:`ProtocolError`."""
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            raise ProtocolError(f"topic {topic!r} is not under {prefix}")
+        parts = topic[len(prefix) :].split("/")
+        if parts[0] == "node" and len(parts) in (3, 4) and "/".join(parts[2:]) in NODE_LEAVES:
+            return NodeTopic(parts[1], "/".join(parts[2:]))
+        if parts[0] == "controller" and len(parts) == 2 and parts[1] in CONTROLLER_LEAVES:
+            return ControllerTopic(parts[1])
+        if parts[0] == "data" and len(parts) == 4 and parts[3] == "in":
+            return UnitInputTopic(parts[1], parts[2])
+        if parts[0] == "data" and len(parts) == 4 and parts[2] == "result":
+            return ResultTopic(parts[1], parts[3])
+        if parts[0] == "blob" and len(parts) == 3 and parts[2].isdigit():
+            return BlobTopic(parts[1], int(parts[2]))
+        raise ProtocolError(f"topic {topic!r}: unknown topic")
