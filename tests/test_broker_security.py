@@ -17,7 +17,8 @@ import pytest
 from controller.cli.main import main
 from controller.control.acl import mosquitto_acl
 from controller.lab.launch import REPO
-from edgeflowd.net.mqtt import Connection, MqttError
+from edgeflowd.errors import MqttError
+from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.messages import Status, decode_control, encode_control
 from edgeflowd.wire.topics import Topics

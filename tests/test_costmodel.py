@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from controller.graph.trace import trace_model
-from controller.planner.costmodel import CHUNK_BYTES, FRAME_OVERHEAD_BYTES, compute_s, send, transfer_s
+from controller.planner.costmodel import compute_s, send, transfer_s
 from controller.planner.methods.baselines import single_on
 from controller.planner.partitions import even_partition
 from controller.planner.plan import build_plan
 from controller.planner.simulate import simulate
+from edgeflowd.core.sizes import FRAME_HEADER_BYTES, FRAME_ROOM_BYTES
 from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
 
 LINK = Link(up_mbps=80.0, down_mbps=100.0, latency_ms=2.0)
@@ -25,13 +26,13 @@ def _device(name: str, gflops: float, load: float = 0.0) -> Device:
 
 def test_transfer_pays_both_links_and_both_latencies() -> None:
     nbytes = 10_000
-    bits = 8 * (nbytes + FRAME_OVERHEAD_BYTES)
+    bits = 8 * (nbytes + FRAME_HEADER_BYTES)
     assert transfer_s(nbytes, LINK, LINK) == pytest.approx(0.004 + bits / 80e6 + bits / 100e6)
 
 
 def test_chunked_frames_pipeline_through_the_broker() -> None:
-    nbytes = 8 * CHUNK_BYTES
-    store_and_forward = 8 * (nbytes + FRAME_OVERHEAD_BYTES) * (1 / 80e6 + 1 / 100e6)
+    nbytes = 8 * FRAME_ROOM_BYTES
+    store_and_forward = 8 * (nbytes + FRAME_HEADER_BYTES) * (1 / 80e6 + 1 / 100e6)
     hop = send(nbytes, LINK, LINK)
     assert hop.arrival < 0.7 * store_and_forward
     assert hop.arrival > 8 * nbytes / 80e6  # never faster than the slower link

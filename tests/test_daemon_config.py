@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from controller.control.acl import mosquitto_acl
-from edgeflowd.errors import ProfileError
-from edgeflowd.net.mqtt import MqttError
+from edgeflowd.errors import MqttError, ProfileError
 from edgeflowd.net.settings import BrokerURL
 from edgeflowd.node.cli import main as edgeflowd_main
 from edgeflowd.node.config import DaemonConfig, load_config, read_config

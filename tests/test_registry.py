@@ -52,14 +52,14 @@ def test_others_load_is_clamped(cpu: float, own: float, load: float) -> None:
 
 def test_membership_events_and_live_nodes() -> None:
     reg = Registry(CLUSTER)
-    assert [e.kind for e in reg.on_status("a", Status("online", "i1", 1), 0.0)] == ["joined"]
+    assert [e.event for e in reg.on_status("a", Status("online", "i1", 1), 0.0)] == ["joined"]
     assert reg.live() == []  # no info yet: not benchmarked
     reg.on_info("a", Info(node="a", version="x"), 0.0)
     assert reg.live() == ["a"]
     assert reg.on_status("a", Status("online", "i1", 2), 1.0) == []  # a reconnect of the same process
-    assert [e.kind for e in reg.on_status("a", Status("offline", "i1", 2), 2.0)] == ["left"]
+    assert [e.event for e in reg.on_status("a", Status("offline", "i1", 2), 2.0)] == ["left"]
     assert reg.live() == []
-    assert [e.kind for e in reg.on_status("a", Status("online", "i2", 1), 3.0)] == ["joined"]
+    assert [e.event for e in reg.on_status("a", Status("online", "i2", 1), 3.0)] == ["joined"]
     assert reg.live() == ["a"]
 
 
@@ -67,7 +67,7 @@ def test_a_node_id_seen_twice_is_an_event_not_silent() -> None:
     reg = Registry(CLUSTER)
     reg.on_status("a", Status("online", "i1", 1), 0.0)
     events = reg.on_status("a", Status("online", "i9", 1), 1.0)
-    assert [e.kind for e in events] == ["duplicate", "joined"]
+    assert [e.event for e in events] == ["duplicate", "joined"]
     assert "i9 came online while instance i1 is still online" in events[0].detail
     assert reg.on_status("a", Status("offline", "i1", 1), 2.0) == []  # the other one's will: a is still up
 
@@ -76,10 +76,10 @@ def test_unknown_protocols_and_nodes_are_refused_with_both_sides_versions() -> N
     reg = Registry(CLUSTER)
     reg.on_status("b", Status("online", "i1", 1), 0.0)
     events = reg.on_info("b", Info(node="b", version="9", protocol=[2, 3]), 0.0)
-    assert [e.kind for e in events] == ["refused"]
+    assert [e.event for e in events] == ["refused"]
     assert "node speaks protocol versions [2, 3], this controller [1]" in events[0].detail
     assert reg.live() == []
-    assert [e.kind for e in reg.on_status("zz", Status("online", "i", 1), 0.0)] == ["unknown"]
+    assert [e.event for e in reg.on_status("zz", Status("online", "i", 1), 0.0)] == ["unknown"]
     assert reg.on_status("zz", Status("online", "i", 1), 0.0) == []  # said once
 
 

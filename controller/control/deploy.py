@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from controller.graph.layers import LayerGraph
 from controller.planner.methods import Planned
 from controller.planner.plan import Plan
+from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.core.units import CLIENT
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen, received
@@ -94,9 +95,6 @@ def make_deployment(
     return Deployment(info, assignments, blobs)
 
 
-_FRAME_HEADROOM = 1024  # topic and MQTT header beside a weight part, bytes
-
-
 def deploy_plan(
     broker: BrokerSettings,
     cluster: str,
@@ -119,7 +117,7 @@ def deploy_plan(
             nodes,
             generation,
             planned.method,
-            conn.max_packet - _FRAME_HEADROOM,
+            conn.max_packet - FRAME_HEADER_BYTES,
             planned.latency_s * 1e3,
         )
         progress(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")

@@ -45,13 +45,13 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # joined | left | duplicate | refused | unknown
+    event: str  # joined | left | duplicate | refused | unknown: the ControllerEvent it becomes
     node: str
     detail: str
 
     @property
     def changes_membership(self) -> bool:
-        return self.kind in ("joined", "left", "refused")
+        return self.event in ("joined", "left", "refused")
 
 
 def others_load(telemetry: Telemetry) -> float:

@@ -123,9 +123,9 @@ class ControllerService:
             if self.loads.observe(node, load):
                 self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
         for event in events:
-            self._event(event.kind, event.node, event.detail)
+            self._event(event.event, event.node, event.detail)
         if about.leaf in ("status", "info") and set(self.registry.live()) != set(self.planned_nodes):
-            change = events[-1].kind if events else "ready"
+            change = events[-1].event if events else "ready"
             self._mark(f"{node} {change}")
 
     def _mark(self, reason: str, debounce: bool = True) -> None:

@@ -15,8 +15,8 @@ from controller.graph.layers import LayerGraph
 from controller.planner.partitions import Partition, even_partition, random_partition
 from controller.planner.plan import Plan, build_plan
 from edgeflowd.core.ops import Resolver
+from edgeflowd.core.sizes import PACKET_BYTES
 from edgeflowd.core.units import CLIENT
-from edgeflowd.net.mqtt import DEFAULT_PACKET_BYTES
 from edgeflowd.node.in_memory import run_request
 from edgeflowd.node.runtime import NodeRuntime
 from edgeflowd.node.slices import output_needs
@@ -93,7 +93,7 @@ def run_plan(
     x: torch.Tensor,
     tensors: Mapping[str, torch.Tensor],
     resolve: Resolver,
-    max_packet: int = DEFAULT_PACKET_BYTES,
+    max_packet: int = PACKET_BYTES,
 ) -> tuple[list[torch.Tensor], int, int]:
     """The model's outputs for ``x`` computed by one node runtime per device and a requester's,
     exchanging frames no larger than ``max_packet``; with the frames and bytes that took.

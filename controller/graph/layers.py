@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from edgeflowd.core.ops import OpCall, allowed_resolver
+from edgeflowd.core.sizes import ELEMENT_BYTES
 from edgeflowd.core.slicing import RowRule, height_of
 
 __all__ = ["Layer", "LayerGraph"]
@@ -43,7 +44,7 @@ class Layer:
         n = 1
         for d in self.out_shape:
             n *= d
-        return 4 * n
+        return ELEMENT_BYTES * n
 
     @property
     def is_source(self) -> bool:

@@ -13,11 +13,10 @@ import math
 from dataclasses import dataclass
 
 from controller.graph.layers import Layer
+from edgeflowd.core.sizes import FRAME_HEADER_BYTES, FRAME_ROOM_BYTES
 from edgeflowd.profiles.devices import Device, Link
 
 __all__ = [
-    "CHUNK_BYTES",
-    "FRAME_OVERHEAD_BYTES",
     "Hop",
     "comm_s_per_byte",
     "compute_s",
@@ -27,9 +26,6 @@ __all__ = [
     "send",
     "transfer_s",
 ]
-
-FRAME_OVERHEAD_BYTES = 256
-"""JSON frame header plus MQTT fixed header and topic, per message."""
 
 
 def row_bytes(layer: Layer) -> float:
@@ -53,11 +49,6 @@ def compute_s(layer: Layer, rows: int, device: Device) -> float:
     return device.profile.op_overhead_ms / 1e3 + rows * per_row_s(layer, device)
 
 
-CHUNK_BYTES = 1 << 20
-"""Frames larger than this travel as several MQTT messages; the broker forwards each chunk as
-soon as it has it, so the sender's uplink and the receiver's downlink work in a pipeline."""
-
-
 @dataclass(frozen=True)
 class Hop:
     up_end: float  # when the sender's uplink is free again
@@ -68,8 +59,10 @@ class Hop:
 def send(nbytes: float, src: Link, dst: Link, ready: float = 0.0, up_free: float = 0.0, down_free: float = 0.0) -> Hop:
     """One message of ``nbytes`` payload, sent when ``ready``, queued behind the links' earlier
     traffic. Latency is per message and per side; it delays but does not occupy a link."""
-    chunks = max(1, math.ceil(nbytes / CHUNK_BYTES))
-    per_chunk = 8.0 * (nbytes / chunks + FRAME_OVERHEAD_BYTES)
+    # Slices larger than a frame's room travel as several messages; the broker forwards each chunk
+    # as soon as it has it, so the sender's uplink and the receiver's downlink work in a pipeline.
+    chunks = max(1, math.ceil(nbytes / FRAME_ROOM_BYTES))
+    per_chunk = 8.0 * (nbytes / chunks + FRAME_HEADER_BYTES)
     up_s, down_s = per_chunk / (src.up_mbps * 1e6), per_chunk / (dst.down_mbps * 1e6)
     up_end, down_end = max(ready, up_free), down_free
     for _ in range(chunks):

@@ -85,7 +85,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema": "edgeflow.plan/1",
+            "schema": "edgeflow.execution-plan/1",
             "model": self.model,
             "n_devices": self.n_devices,
             "outputs": list(self.outputs),
@@ -94,8 +94,8 @@ class Plan:
 
     @classmethod
     def from_json(cls, value: Any) -> Plan:
-        if not isinstance(value, dict) or value.get("schema") != "edgeflow.plan/1":
-            raise PlanError("plan JSON needs schema 'edgeflow.plan/1'")
+        if not isinstance(value, dict) or value.get("schema") != "edgeflow.execution-plan/1":
+            raise PlanError("plan JSON needs schema 'edgeflow.execution-plan/1'")
         return cls(
             model=str(value["model"]),
             n_devices=int(value["n_devices"]),

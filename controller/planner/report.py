@@ -6,6 +6,7 @@ from typing import Any
 
 from controller.graph.layers import LayerGraph
 from controller.planner.methods import Planned
+from edgeflowd.core.sizes import ELEMENT_BYTES
 from edgeflowd.core.slicing import row_numel
 from edgeflowd.core.units import CLIENT
 from edgeflowd.profiles.devices import Cluster
@@ -16,7 +17,7 @@ __all__ = ["compare_table", "method_summary", "plan_figures", "split_summary"]
 def plan_figures(planned: Planned) -> dict[str, Any]:
     """Figures of one planned method, as written to ``--json``."""
     remote = [(u, f) for u, f, dst in planned.plan.messages() if dst != u.device]
-    row_bytes = {u.uid: 4 * row_numel(u.out_shape) for u in planned.plan.units}
+    row_bytes = {u.uid: ELEMENT_BYTES * row_numel(u.out_shape) for u in planned.plan.units}
     return {
         "latency_s": planned.latency_s,
         "plan_time_s": planned.plan_time_s,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from controller.graph.layers import LayerGraph
 from controller.planner.costmodel import compute_s, send
 from controller.planner.plan import Plan
+from edgeflowd.core.sizes import ELEMENT_BYTES
 from edgeflowd.core.slicing import row_numel
 from edgeflowd.core.units import CLIENT, SINK
 from edgeflowd.profiles.devices import Cluster, Link
@@ -73,7 +74,7 @@ def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
             finish = start + compute_s(layer, len(unit.rows), cluster.devices[unit.device])
             free[(unit.device, "compute")] = finish
             intervals.append(Interval(unit.device, "compute", start, finish, uid))
-        row_bytes = 4.0 * row_numel(unit.out_shape)
+        row_bytes = float(ELEMENT_BYTES * row_numel(unit.out_shape))
         for fwd in unit.forwards:
             dst = CLIENT if fwd.consumer == SINK else units[fwd.consumer].device
             if dst == unit.device:

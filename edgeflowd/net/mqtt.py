@@ -18,25 +18,18 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgeflowd.core.sizes import PACKET_BYTES
 from edgeflowd.errors import MqttError
 from edgeflowd.net.settings import BrokerSettings, BrokerURL
 
 __all__ = [
-    "DEFAULT_PACKET_BYTES",
-    "BrokerSettings",
-    "BrokerURL",
     "Connection",
     "MessageQueue",
-    "MqttError",
     "listen",
     "received",
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PACKET_BYTES = 1 << 20
-"""Frames are cut at 1 MiB even where the broker takes more: chunks pipeline through the broker
-(the cost model assumes the same), and every broker we know accepts that size."""
 
 
 MessageQueue = queue.Queue[tuple[str, bytes]]
@@ -73,7 +66,7 @@ class Connection:
         *,
         will: tuple[str, bytes] | None = None,
         on_connect: Callable[[], None] | None = None,
-        packet_bytes: int = DEFAULT_PACKET_BYTES,
+        packet_bytes: int = PACKET_BYTES,
     ) -> None:
         self.max_packet = packet_bytes
         self._on_message = on_message

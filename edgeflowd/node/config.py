@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgeflowd.core.sizes import PACKET_BYTES
 from edgeflowd.errors import ProfileError
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.yamldoc import YamlDoc, check_keys, number, read_text
@@ -35,7 +36,7 @@ class DaemonConfig:
     key_file: str | None = None
     username: str | None = None
     password_file: str | None = None  # the password is its first line
-    packet_bytes: int = 1 << 20  # frame size; capped by the broker's limit under MQTT 5
+    packet_bytes: int = PACKET_BYTES  # frame size; capped by the broker's limit under MQTT 5
     request_ttl_s: float = 30.0  # a request's partial inputs are dropped after this
     buffer_mb: float = 256.0  # bytes of partial inputs held for all requests together
     queue_messages: int = 10000  # inbound messages waiting for the engine; more are dropped

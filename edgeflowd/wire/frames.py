@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from edgeflowd.core.rows import RowRange
+from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import pack_envelope, tensor_bytes, tensor_from_bytes, unpack_envelope
 
@@ -22,7 +23,6 @@ __all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "decode_frame", "encode_fr
 
 FRAME_SCHEMA = "edgeflow.frame/1"
 _MAGIC = b"EFF1"
-_HEADER_RESERVE = 512  # JSON header plus MQTT fixed header and topic, bytes
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def encode_frames(
     request: str, plan: str, source: str, layer: str, rows: RowRange, tensor: torch.Tensor, max_packet: int
 ) -> list[bytes]:
     """Frames carrying ``tensor`` (rows ``rows`` of ``layer``), none larger than ``max_packet``."""
-    room = max_packet - _HEADER_RESERVE
+    room = max_packet - FRAME_HEADER_BYTES
     if room <= 0:
         raise ProtocolError(f"packet limit {max_packet} leaves no room for a frame header")
     dtype, shape, raw = tensor_bytes(tensor, f"frame {source}")
