@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +23,6 @@ from edgeflowd.core.rows import RowRange
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.assignment import Assignment, BlobRef
-from edgeflowd.wire.codec import pack_envelope
 from edgeflowd.wire.frames import encode_frames
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Status, Telemetry, decode_control
 from edgeflowd.wire.topics import Topics
@@ -40,6 +40,12 @@ class Local:
     daemons: dict[str, DaemonProcess]
     watcher: Watcher
     tmp: Path
+
+
+def _raw_frame(header: dict[str, object]) -> bytes:
+    """A frame envelope around any header, for frames the encoder would never write."""
+    raw = json.dumps(header).encode()
+    return b"EFF1" + struct.pack(">I", len(raw)) + raw
 
 
 def _status(last: dict[str, bytes], root: str, node: str) -> Status | None:
@@ -156,8 +162,8 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
     before = _telemetry(local, "node-a").malformed if local.watcher.payload("node-a", "telemetry") else 0
     bad = [
         (topic, b"\x00 garbage bytes"),  # not a frame
-        (topic, pack_envelope(b"EFF1", {"schema": "edgeflow.frame/9"})),  # wrong schema
-        (topic, pack_envelope(b"EFF1", {"schema": "edgeflow.frame/1", "request": 7})),  # wrong field types
+        (topic, _raw_frame({"schema": "edgeflow.frame/9"})),  # wrong schema
+        (topic, _raw_frame({"schema": "edgeflow.frame/1", "request": 7})),  # wrong field types
         (topic, frames(wrong_shape)[0]),  # wrong shape
         (topic, frames(good)[0][:-5]),  # truncated chunk
         (topic, frames(good, RowRange(need.rows.start, need.rows.stop + 50))[0]),  # rows it does not read

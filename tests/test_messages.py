@@ -39,21 +39,22 @@ def test_unknown_keys_are_ignored() -> None:
     ("body", "message"),
     [
         (b"\xff", "not JSON"),
-        (b"[1]", "is a JSON object"),
-        (b'{"schema": "edgeflow.info/1"}', "field 'schema' must be edgeflow.telemetry/1"),
-        (b'{"schema": "edgeflow.telemetry/2"}', "newer than this node speaks"),
-        (b'{"schema": "edgeflow.telemetry/1", "cpu_percent": 1}', "missing field 'memory_percent'"),
+        (b"[1]", "Expected `object`, got `array`"),
+        (b"{}", "missing required field `schema`"),
+        (b'{"schema": "edgeflow.info/1"}', "Invalid value 'edgeflow.info/1' - at `\\$.schema`"),
+        (b'{"schema": "edgeflow.telemetry/2"}', "Invalid value 'edgeflow.telemetry/2' - at `\\$.schema`"),
+        (b'{"schema": "edgeflow.telemetry/1", "cpu_percent": 1}', "missing required field `memory_percent`"),
         (
             b'{"schema": "edgeflow.telemetry/1", "cpu_percent": "busy", "memory_percent": 1, "load_avg": []}',
-            "field 'cpu_percent': expected float",
+            "Expected `float`, got `str` - at `\\$.cpu_percent`",
         ),
         (
             b'{"schema": "edgeflow.telemetry/1", "cpu_percent": 1, "memory_percent": 1, "load_avg": ["x"]}',
-            "field 'load_avg'",
+            "at `\\$.load_avg\\[0\\]`",
         ),
         (
             b'{"schema": "edgeflow.telemetry/1", "cpu_percent": true, "memory_percent": 1, "load_avg": []}',
-            "field 'cpu_percent'",
+            "Expected `float`, got `bool` - at `\\$.cpu_percent`",
         ),
     ],
 )

@@ -106,13 +106,20 @@ def test_inconsistent_chunks_are_refused() -> None:
     assert assembler.held_bytes == 0
 
 
+SCHEMA_9 = "Invalid value 'edgeflow.frame/9' - at `\\$.schema`"
+REQUEST_INT = "Expected `str`, got `int` - at `\\$.request`"
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
         (lambda f: b"XXXX" + f[4:], "bad magic"),
         (lambda f: f[:6], "bad magic|exceeds"),
-        (lambda f: f.replace(b'"schema":"edgeflow.frame/1"', b'"schema":"edgeflow.frame/9"'), "'schema' must be"),
-        (lambda f: f.replace(b'"request":"r"', b'"request":7  '), "field 'request' must be str"),
+        (
+            lambda f: f.replace(b'"schema":"edgeflow.frame/1"', b'"schema":"edgeflow.frame/9"'),
+            "Invalid value 'edgeflow.frame/9' - at `\\$.schema`",
+        ),
+        (lambda f: f.replace(b'"request":"r"', b'"request":7  '), REQUEST_INT),
         (lambda f: f.replace(b'"chunk":[0,1]', b'"chunk":[3,1]'), "chunk 3 of 1"),
         (lambda f: f.replace(b'"dtype":"float32"', b'"dtype":"object" '), "dtype must be one of"),
     ],

@@ -11,22 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from controller.control.deploy import Deployment, make_deployment
+from controller.control.deployment import Deployment, make_deployment
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.planner.partitions import random_partition
 from controller.planner.plan import build_plan
 from controller.zoo import build_model
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.in_memory import run_request
 from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, output_needs
 from edgeflowd.node.weights import WeightFetch, WeightStore
-from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of, split_blob
+from edgeflowd.wire.assignment import Assignment, blob_of, split_blob
 from edgeflowd.wire.frames import encode_frames
 from edgeflowd.wire.topics import ResultTopic, Topics, UnitInputTopic
+from edgeflowd.wire.units import unit_of
 
 SHAPE = (1, 2, 6, 3)
 
@@ -122,8 +122,8 @@ def test_weight_cache_is_used_only_while_it_matches_its_hash(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(schema="edgeflow.assignment/2"), "'schema' must be"),
-        (lambda d: d.update(generation="7"), "'generation' must be int"),
+        (lambda d: d.update(schema="edgeflow.assignment/2"), "Invalid value 'edgeflow.assignment/2'"),
+        (lambda d: d.update(generation="7"), "Expected `int`, got `str` - at `\\$.generation`"),
         (lambda d: d["weights"].clear(), "names weights"),
         (lambda d: d.update(device=5), "belongs to device"),
         (lambda d: next(iter(d["weights"].values())).update(sha256="xyz"), "64 lower-case hex"),
@@ -171,8 +171,8 @@ def test_node_runtimes_exchanging_only_frames_reproduce_the_model(seed: int) -> 
         tensors = {name: store.get(ref) for name, ref in decoded.weights.items()}
         nodes.append(NodeRuntime(decoded.plan, topics, decoded.units, tensors, 1 << 24, 30.0))  # type: ignore[arg-type]
     info = deployment.info
-    sources = [ExecutionUnit.from_json(u) for u in info.sources]
-    outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+    sources = [unit_of(u, "plan") for u in info.sources]
+    outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
     requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
     outputs_got, bus = run_request(nodes, requester, x, max_packet=700)
     _, rel = relative_error(outputs_got, reference_outputs(model, x))
@@ -185,10 +185,10 @@ def test_a_requester_buffers_only_the_requests_it_opened() -> None:
     deployment, _, _ = _small_deployment(devices=2)
     info = deployment.info
     topics = Topics("mem")
-    sources = [ExecutionUnit.from_json(u) for u in info.sources]
-    outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+    sources = [unit_of(u, "plan") for u in info.sources]
+    outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
     mine = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
-    layer, shape = info.outputs[0]["layer"], tuple(info.outputs[0]["shape"])
+    layer, shape = info.outputs[0].layer, info.outputs[0].shape
     rows = RowRange(0, shape[2])
     frame = encode_frames("other-1", info.plan, "x@d0", layer, rows, torch.zeros(shape), 1 << 20)[0]
     result = ResultTopic(info.plan, "other-1")
@@ -213,5 +213,9 @@ def test_a_node_refuses_frames_for_units_it_does_not_run() -> None:
 
 
 def test_blob_refs_validate_their_fields() -> None:
-    with pytest.raises(ProtocolError, match="needs sha256"):
-        BlobRef.from_json({"sha256": "ab" * 32}, "w")
+    ref, _ = blob_of(torch.zeros(3), 1 << 20)
+    doc = Assignment(1, "g1", "m", "n0", 0, (), {"w": ref}).to_bytes()
+    with pytest.raises(ProtocolError, match=r"Object missing required field `dtype` - at `\$.weights\[...\]`"):
+        Assignment.from_bytes(doc.replace(b'"dtype":"float32",', b""), "t")
+    with pytest.raises(ProtocolError, match=r"sha256 must be 64 lower-case hex digits, got 'xyz' - at `\$.weights"):
+        Assignment.from_bytes(doc.replace(ref.sha256.encode(), b"xyz"), "t")

@@ -97,7 +97,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             "partition": {
                 "method": args.method,
                 "devices": [d.id for d in cluster.devices],
-                "rows": {name: [r.to_json() for r in ranges] for name, ranges in chosen.partition.rows.items()},
+                "rows": {name: [[r.start, r.stop] for r in ranges] for name, ranges in chosen.partition.rows.items()},
             },
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import torch
 
 from controller.control.deploy import current_plan
-from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
@@ -30,6 +29,7 @@ from edgeflowd.node.slices import BufferFullError, output_needs
 from edgeflowd.wire.frames import decode_frame
 from edgeflowd.wire.messages import PlanInfo, decode_control
 from edgeflowd.wire.topics import ResultTopic, Topics
+from edgeflowd.wire.units import unit_of
 
 __all__ = ["InferenceClient", "Measurement", "Result", "Traffic"]
 
@@ -117,11 +117,11 @@ class InferenceClient:
 
     def _adopt(self, info: PlanInfo) -> None:
         """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
-        sources = [ExecutionUnit.from_json(u, f"plan.sources[{i}]") for i, u in enumerate(info.sources)]
+        sources = [unit_of(u, f"plan {info.plan}: $.sources[{i}]") for i, u in enumerate(info.sources)]
         if len(sources) != 1:
             raise EdgeFlowError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         self.info = info
-        outputs = output_needs([(o["layer"], o["shape"]) for o in info.outputs])
+        outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # No TTL: a request is given up on by its own timeout (run), which closes it.
         self.runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), outputs=outputs)
         pattern = self.topics.data_filter(info.plan) if self.tap else self.topics.results(info.plan)

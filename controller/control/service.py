@@ -3,10 +3,13 @@
 It watches every node's status, info and telemetry (through :class:`Registry`), and re-plans when
 the set of live nodes changes (a last will, a restart, a new node) or a node's load moves beyond
 the hysteresis of :class:`LoadWatch`. A re-plan waits ``settle_s`` after the last change (so a
-burst of events costs one plan), deploys a new generation to the live nodes, and clears the
-retained assignment of every other node of the cluster so that a node coming back runs nothing
-stale. Its own status is retained with a last will; what it does is published on
-``controller/event``.
+burst of events costs one plan) and rolls a new generation out on the service's own connection
+(:mod:`controller.control.rollout`: blobs, then assignments). The nodes' reports arrive as
+events in the same loop; once every node is ready it publishes the plan summary and clears the
+retained assignment of every other node of the cluster, so that a node coming back runs nothing
+stale. Nothing in the loop waits for the broker: node messages keep being handled while a
+generation rolls out, and a planned node going offline fails the rollout at once. Its own status
+is retained with a last will; what it does is published on ``controller/event``.
 """
 
 from __future__ import annotations
@@ -17,20 +20,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from controller.control.deploy import DeployError, deploy_plan
+from controller.control.deployment import make_deployment
 from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load
+from controller.control.rollout import Rollout, completion, rollout
 from controller.graph.trace import trace_model
-from controller.planner.methods import plan_model
+from controller.planner.methods import Planned, plan_model
 from controller.zoo import build_model
+from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster
-from edgeflowd.wire.messages import ControllerEvent, Status, encode_control
-from edgeflowd.wire.topics import NodeTopic, Topics
+from edgeflowd.wire.messages import ControllerEvent, PlanInfo, Status, decode_control, encode_control
+from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
 
 __all__ = ["ControllerService"]
 
@@ -67,6 +73,9 @@ class ControllerService:
         self.stop_event = threading.Event()
         self.planned_nodes: list[str] = []
         self.generation = -1
+        self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
+        self.pending: _Pending | None = None
+        self._next_generation = 1
         self._dirty_since: float | None = None
         self._reason = "start"
         offline = encode_control(Status(state="offline", instance=self.instance))
@@ -82,6 +91,7 @@ class ControllerService:
         self.graph = trace_model(model, torch.zeros(shape), self.model_spec)
         for leaf in NODE_FEEDS:
             self.conn.subscribe(self.topics.node_filter(leaf), qos=1)
+        self.conn.subscribe(self.topics.controller("plan"), qos=1)  # the generation deployed before us
         self.conn.start()
         online = Status(state="online", instance=self.instance, session=1)
         self.conn.publish(self.topics.controller("status"), encode_control(online), qos=1, retain=True)
@@ -97,7 +107,9 @@ class ControllerService:
                     pass
                 except ProtocolError as exc:
                     log.warning("ignored: %s", exc)
-                if self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s:
+                self._check_rollout()
+                settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
+                if settled and self.pending is None:  # a rollout in flight finishes (or fails) first
                     self._replan()
         finally:
             offline = Status(state="offline", instance=self.instance, session=1)
@@ -113,10 +125,18 @@ class ControllerService:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         about = self.topics.parse(topic)
+        if about == ControllerTopic("plan"):
+            info = decode_control(payload, topic, PlanInfo) if payload else None
+            if info is not None and (self.deployed is None or info.generation > self.deployed.generation):
+                self.deployed = info  # retained from before this controller started
+            return
         if not isinstance(about, NodeTopic):
-            return  # the service subscribes to node topics only
+            return
         node = about.node
         events = self.registry.on_message(about, payload, topic, self.clock())
+        report = self.registry.views[node].report if node in self.registry.views else None
+        if about.leaf == "assignment/reported" and self.pending is not None and report is not None:
+            self.pending.rollout.on_report(node, report)
         telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
         if about.leaf == "telemetry" and payload and telemetry is not None and self.measured_rates:
             load = others_load(telemetry)
@@ -124,7 +144,8 @@ class ControllerService:
                 self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
         for event in events:
             self._event(event.event, event.node, event.detail)
-        if about.leaf in ("status", "info") and set(self.registry.live()) != set(self.planned_nodes):
+        target = self.pending.rollout.nodes if self.pending else self.planned_nodes
+        if about.leaf in ("status", "info") and set(self.registry.live()) != set(target):
             change = events[-1].event if events else "ready"
             self._mark(f"{node} {change}")
 
@@ -143,6 +164,8 @@ class ControllerService:
         self.conn.publish(self.topics.controller("event"), encode_control(event), qos=1)
 
     def _replan(self) -> None:
+        """Plan for the live nodes and start rolling the plan out on this connection; the nodes'
+        reports arrive as events (:meth:`_check_rollout`), nothing here waits for them."""
         reason, self._dirty_since = self._reason, None
         live = self.registry.live()
         if not live:
@@ -153,20 +176,60 @@ class ControllerService:
         cluster = self.registry.live_cluster(self.measured_rates)
         try:
             planned = plan_model(self.graph, cluster, self.method)
-            info = deploy_plan(self.broker, self.cluster.name, planned, self.graph, live, self.deploy_timeout_s)
-        except (DeployError, EdgeFlowError) as exc:
-            self._event("replan-failed", detail=str(exc))
-            self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
+            generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1)
+            part_bytes = self.conn.max_packet - FRAME_HEADER_BYTES
+            deployment = make_deployment(
+                planned.plan, self.graph, live, generation, planned.method, part_bytes, planned.latency_s * 1e3
+            )
+        except EdgeFlowError as exc:
+            self._failed(reason, str(exc))
             return
-        for device in self.cluster.devices:
-            if device.id not in live:  # a node coming back must not run a superseded plan
-                self.conn.publish(self.topics.node(device.id, "assignment"), b"", qos=1, retain=True)
+        self._next_generation = generation + 1  # never hand out a generation twice, failed or not
+        for publication in rollout(self.topics, deployment):
+            self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        self.pending = _Pending(Rollout(deployment, start, self.deploy_timeout_s), reason, cluster, planned)
+
+    def _check_rollout(self) -> None:
+        pending = self.pending
+        if pending is None:
+            return
+        offline = [n for n in pending.rollout.nodes if not self.registry.views[n].online]
+        failure = pending.rollout.failure(self.clock(), offline)
+        if failure:
+            self.pending = None
+            self._failed(pending.reason, failure)
+            return
+        if not pending.rollout.ready:
+            return
+        self.pending = None
+        deployment = pending.rollout.deployment
+        others = [d.id for d in self.cluster.devices]
+        for publication in completion(self.topics, deployment, self.deployed, others):
+            self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        info = self.deployed = deployment.info
+        live = pending.rollout.nodes
         self.generation, self.planned_nodes = info.generation, live
-        self.loads.planned_with({d.id: d.load for d in cluster.devices})
-        shares = {n: sum(len(u.rows) for u in planned.plan.on_device(i)) for i, n in enumerate(live)}
+        self.loads.planned_with({d.id: d.load for d in pending.cluster.devices})
+        plan = pending.planned.plan
+        shares = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live)}
         total = sum(shares.values()) or 1
         detail = (
-            f"{reason}: generation {info.generation} on {len(live)} nodes in {self.clock() - start:.2f} s; "
+            f"{pending.reason}: generation {info.generation} on {len(live)} nodes in "
+            f"{self.clock() - pending.rollout.started:.2f} s; "
             "row shares " + ", ".join(f"{n} {s / total:.0%}" for n, s in shares.items())
         )
         self._event("replanned", detail=detail)
+
+    def _failed(self, reason: str, error: str) -> None:
+        self._event("replan-failed", detail=error)
+        self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A generation being rolled out, with what its completion reports."""
+
+    rollout: Rollout
+    reason: str
+    cluster: Cluster
+    planned: Planned

@@ -83,26 +83,6 @@ class Plan:
             lines.append(f"  {layer:<32} {parts}")
         return "\n".join(lines)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": "edgeflow.execution-plan/1",
-            "model": self.model,
-            "n_devices": self.n_devices,
-            "outputs": list(self.outputs),
-            "units": [u.to_json() for u in self.units],
-        }
-
-    @classmethod
-    def from_json(cls, value: Any) -> Plan:
-        if not isinstance(value, dict) or value.get("schema") != "edgeflow.execution-plan/1":
-            raise PlanError("plan JSON needs schema 'edgeflow.execution-plan/1'")
-        return cls(
-            model=str(value["model"]),
-            n_devices=int(value["n_devices"]),
-            units=tuple(ExecutionUnit.from_json(u, f"plan.units[{i}]") for i, u in enumerate(value["units"])),
-            outputs=tuple(str(o) for o in value["outputs"]),
-        )
-
 
 def _subtract(piece: RowRange, taken: RowRange) -> list[RowRange]:
     below = RowRange(piece.start, min(piece.stop, taken.start)) if piece.start < taken.start else None

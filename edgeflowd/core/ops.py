@@ -9,7 +9,6 @@ them with a clear error.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ __all__ = [
     "OpCall",
     "Prev",
     "Resolver",
-    "decode_value",
-    "encode_value",
     "method_caller",
     "run_call",
 ]
@@ -136,29 +133,6 @@ class OpCall:
         _walk_consts((self.args, dict(self.kwargs)), names)
         return names
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "args": encode_value(self.args),
-            "kwargs": {k: encode_value(v) for k, v in self.kwargs.items()},
-            "node": self.node,
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> OpCall:
-        if not isinstance(value, dict) or not isinstance(value.get("target"), str):
-            raise ProtocolError(f"{where}: an op is an object with a string 'target'")
-        args = decode_value(value.get("args", {"$tuple": []}), f"{where}.args")
-        kwargs = value.get("kwargs", {})
-        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
-            raise ProtocolError(f"{where}: 'args' must encode a tuple and 'kwargs' an object")
-        return cls(
-            target=value["target"],
-            args=args,
-            kwargs={k: decode_value(v, f"{where}.kwargs.{k}") for k, v in kwargs.items()},
-            node=str(value.get("node", "")),
-        )
-
 
 def _walk_consts(value: Any, out: list[str]) -> None:
     if isinstance(value, Const):
@@ -169,72 +143,6 @@ def _walk_consts(value: Any, out: list[str]) -> None:
     elif isinstance(value, dict):
         for item in value.values():
             _walk_consts(item, out)
-
-
-def encode_value(value: Any) -> Any:
-    """JSON form of an argument tree. Non-JSON leaves get a ``{"$kind": ...}`` wrapper."""
-    if isinstance(value, In):
-        return {"$in": value.index}
-    if isinstance(value, Prev):
-        return {"$prev": 0}
-    if isinstance(value, Const):
-        return {"$t": value.name}
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"$float": repr(value)}
-    if isinstance(value, tuple):
-        return {"$tuple": [encode_value(v) for v in value]}
-    if isinstance(value, list):
-        return [encode_value(v) for v in value]
-    if isinstance(value, slice):
-        return {"$slice": [encode_value(value.start), encode_value(value.stop), encode_value(value.step)]}
-    if value is Ellipsis:
-        return {"$ellipsis": 0}
-    if isinstance(value, torch.dtype):
-        return {"$dtype": str(value).removeprefix("torch.")}
-    if isinstance(value, torch.device):
-        return {"$device": str(value)}
-    raise ProtocolError(f"cannot encode argument of type {type(value).__name__}: {value!r}")
-
-
-def decode_value(value: Any, where: str) -> Any:
-    """Inverse of :func:`encode_value`; ``where`` names the field in errors."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, list):
-        return [decode_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, dict) or len(value) != 1:
-        raise ProtocolError(f"{where}: expected a value or a one-key {{'$kind': ...}} object")
-    ((kind, body),) = value.items()
-    try:
-        if kind == "$in":
-            return In(int(body))
-        if kind == "$prev":
-            return Prev()
-        if kind == "$t":
-            return Const(str(body))
-        if kind == "$tuple":
-            return tuple(decode_value(v, f"{where}[{i}]") for i, v in enumerate(body))
-        if kind == "$slice":
-            start, stop, step = (decode_value(v, where) for v in body)
-            return slice(start, stop, step)
-        if kind == "$ellipsis":
-            return Ellipsis
-        if kind == "$float":
-            if body not in ("inf", "-inf", "nan"):
-                raise ValueError(body)
-            return float(body)
-        if kind == "$dtype":
-            dtype = getattr(torch, str(body), None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(body)
-            return dtype
-        if kind == "$device":
-            return torch.device(str(body))
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"{where}: bad {kind} value {body!r}") from exc
-    raise ProtocolError(f"{where}: unknown value kind {kind!r}")
 
 
 def allowed_resolver(name: str) -> Callable[..., Any]:

@@ -73,16 +73,3 @@ class RowRange:
 
     def shift(self, offset: int) -> RowRange:
         return RowRange(self.start + offset, self.stop + offset)
-
-    def to_json(self) -> list[int]:
-        return [self.start, self.stop]
-
-    @classmethod
-    def from_json(cls, value: object) -> RowRange:
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        ):
-            raise ValueError(f"a row range is a list [start, stop] of two integers, got {value!r}")
-        return cls(value[0], value[1])

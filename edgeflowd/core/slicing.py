@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,24 +64,6 @@ class RowRule:
         else:
             lo, hi = start // self.factor, (stop - 1) // self.factor + 1
         return max(lo, 0), min(hi, in_height)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "span": self.span, "stride": self.stride, "pad": self.pad, "factor": self.factor}
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> RowRule:
-        if not isinstance(value, dict) or value.get("kind") not in ("window", "upsample", "identity", "whole"):
-            raise ProtocolError(f"{where}: a row rule needs kind window|upsample|identity|whole")
-        try:
-            return cls(
-                kind=value["kind"],
-                span=int(value.get("span", 1)),
-                stride=int(value.get("stride", 1)),
-                pad=int(value.get("pad", 0)),
-                factor=int(value.get("factor", 1)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"{where}: row rule fields must be integers") from exc
 
 
 def height_of(shape: Sequence[int]) -> int:

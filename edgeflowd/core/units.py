@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -45,28 +44,6 @@ class UnitInput:
             return self.shape
         return (self.shape[0], self.shape[1], len(self.rows), self.shape[3])
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "producer": self.producer,
-            "needed": self.needed.to_json(),
-            "rows": self.rows.to_json(),
-            "rule": self.rule.to_json(),
-            "shape": list(self.shape),
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> UnitInput:
-        try:
-            return cls(
-                producer=str(value["producer"]),
-                needed=RowRange.from_json(value["needed"]),
-                rows=RowRange.from_json(value["rows"]),
-                rule=RowRule.from_json(value["rule"], f"{where}.rule"),
-                shape=tuple(int(v) for v in value["shape"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{where}: bad unit input: {exc}") from exc
-
 
 @dataclass(frozen=True)
 class Forward:
@@ -75,16 +52,6 @@ class Forward:
 
     consumer: str
     rows: RowRange
-
-    def to_json(self) -> dict[str, Any]:
-        return {"consumer": self.consumer, "rows": self.rows.to_json()}
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> Forward:
-        try:
-            return cls(consumer=str(value["consumer"]), rows=RowRange.from_json(value["rows"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{where}: bad forwarding entry: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -108,35 +75,6 @@ class ExecutionUnit:
 
     def const_names(self) -> list[str]:
         return sorted({name for call in self.ops for name in call.const_names()})
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "device": self.device,
-            "rows": self.rows.to_json(),
-            "out_shape": list(self.out_shape),
-            "inputs": [i.to_json() for i in self.inputs],
-            "ops": [op.to_json() for op in self.ops],
-            "forwards": [f.to_json() for f in self.forwards],
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, where: str = "unit") -> ExecutionUnit:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: a unit is a JSON object")
-        try:
-            where = f"{where}[{value['layer']}#{value['device']}]"
-            return cls(
-                layer=str(value["layer"]),
-                device=int(value["device"]),
-                rows=RowRange.from_json(value["rows"]),
-                out_shape=tuple(int(v) for v in value["out_shape"]),
-                inputs=tuple(UnitInput.from_json(v, f"{where}.inputs[{i}]") for i, v in enumerate(value["inputs"])),
-                ops=tuple(OpCall.from_json(v, f"{where}.ops[{i}]") for i, v in enumerate(value["ops"])),
-                forwards=tuple(Forward.from_json(v, f"{where}.forwards[{i}]") for i, v in enumerate(value["forwards"])),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{where}: missing or bad field: {exc}") from exc
 
 
 def run_unit(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 
 import psutil
 
@@ -39,7 +38,7 @@ def sample_telemetry(counts: Mapping[str, int], generation: int, pending: int) -
     cpus = _cpus()
     per_cpu = psutil.cpu_percent(interval=None, percpu=True)
     mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
-    known = {f.name for f in fields(Telemetry)}
+    known = set(Telemetry.__struct_fields__)
     return Telemetry(
         cpu_percent=round(sum(mine) / len(mine), 1),
         process_cpu_percent=round(_SELF.cpu_percent(interval=None) / len(cpus), 1),

@@ -11,25 +11,25 @@ bytes do not hash to its name is refused. Pure: no sockets, no files, no clocks.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+import msgspec
 import torch
 
 from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.wire.schema import Document, decode, encode
+from edgeflowd.wire.units import UnitDoc, unit_doc, unit_of
 
 __all__ = ["ASSIGNMENT_SCHEMA", "Assignment", "BlobRef", "blob_of", "split_blob", "tensor_of_blob"]
 
 ASSIGNMENT_SCHEMA = "edgeflow.assignment/1"
 
 
-@dataclass(frozen=True)
-class BlobRef:
+class BlobRef(msgspec.Struct, frozen=True):
     """A weight tensor by content: ``parts`` retained messages whose bytes hash to ``sha256``."""
 
     sha256: str
@@ -38,32 +38,11 @@ class BlobRef:
     nbytes: int
     parts: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sha256": self.sha256,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "nbytes": self.nbytes,
-            "parts": self.parts,
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> BlobRef:
-        try:
-            ref = cls(
-                sha256=str(value["sha256"]),
-                dtype=str(value["dtype"]),
-                shape=tuple(int(v) for v in value["shape"]),
-                nbytes=int(value["nbytes"]),
-                parts=int(value["parts"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{where}: needs sha256, dtype, shape, nbytes, parts: {exc}") from exc
-        if len(ref.sha256) != 64 or any(c not in "0123456789abcdef" for c in ref.sha256):
-            raise ProtocolError(f"{where}: sha256 must be 64 lower-case hex digits, got {ref.sha256!r}")
-        if ref.parts < 1 or ref.nbytes < 0 or ref.parts > max(1, ref.nbytes):
-            raise ProtocolError(f"{where}: {ref.parts} parts for {ref.nbytes} bytes is inconsistent")
-        return ref
+    def __post_init__(self) -> None:  # msgspec runs it on decode too; its errors name the path
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError(f"sha256 must be 64 lower-case hex digits, got {self.sha256!r}")
+        if self.parts < 1 or self.nbytes < 0 or self.parts > max(1, self.nbytes):
+            raise ValueError(f"{self.parts} parts for {self.nbytes} bytes is inconsistent")
 
 
 def blob_of(tensor: torch.Tensor, part_bytes: int, what: str = "weight") -> tuple[BlobRef, bytes]:
@@ -86,6 +65,16 @@ def tensor_of_blob(ref: BlobRef, parts: Mapping[int, bytes], where: str) -> torc
     return tensor_from_bytes(ref.dtype, list(ref.shape), raw, where)
 
 
+class AssignmentDoc(Document, frozen=True, tag=ASSIGNMENT_SCHEMA):
+    generation: int
+    plan: str
+    model: str
+    node: str
+    device: int
+    units: tuple[UnitDoc, ...]
+    weights: dict[str, BlobRef]
+
+
 @dataclass(frozen=True)
 class Assignment:
     """Node ``node`` (plan device index ``device``) runs ``units`` of plan ``plan`` (generation
@@ -100,43 +89,20 @@ class Assignment:
     weights: Mapping[str, BlobRef]
 
     def to_bytes(self) -> bytes:
-        body = {
-            "schema": ASSIGNMENT_SCHEMA,
-            "generation": self.generation,
-            "plan": self.plan,
-            "model": self.model,
-            "node": self.node,
-            "device": self.device,
-            "units": [u.to_json() for u in self.units],
-            "weights": {name: ref.to_json() for name, ref in sorted(self.weights.items())},
-        }
-        return json.dumps(body, separators=(",", ":")).encode()
+        units = tuple(unit_doc(u) for u in self.units)
+        weights = dict(sorted(self.weights.items()))
+        return encode(AssignmentDoc(self.generation, self.plan, self.model, self.node, self.device, units, weights))
 
     @classmethod
     def from_bytes(cls, payload: bytes, topic: str) -> Assignment:
-        try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"{topic}: assignment is not JSON: {exc}") from exc
-        if not isinstance(data, dict) or data.get("schema") != ASSIGNMENT_SCHEMA:
-            raise ProtocolError(f"{topic}: field 'schema' must be {ASSIGNMENT_SCHEMA!r}")
-        for name, kind in (
-            ("generation", int),
-            ("plan", str),
-            ("model", str),
-            ("node", str),
-            ("device", int),
-            ("units", list),
-            ("weights", dict),
-        ):
-            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
-                raise ProtocolError(f"{topic}: field {name!r} must be {kind.__name__}, got {data.get(name)!r}")
-        units = tuple(ExecutionUnit.from_json(u, f"{topic}: units[{i}]") for i, u in enumerate(data["units"]))
-        weights = {str(k): BlobRef.from_json(v, f"{topic}: weights.{k}") for k, v in data["weights"].items()}
+        """Decode and check an assignment: every unit belongs to its device and every weight a
+        unit names has a blob; errors name the topic and the path at fault."""
+        doc = decode(payload, AssignmentDoc, topic)
+        units = tuple(unit_of(u, f"{topic}: $.units[{i}]") for i, u in enumerate(doc.units))
         for unit in units:
-            if unit.device != data["device"]:
-                raise ProtocolError(f"{topic}: unit {unit.uid} belongs to device {unit.device}, not {data['device']}")
-            missing = [n for n in unit.const_names() if n not in weights]
+            if unit.device != doc.device:
+                raise ProtocolError(f"{topic}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
+            missing = [n for n in unit.const_names() if n not in doc.weights]
             if missing:
                 raise ProtocolError(f"{topic}: unit {unit.uid} names weights {missing[:3]} the assignment lacks")
-        return cls(data["generation"], data["plan"], data["model"], data["node"], data["device"], units, weights)
+        return cls(doc.generation, doc.plan, doc.model, doc.node, doc.device, units, doc.weights)

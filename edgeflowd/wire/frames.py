@@ -1,25 +1,27 @@
 """Tensor frames (pure: no sockets, no clocks).
 
-A tensor frame is ``b"EFF1"`` | header length (uint32, big-endian) | JSON header | raw bytes of
-one chunk of a row slice. Slices larger than the broker's packet limit travel as several frames
-(``chunk`` i of n) and are put back together by :class:`FrameAssembler`, which bounds the bytes it
-holds and drops partial slices that expire. Nothing executable crosses the wire.
+A tensor frame is ``b"EFF1"`` | header length (uint32, big-endian) | JSON header
+(:class:`FrameHeader`) | raw bytes of one chunk of a row slice. Slices larger than the broker's
+packet limit travel as several frames (``chunk`` i of n) and are put back together by
+:class:`FrameAssembler`, which bounds the bytes it holds and drops partial slices that expire.
+Nothing executable crosses the wire.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import ProtocolError
-from edgeflowd.wire.codec import pack_envelope, tensor_bytes, tensor_from_bytes, unpack_envelope
+from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.wire.schema import Document, decode, encode
 
-__all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "decode_frame", "encode_frames"]
+__all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "FrameHeader", "decode_frame", "encode_frames"]
 
 FRAME_SCHEMA = "edgeflow.frame/1"
 _MAGIC = b"EFF1"
@@ -47,6 +49,21 @@ class Frame:
         return (self.plan, self.request, self.source, self.layer)
 
 
+class FrameHeader(Document, frozen=True, tag=FRAME_SCHEMA):
+    """What a frame says about the bytes it carries: chunk ``chunk[0]`` of ``chunk[1]`` of rows
+    ``rows`` of ``layer`` (``dtype``, whole slice ``shape`` and ``nbytes``), from unit ``source``."""
+
+    request: str
+    plan: str
+    source: str
+    layer: str
+    rows: tuple[int, int]
+    dtype: str
+    shape: tuple[int, ...]
+    chunk: tuple[int, int]
+    nbytes: int
+
+
 def encode_frames(
     request: str, plan: str, source: str, layer: str, rows: RowRange, tensor: torch.Tensor, max_packet: int
 ) -> list[bytes]:
@@ -59,57 +76,42 @@ def encode_frames(
     view = memoryview(raw)
     frames = []
     for i in range(chunks):
-        header = {
-            "schema": FRAME_SCHEMA,
-            "request": request,
-            "plan": plan,
-            "source": source,
-            "layer": layer,
-            "rows": rows.to_json(),
-            "dtype": dtype,
-            "shape": shape,
-            "chunk": [i, chunks],
-            "nbytes": len(raw),
-        }
-        frames.append(pack_envelope(_MAGIC, header, view[i * room : (i + 1) * room]))
+        header = FrameHeader(
+            request, plan, source, layer, (rows.start, rows.stop), dtype, tuple(shape), (i, chunks), len(raw)
+        )
+        frames.append(_pack(encode(header), view[i * room : (i + 1) * room]))
     return frames
 
 
-def _field(header: dict[str, Any], name: str, kind: type, topic: str) -> Any:
-    value = header.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ProtocolError(f"{topic}: frame field {name!r} must be {kind.__name__}, got {value!r}")
-    return value
+def _pack(header: bytes, body: bytes | memoryview) -> bytes:
+    return b"".join([_MAGIC, struct.pack(">I", len(header)), header, body])
 
 
 def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
     """Parse one frame; anything malformed raises :class:`ProtocolError` naming topic and field."""
-    header, body = unpack_envelope(payload, _MAGIC, "frame", topic)
-    if not isinstance(header, dict) or header.get("schema") != FRAME_SCHEMA:
-        raise ProtocolError(f"{topic}: frame field 'schema' must be {FRAME_SCHEMA!r}")
-    chunk = _field(header, "chunk", list, topic)
-    shape = _field(header, "shape", list, topic)
-    try:
-        rows = RowRange.from_json(header.get("rows"))
-        index, count = (int(v) for v in chunk)
-        dims = tuple(int(v) for v in shape)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"{topic}: frame fields 'rows', 'chunk', 'shape' must be integer lists: {exc}") from exc
-    nbytes = _field(header, "nbytes", int, topic)
-    if not 0 <= index < count or nbytes < 0 or min(dims, default=0) < 0:
-        raise ProtocolError(f"{topic}: frame chunk {index} of {count}, nbytes {nbytes}, shape {dims} are inconsistent")
+    if len(payload) < 8 or payload[:4] != _MAGIC:
+        raise ProtocolError(f"{topic}: not an EdgeFlow frame (bad magic)")
+    (size,) = struct.unpack(">I", payload[4:8])
+    if 8 + size > len(payload):
+        raise ProtocolError(f"{topic}: header length {size} exceeds the {len(payload)}-byte payload")
+    view = memoryview(payload)
+    h = decode(view[8 : 8 + size], FrameHeader, f"{topic}: frame")
+    (start, stop), (index, count) = h.rows, h.chunk
+    if not 0 <= index < count or h.nbytes < 0 or min(h.shape, default=0) < 0 or stop < start:
+        fields = f"chunk {index} of {count}, nbytes {h.nbytes}, shape {h.shape}, rows {h.rows}"
+        raise ProtocolError(f"{topic}: frame {fields} are inconsistent")
     return Frame(
-        request=_field(header, "request", str, topic),
-        plan=_field(header, "plan", str, topic),
-        source=_field(header, "source", str, topic),
-        layer=_field(header, "layer", str, topic),
-        rows=rows,
-        dtype=_field(header, "dtype", str, topic),
-        shape=dims,
-        chunk=index,
-        chunks=count,
-        nbytes=nbytes,
-        data=body,
+        h.request,
+        h.plan,
+        h.source,
+        h.layer,
+        RowRange(start, stop),
+        h.dtype,
+        h.shape,
+        index,
+        count,
+        h.nbytes,
+        view[8 + size :],
     )
 
 

@@ -1,0 +1,78 @@
+"""Deployments as values: one assignment per node, each weight once as a content-addressed blob,
+and the plan summary requesters read. Pure; :mod:`controller.control.rollout` turns one into
+messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controller.graph.layers import LayerGraph
+from controller.planner.plan import Plan
+from edgeflowd.core.units import CLIENT
+from edgeflowd.errors import PlanError
+from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of
+from edgeflowd.wire.messages import Output, PlanInfo
+from edgeflowd.wire.units import unit_doc
+
+__all__ = ["Deployment", "make_deployment"]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    info: PlanInfo
+    assignments: dict[str, Assignment]
+    blobs: dict[str, tuple[BlobRef, bytes]]
+
+    @property
+    def blob_bytes(self) -> int:
+        return sum(ref.nbytes for ref, _ in self.blobs.values())
+
+
+def make_deployment(
+    plan: Plan,
+    graph: LayerGraph,
+    nodes: Sequence[str],
+    generation: int,
+    method: str,
+    part_bytes: int,
+    predicted_ms: float = 0.0,
+) -> Deployment:
+    """Assignments for ``nodes[d]`` = plan device ``d``; weights cut into ``part_bytes`` parts."""
+    if plan.n_devices != len(nodes):
+        raise PlanError(f"plan is for {plan.n_devices} devices, the cluster has {len(nodes)} nodes")
+    for unit in plan.units:
+        local = [op.target for op in unit.ops if not op.portable]
+        if local and unit.device != CLIENT:
+            raise PlanError(
+                f"layer {unit.layer} uses {local[0]}, which only this process can run (not an op the daemons "
+                "know); such models run with `edgeflow verify`, not on a cluster"
+            )
+    plan_id = f"g{generation}"
+    blobs: dict[str, tuple[BlobRef, bytes]] = {}
+    refs: dict[str, BlobRef] = {}
+    for name in sorted({n for u in plan.units for n in u.const_names()}):
+        ref, raw = blob_of(graph.tensors[name], part_bytes, name)
+        refs[name] = ref
+        blobs.setdefault(ref.sha256, (ref, raw))
+    assignments = {}
+    for device, node in enumerate(nodes):
+        units = tuple(plan.on_device(device))
+        weights = {n: refs[n] for u in units for n in u.const_names()}
+        assignments[node] = Assignment(generation, plan_id, plan.model, node, device, units, weights)
+    sources = [unit_doc(u) for u in plan.on_device(CLIENT)]
+    outputs = [Output(name, graph[name].out_shape) for name in plan.outputs]
+    source_shape = graph.sources[0].out_shape if graph.sources else ()
+    info = PlanInfo(
+        generation=generation,
+        plan=plan_id,
+        model=plan.model,
+        method=method,
+        input_shape=list(source_shape),
+        nodes=list(nodes),
+        sources=sources,
+        outputs=outputs,
+        predicted_ms=predicted_ms,
+        blobs={sha: ref.parts for sha, (ref, _) in blobs.items()},
+    )
+    return Deployment(info, assignments, blobs)

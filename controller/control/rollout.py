@@ -1,0 +1,94 @@
+"""A deployment as the messages that roll it out, and the bookkeeping of its nodes' reports.
+
+Pure: :func:`rollout` lists what to publish to hand a new generation to its nodes (each weight
+blob once, then each node's assignment), :func:`completion` what to publish once every node
+reports it ready (the plan summary requesters read, then the clearing of what the new plan no
+longer uses). :class:`Rollout` says when a generation is ready, or why it failed. ``edgeflow
+deploy`` and the controller service apply the same lists, each on its own connection: the CLI
+waits for the reports, the service takes them as events in its loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from controller.control.deployment import Deployment
+from edgeflowd.wire.assignment import split_blob
+from edgeflowd.wire.messages import AssignmentReport, PlanInfo, encode_control
+from edgeflowd.wire.topics import Topics
+
+__all__ = ["Publication", "Rollout", "completion", "rollout"]
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One retained QoS 1 message; an empty payload clears the topic."""
+
+    topic: str
+    payload: bytes
+
+
+def rollout(topics: Topics, deployment: Deployment) -> list[Publication]:
+    """Blobs first, then assignments: a node that reads its assignment finds every blob retained."""
+    out = [
+        Publication(topics.blob(sha, part), payload)
+        for sha, (ref, raw) in sorted(deployment.blobs.items())
+        for part, payload in enumerate(split_blob(raw, ref))
+    ]
+    out += [Publication(topics.node(n, "assignment"), a.to_bytes()) for n, a in deployment.assignments.items()]
+    return out
+
+
+def completion(
+    topics: Topics, deployment: Deployment, previous: PlanInfo | None, others: Sequence[str] = ()
+) -> list[Publication]:
+    """The plan summary, then the retained assignments of ``others`` (nodes of the cluster that the
+    new plan leaves out: one coming back must run nothing stale) and the blobs only ``previous``
+    used (they would otherwise stay retained forever)."""
+    out = [Publication(topics.controller("plan"), encode_control(deployment.info))]
+    out += [Publication(topics.node(n, "assignment"), b"") for n in others if n not in deployment.assignments]
+    if previous is not None:
+        for sha, parts in sorted(previous.blobs.items()):
+            if sha not in deployment.blobs:
+                out += [Publication(topics.blob(sha, part), b"") for part in range(parts)]
+    return out
+
+
+@dataclass
+class Rollout:
+    """The reports of one generation's nodes, as they come; ``started`` and ``timeout_s`` bound
+    the wait (``now`` is passed in)."""
+
+    deployment: Deployment
+    started: float
+    timeout_s: float
+    reports: dict[str, AssignmentReport] = field(default_factory=dict)
+
+    @property
+    def generation(self) -> int:
+        return self.deployment.info.generation
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.deployment.assignments)
+
+    def on_report(self, node: str, report: AssignmentReport) -> None:
+        if node in self.deployment.assignments and report.generation == self.generation:
+            self.reports[node] = report
+
+    @property
+    def ready(self) -> bool:
+        return all(n in self.reports and self.reports[n].state == "ready" for n in self.nodes)
+
+    def failure(self, now: float, offline: Sequence[str] = ()) -> str:
+        """Why the generation cannot become ready (empty while it still may): a node reported an
+        error, went ``offline``, or did not report within the timeout."""
+        lines = [f"{n}: {r.error}" for n, r in sorted(self.reports.items()) if r.state != "ready"]
+        lines += [f"{n}: went offline" for n in self.nodes if n in offline and n not in self.reports]
+        if not lines and now - self.started > self.timeout_s:
+            missing = [n for n in self.nodes if n not in self.reports]
+            lines = [f"{n}: no report within {self.timeout_s:g} s (is its edgeflowd running?)" for n in missing]
+        if not lines:
+            return ""
+        return f"generation {self.generation} is not ready on every node:\n  " + "\n  ".join(lines)
