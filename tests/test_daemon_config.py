@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from controller.control.acl import mosquitto_acl
 from edgeflowd.errors import MqttError, ProfileError
 from edgeflowd.net.settings import BrokerURL
 from edgeflowd.node.cli import main as edgeflowd_main
-from edgeflowd.node.config import DaemonConfig, load_config, read_config
+from edgeflowd.node.config import SETTINGS, load_config, read_config
 from edgeflowd.node.notify import Notifier
 from edgeflowd.profiles.devices import load_cluster
 
@@ -191,7 +190,7 @@ def test_check_config_prints_sources_and_checks_files(tmp_path: Path, capsys: py
 def test_the_shipped_configuration_documents_only_real_settings(tmp_path: Path) -> None:
     text = (REPO / "packaging/edgeflowd.yaml").read_text()
     examples = re.findall(r"^#(\w+): (\S+)", text, re.M)
-    assert {k for k, _ in examples} | set(re.findall(r"^(\w+):", text, re.M)) == {f.name for f in fields(DaemonConfig)}
+    assert {k for k, _ in examples} | set(re.findall(r"^(\w+):", text, re.M)) == set(SETTINGS)
     uncommented = tmp_path / "edgeflowd.yaml"
     uncommented.write_text(re.sub(r"^#(\w+: )", r"\1", text, flags=re.M))
     report = read_config(uncommented, {}, {})
@@ -210,3 +209,15 @@ def test_the_example_acl_is_the_generated_one() -> None:
     n1 = acl.split("user n1\n")[1].split("\n\n")[0].splitlines()
     assert "topic write edgeflow/v1/lab/node/n1/status" in n1 and "topic read edgeflow/v1/lab/node/n1/assignment" in n1
     assert "topic write edgeflow/v1/lab/node/n1/assignment" not in n1 and not [line for line in n1 if "n2" in line]
+
+
+def test_every_setting_is_a_key_a_variable_and_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        edgeflowd_main(["--help"])
+    help_text = capsys.readouterr().out
+    for s in SETTINGS.values():
+        assert s.flag in help_text
+        value = s.choices[-1] if s.choices else ("7" if int in s.kinds else "x")
+        report = read_config(None, {}, {s.variable: value})
+        assert report.source(s.name) == f"environment {s.variable}"
+        assert str(getattr(report.config, s.name)) in (value, "7.0")

@@ -6,7 +6,7 @@ import argparse
 
 from controller.zoo import parse_shape
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.node.cli import add_security_arguments
+from edgeflowd.node.config import SECURITY, SETTINGS, add_arguments
 
 __all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
 
@@ -29,13 +29,11 @@ def input_shape(text: str) -> tuple[int, ...]:
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     """``--broker`` and how to reach it securely: the same flags as edgeflowd's settings."""
-    group = parser.add_argument_group("broker")
-    group.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS")
-    group.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
-    add_security_arguments(group)
+    add_arguments(parser.add_argument_group("broker"), ("broker", "mqtt_version", *SECURITY), required=["broker"])
 
 
 def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    version = args.mqtt_version or SETTINGS["mqtt_version"].default
     return BrokerSettings(
-        args.broker, args.mqtt_version, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file
+        args.broker, version, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file
     )

@@ -13,19 +13,10 @@ from types import FrameType
 from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.node.check import check_config
-from edgeflowd.node.config import DaemonConfig, load_config
+from edgeflowd.node.config import SETTINGS, DaemonConfig, add_arguments, load_config
 from edgeflowd.profiles.devices import DeviceProfile, load_device_profile
 
-__all__ = ["add_security_arguments", "main"]
-
-
-def add_security_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How to prove who we are to the broker: the daemon's settings, and every tool's flags."""
-    parser.add_argument("--ca-file", metavar="PEM", help="CA that signed the broker's certificate (mqtts://)")
-    parser.add_argument("--cert-file", metavar="PEM", help="client certificate, with --key-file")
-    parser.add_argument("--key-file", metavar="PEM")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,18 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective configuration and every error, then exit (0: ready to start)",
     )
-    parser.add_argument("--node-id", help="this node's id: a cluster profile's device id")
-    parser.add_argument(
-        "--broker", metavar="URL", help="mqtt://HOST[:PORT], or mqtts:// for TLS (default mqtt://127.0.0.1:1883)"
-    )
-    parser.add_argument("--cluster", help="cluster name, the topic root edgeflow/v1/CLUSTER/ (default 'default')")
-    parser.add_argument("--profile", metavar="FILE", help="device profile YAML, or a shipped profile's name")
-    parser.add_argument("--threads", type=int, help="torch threads (default: the profile's, else 1)")
-    parser.add_argument("--workers", type=int, help="units computed at once (default 1)")
-    parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version (default 5)")
-    add_security_arguments(parser)
-    parser.add_argument("--cache-dir", metavar="DIR", help="keep fetched weights here, named by SHA-256")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_arguments(parser, SETTINGS)
     return parser
 
 

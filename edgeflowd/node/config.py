@@ -5,8 +5,10 @@ the variable, or the flag."""
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,34 +18,59 @@ from edgeflowd.errors import ProfileError
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.yamldoc import YamlDoc, check_keys, number, read_text
 
-__all__ = ["ENV_PREFIX", "ConfigReport", "DaemonConfig", "load_config", "read_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECURITY",
+    "SETTINGS",
+    "ConfigReport",
+    "DaemonConfig",
+    "Setting",
+    "add_arguments",
+    "load_config",
+    "read_config",
+]
 
 ENV_PREFIX = "EDGEFLOWD_"
 _NOT_SETTINGS = {"EDGEFLOWD_ARGS"}  # extra flags, expanded by the unit's ExecStart
 
 
+def _declare(
+    default: Any, help: str, metavar: str | None = None, choices: Sequence[str] = (), path: bool = False
+) -> Any:
+    """One setting: YAML key = field name, variable ``EDGEFLOWD_<NAME>``, flag ``--name-with-dashes``;
+    ``path``: relative to the configuration file."""
+    return field(default=default, metadata={"help": help, "metavar": metavar, "choices": tuple(choices), "path": path})
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
-    node_id: str = ""
-    broker: str = "mqtt://127.0.0.1:1883"  # mqtts://HOST[:PORT] for TLS
-    cluster: str = "default"
-    profile: str | None = None  # device profile YAML, or a shipped profile's name; sets torch threads
-    threads: int | None = None  # overrides the profile's
-    workers: int = 1  # units computed at once; with torch threads, the node's CPU use
-    mqtt_version: str = "5"
-    ca_file: str | None = None  # CA that signed the broker's certificate (else the system's CAs)
-    cert_file: str | None = None  # client certificate, for brokers that authenticate by certificate
-    key_file: str | None = None
-    username: str | None = None
-    password_file: str | None = None  # the password is its first line
-    packet_bytes: int = PACKET_BYTES  # frame size; capped by the broker's limit under MQTT 5
-    request_ttl_s: float = 30.0  # a request's partial inputs are dropped after this
-    buffer_mb: float = 256.0  # bytes of partial inputs held for all requests together
-    queue_messages: int = 10000  # inbound messages waiting for the engine; more are dropped
-    telemetry_interval_s: float = 5.0
-    assignment_timeout_s: float = 120.0  # weights of a new assignment must arrive within this
-    cache_dir: str | None = None  # content-addressed weight cache (sha256 file names)
-    log_level: str = "info"
+    """Every setting of the daemon, declared once: the YAML keys, the ``EDGEFLOWD_*`` variables and
+    the flags are derived from these fields (:data:`SETTINGS`, :func:`add_arguments`)."""
+
+    node_id: str = _declare("", "this node's id: a cluster profile's device id", "ID")
+    broker: str = _declare("mqtt://127.0.0.1:1883", "mqtt://HOST[:PORT], or mqtts:// for TLS", "URL")
+    cluster: str = _declare("default", "cluster name, the topic root edgeflow/v1/NAME/", "NAME")
+    profile: str | None = _declare(
+        None, "device profile YAML, or a shipped profile's name; sets torch threads", "FILE", path=True
+    )
+    threads: int | None = _declare(None, "torch threads (default: the profile's, else 1)", "N")
+    workers: int = _declare(1, "units computed at once; with torch threads, the node's CPU use", "N")
+    mqtt_version: str = _declare("5", "MQTT protocol version", choices=("5", "3.1.1"))
+    ca_file: str | None = _declare(None, "CA that signed the broker's certificate (mqtts://)", "PEM", path=True)
+    cert_file: str | None = _declare(None, "client certificate, with --key-file", "PEM", path=True)
+    key_file: str | None = _declare(None, "the client certificate's key", "PEM", path=True)
+    username: str | None = _declare(None, "user name at the broker", "NAME")
+    password_file: str | None = _declare(None, "file whose first line is the password", "FILE", path=True)
+    packet_bytes: int = _declare(
+        PACKET_BYTES, "largest MQTT message sent; capped by the broker's limit under MQTT 5", "BYTES"
+    )
+    request_ttl_s: float = _declare(30.0, "a request's partial inputs are dropped after this", "S")
+    buffer_mb: float = _declare(256.0, "partial inputs held for all requests together", "MIB")
+    queue_messages: int = _declare(10000, "inbound messages waiting for the engine; more are dropped", "N")
+    telemetry_interval_s: float = _declare(5.0, "seconds between telemetry messages", "S")
+    assignment_timeout_s: float = _declare(120.0, "weights of a new assignment must arrive within this", "S")
+    cache_dir: str | None = _declare(None, "keep fetched weights here, named by SHA-256", "DIR", path=True)
+    log_level: str = _declare("info", "log level", choices=("debug", "info", "warning", "error"))
 
     def broker_settings(self) -> BrokerSettings:
         return BrokerSettings(
@@ -72,29 +99,65 @@ class DaemonConfig:
         return found
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "node_id": (str,),
-    "broker": (str,),
-    "cluster": (str,),
-    "profile": (str,),
-    "threads": (int,),
-    "workers": (int,),
-    "mqtt_version": (str,),
-    "ca_file": (str,),
-    "cert_file": (str,),
-    "key_file": (str,),
-    "username": (str,),
-    "password_file": (str,),
-    "packet_bytes": (int,),
-    "request_ttl_s": (int, float),
-    "buffer_mb": (int, float),
-    "queue_messages": (int,),
-    "telemetry_interval_s": (int, float),
-    "assignment_timeout_s": (int, float),
-    "cache_dir": (str,),
-    "log_level": (str,),
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kinds: tuple[type, ...]  # what a YAML value may be (an int is a float too)
+    help: str
+    default: Any
+    metavar: str | None
+    choices: tuple[str, ...]
+    path: bool
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name.replace('_', '-')}"
+
+    @property
+    def variable(self) -> str:
+        return f"{ENV_PREFIX}{self.name.upper()}"
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    kinds = tuple(k for k in typing.get_args(hint) or (hint,) if k is not type(None))
+    return (int, float) if float in kinds else kinds
+
+
+SETTINGS: dict[str, Setting] = {
+    f.name: Setting(
+        f.name,
+        _kinds(hint),
+        f.metadata["help"],
+        f.default,
+        f.metadata["metavar"],
+        f.metadata["choices"],
+        f.metadata["path"],
+    )
+    for f in fields(DaemonConfig)
+    if (hint := typing.get_type_hints(DaemonConfig)[f.name])
 }
-_PATHS = ("profile", "ca_file", "cert_file", "key_file", "password_file", "cache_dir")  # relative to the file
+SECURITY = ("ca_file", "cert_file", "key_file", "username", "password_file")
+"""The settings that prove who we are to the broker; every ``edgeflow`` tool takes them too."""
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, names: Iterable[str], required: Iterable[str] = ()
+) -> None:
+    """The flags of settings ``names``, as :data:`SETTINGS` declares them (no defaults: a flag
+    left out leaves the file's, the variable's or the declared value)."""
+    must = set(required)
+    for name in names:
+        s = SETTINGS[name]
+        kind: Callable[[str], Any] = s.kinds[-1]
+        default = f" (default {s.default})" if s.default not in (None, "") else ""
+        parser.add_argument(
+            s.flag,
+            type=kind,
+            metavar=s.metavar,
+            choices=s.choices or None,
+            required=name in must,
+            help=s.help if name in must else f"{s.help}{default}",
+        )
 
 
 @dataclass
@@ -111,8 +174,8 @@ class ConfigReport:
 
 
 def _setting(doc: YamlDoc, key: str, value: Any) -> Any:
-    check_keys(doc, {key: value}, (), set(_TYPES))
-    kinds = _TYPES[key]
+    check_keys(doc, {key: value}, (), set(SETTINGS))
+    kinds = SETTINGS[key].kinds
     if float in kinds:
         return number(doc, value, (key,))
     if key == "mqtt_version" and isinstance(value, (int, float)):
@@ -139,7 +202,7 @@ def _from_file(path: Path, report: ConfigReport) -> dict[str, Any]:
         except ProfileError as exc:
             report.errors.append(str(exc))
             continue
-        if key in _PATHS and not Path(value).is_absolute() and (path.parent / value).exists():
+        if SETTINGS[key].path and not Path(value).is_absolute() and (path.parent / value).exists():
             values[key] = str(path.parent / value)
         report.sources[key] = f"{path}:{doc.line((key,))}"
     return values
@@ -151,13 +214,14 @@ def _from_environment(environ: Mapping[str, str], report: ConfigReport) -> dict[
         if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS or text == "":
             continue  # an empty variable (a blank line in /etc/default/edgeflowd) sets nothing
         key = name[len(ENV_PREFIX) :].lower()
-        kinds = _TYPES.get(key)
-        if kinds is None:
+        setting = SETTINGS.get(key)
+        if setting is None:
             report.errors.append(
                 f"environment {name}: unknown setting (expected {ENV_PREFIX} + one of "
-                f"{', '.join(k.upper() for k in _TYPES)})"
+                f"{', '.join(k.upper() for k in SETTINGS)})"
             )
             continue
+        kinds = setting.kinds
         try:
             values[key] = float(text) if float in kinds else int(text) if int in kinds else text
         except ValueError:
@@ -177,11 +241,10 @@ def read_config(
     if path is not None:
         values.update(_from_file(Path(path), report))
     values.update(_from_environment(os.environ if environ is None else environ, report))
-    known = {f.name for f in fields(DaemonConfig)}
     for key, value in overrides.items():
-        if value is not None and key in known:
+        if value is not None and key in SETTINGS:
             values[key] = value
-            report.sources[key] = f"--{key.replace('_', '-')}"
+            report.sources[key] = SETTINGS[key].flag
     report.config = replace(DaemonConfig(), **values)
     report.errors += [f"{report.source(name)}: {problem}" for name, problem in report.config.problems()]
     return report
