@@ -56,7 +56,7 @@ def test_rule_per_op_kind_in_yolov5s() -> None:
     for layer in graph:
         kinds.setdefault(layer.kind, layer)  # the first of each kind
     assert kinds["upsample"].rules == (RowRule("upsample", factor=2),)
-    assert all(rule.kind == "identity" for rule in kinds["concat"].rules)
+    assert all(rule.pattern == "identity" for rule in kinds["concat"].rules)
     assert kinds["pool"].rules == (RowRule("window", span=5, stride=1, pad=2),)  # SPPF
     stem = graph["model_0_conv"]
     assert stem.rules == (RowRule("window", span=6, stride=2, pad=2),)
@@ -75,7 +75,7 @@ def test_depthwise_and_broadcast_layers() -> None:
 
     g, _ = _graph(Gate(), (1, 2, 7, 5))
     mul = next(layer for layer in g if layer.ops and layer.ops[0].target == "operator.mul")
-    assert [r.kind for r in mul.rules] == ["identity", "whole"] and mul.splittable
+    assert [r.pattern for r in mul.rules] == ["identity", "whole"] and mul.splittable
 
 
 def test_flops_of_a_convolution() -> None:

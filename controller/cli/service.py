@@ -41,10 +41,10 @@ def _cmd_controller(args: argparse.Namespace) -> int:
     return service.run()
 
 
-def _snapshot(registry: Registry, topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
+def _snapshot(registry: Registry, topics: Topics, messages: MessageQueue, wait_s: float) -> PlanInfo | None:
     """Feed ``registry`` what arrives within ``wait_s``; returns the newest plan summary seen."""
     plan = None
-    for topic, payload in received(inbox, wait_s):
+    for topic, payload in received(messages, wait_s):
         try:
             about = topics.parse(topic)
             if about == ControllerTopic("plan") and payload:
@@ -83,12 +83,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     topics = Topics(cluster.name)
     feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan")]
-    conn, inbox = listen(broker_settings(args), "edgeflow-status", feeds)
+    conn, messages = listen(broker_settings(args), "edgeflow-status", feeds)
     registry = Registry(cluster)
     plan = None
     try:
         for i in range(args.count if args.watch else 1):
-            plan = _snapshot(registry, topics, inbox, args.interval if i else 1.0) or plan
+            plan = _snapshot(registry, topics, messages, args.interval if i else 1.0) or plan
             if args.watch:
                 print("\033[2J\033[H", end="")
             print("\n".join(_table(registry, plan)), flush=True)

@@ -44,9 +44,9 @@ def deploy_plan(
     """Connect, pick the next generation, publish ``planned`` to ``nodes`` under topic root
     ``cluster`` and wait until it is live; returns the published plan summary."""
     topics = Topics(cluster)
-    conn, inbox = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports])
+    conn, messages = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports])
     try:
-        previous = current_plan(topics, inbox, wait_s=1.0)
+        previous = current_plan(topics, messages, wait_s=1.0)
         generation = previous.generation + 1 if previous else 1
         deployment = make_deployment(
             planned.plan,
@@ -58,16 +58,16 @@ def deploy_plan(
             planned.latency_s * 1e3,
         )
         progress(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")
-        publish_deployment(conn, topics, deployment, inbox, timeout_s, previous, progress=progress)
+        publish_deployment(conn, topics, deployment, messages, timeout_s, previous, progress=progress)
     finally:
         conn.stop()
     return deployment.info
 
 
-def current_plan(topics: Topics, inbox: MessageQueue, wait_s: float) -> PlanInfo | None:
-    """The retained plan summary, if the broker holds one (the connection feeding ``inbox`` must
+def current_plan(topics: Topics, messages: MessageQueue, wait_s: float) -> PlanInfo | None:
+    """The retained plan summary, if the broker holds one (the connection feeding ``messages`` must
     be subscribed to it); waits at most ``wait_s`` for it."""
-    for topic, payload in received(inbox, wait_s):
+    for topic, payload in received(messages, wait_s):
         if topic == topics.controller("plan") and payload:
             return decode_control(payload, topic, PlanInfo)
     return None

@@ -99,14 +99,14 @@ class InferenceClient:
         conn: Connection,
         topics: Topics,
         info: PlanInfo,
-        inbox: MessageQueue,
+        messages: MessageQueue,
         tap: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        """``conn`` must feed ``inbox`` with its messages; this subscribes what it needs."""
+        """``conn`` must feed ``messages`` with its messages; this subscribes what it needs."""
         self.conn = conn
         self.topics = topics
-        self.messages = inbox
+        self.messages = messages
         self.clock = clock
         self.tag = uuid.uuid4().hex[:8]
         self._seq = 0
@@ -138,9 +138,9 @@ class InferenceClient:
         """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
         Close it with :meth:`close`."""
         topics = Topics(cluster)
-        conn, inbox = listen(broker, "edgeflow-infer", [topics.controller("plan")])
+        conn, messages = listen(broker, "edgeflow-infer", [topics.controller("plan")])
         try:
-            info = current_plan(topics, inbox, wait_s=plan_wait_s)
+            info = current_plan(topics, messages, wait_s=plan_wait_s)
             if info is None:
                 raise EdgeFlowError(
                     f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)"
@@ -148,7 +148,7 @@ class InferenceClient:
             if info.model != model:
                 serving = f"{info.model!r} (generation {info.generation})"
                 raise EdgeFlowError(f"{topics.root}/ serves {serving}, not {model!r}")
-            return cls(conn, topics, info, inbox, tap=tap)
+            return cls(conn, topics, info, messages, tap=tap)
         except BaseException:
             conn.stop()
             raise

@@ -69,7 +69,7 @@ class ControllerService:
         self.registry = Registry(cluster)
         self.loads = LoadWatch()
         self.instance = uuid.uuid4().hex[:12]
-        self.inbox: MessageQueue = queue.Queue()
+        self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
         self.planned_nodes: list[str] = []
         self.generation = -1
@@ -82,7 +82,7 @@ class ControllerService:
         self.conn = Connection(
             broker,
             f"edgeflow-controller-{self.instance}",
-            lambda t, p: self.inbox.put((t, p)),
+            lambda t, p: self.messages.put((t, p)),
             will=(self.topics.controller("status"), offline),
         )
 
@@ -101,7 +101,7 @@ class ControllerService:
         try:
             while not self.stop_event.is_set():
                 try:
-                    topic, payload = self.inbox.get(timeout=0.2)
+                    topic, payload = self.messages.get(timeout=0.2)
                     self._on_message(topic, payload)
                 except queue.Empty:
                     pass
@@ -158,10 +158,10 @@ class ControllerService:
         elif debounce:
             self._dirty_since = self.clock()
 
-    def _event(self, kind: str, node: str = "", detail: str = "") -> None:
-        log.info("event %s %s %s", kind, node, detail)
-        event = ControllerEvent(event=kind, node=node, detail=detail, generation=self.generation)
-        self.conn.publish(self.topics.controller("event"), encode_control(event), qos=1)
+    def _event(self, event: str, node: str = "", detail: str = "") -> None:
+        log.info("event %s %s %s", event, node, detail)
+        message = ControllerEvent(event=event, node=node, detail=detail, generation=self.generation)
+        self.conn.publish(self.topics.controller("event"), encode_control(message), qos=1)
 
     def _replan(self) -> None:
         """Plan for the live nodes and start rolling the plan out on this connection; the nodes'

@@ -146,7 +146,7 @@ def _elementwise(
             return _whole(kind, len(in_shapes))
     if not row_local(call, consts):
         return _whole(kind, len(in_shapes), "element-wise op with a constant that varies along rows")
-    if all(rule.kind == "whole" for rule in rules) and height != 1:
+    if all(rule.pattern == "whole" for rule in rules) and height != 1:
         return _whole(kind, len(in_shapes))
     return Classified(kind, tuple(rules), True)
 

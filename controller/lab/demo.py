@@ -57,11 +57,11 @@ class DemoRow:
 def _plan_on_every_node(broker: Broker, nodes: Sequence[str], timeout_s: float) -> PlanInfo:
     """Wait for the controller's plan that covers every node (it deploys as they come online)."""
     topics = Topics(CLUSTER)
-    conn, inbox = listen(broker.settings, "edgeflow-demo", [topics.controller("plan")])
+    conn, messages = listen(broker.settings, "edgeflow-demo", [topics.controller("plan")])
     try:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            info = current_plan(topics, inbox, left)
+            info = current_plan(topics, messages, left)
             if info is not None and set(info.nodes) == set(nodes):
                 return info
     finally:

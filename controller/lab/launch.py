@@ -254,10 +254,10 @@ class DaemonProcess:
 def wait_online(broker: Broker, cluster: str, nodes: Sequence[str], timeout_s: float) -> None:
     """Until every one of ``nodes`` reports itself online (after its start-up benchmark)."""
     topics = Topics(cluster)
-    conn, inbox = listen(broker.settings, "edgeflow-launch", [topics.node_filter("status")])
+    conn, messages = listen(broker.settings, "edgeflow-launch", [topics.node_filter("status")])
     online: set[str] = set()
     try:
-        for topic, payload in received(inbox, timeout_s):
+        for topic, payload in received(messages, timeout_s):
             about = topics.parse(topic)
             node = about.node if isinstance(about, NodeTopic) else ""
             if payload and decode_control(payload, topic, Status).state == "online":

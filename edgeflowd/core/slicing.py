@@ -20,7 +20,7 @@ from edgeflowd.errors import ProtocolError
 
 __all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "row_numel", "run_layer_rows", "take_rows"]
 
-RuleKind = Literal["window", "upsample", "identity", "whole"]
+RulePattern = Literal["window", "upsample", "identity", "whole"]
 WINDOW_TARGETS = frozenset({"F.conv2d", "F.max_pool2d", "F.avg_pool2d"})
 
 
@@ -35,7 +35,7 @@ class RowRule:
     - ``whole``: every row (the input is broadcast, or the op mixes rows).
     """
 
-    kind: RuleKind
+    pattern: RulePattern
     span: int = 1
     stride: int = 1
     pad: int = 0
@@ -45,21 +45,21 @@ class RowRule:
         """Input rows, unclipped, that output rows ``out`` depend on."""
         if out.empty:
             return RowRange(0, 0)
-        if self.kind == "whole":
+        if self.pattern == "whole":
             return RowRange(0, in_height)
-        if self.kind == "identity":
+        if self.pattern == "identity":
             return out
-        if self.kind == "window":
+        if self.pattern == "window":
             return RowRange(out.start * self.stride - self.pad, (out.stop - 1) * self.stride - self.pad + self.span)
         return RowRange(out.start // self.factor, (out.stop - 1) // self.factor + 1)
 
     def needed_clipped(self, start: int, stop: int, in_height: int) -> tuple[int, int]:
         """``needed(RowRange(start, stop)).clip(in_height)`` as plain ints (planners' hot loop)."""
-        if self.kind == "whole":
+        if self.pattern == "whole":
             lo, hi = 0, in_height
-        elif self.kind == "identity":
+        elif self.pattern == "identity":
             lo, hi = start, stop
-        elif self.kind == "window":
+        elif self.pattern == "window":
             lo, hi = start * self.stride - self.pad, (stop - 1) * self.stride - self.pad + self.span
         else:
             lo, hi = start // self.factor, (stop - 1) // self.factor + 1
@@ -136,10 +136,10 @@ def run_layer_rows(
 ) -> torch.Tensor:
     """Rows ``out`` of a layer whose first op reads ``inputs`` (input k holds rows ``have[k]``
     of its producer, the clipped part of ``needed[k]``); the remaining ops are row-local."""
-    first, kinds = ops[0], {rule.kind for rule in rules}
-    if "window" in kinds and first.target in WINDOW_TARGETS:
+    first, patterns = ops[0], {rule.pattern for rule in rules}
+    if "window" in patterns and first.target in WINDOW_TARGETS:
         result = _window(first, inputs[0], needed[0], have[0], int(out_shape[3]), tensors, resolve)
-    elif "upsample" in kinds and first.target == "F.interpolate":
+    elif "upsample" in patterns and first.target == "F.interpolate":
         factors = (float(rules[0].factor), float(out_shape[3] // inputs[0].shape[3]))
         result = run_call(first, inputs, None, tensors, resolve, size=None, scale_factor=factors)
         offset = out.start - have[0].start * rules[0].factor

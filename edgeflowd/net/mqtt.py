@@ -199,19 +199,19 @@ class Connection:
 def listen(broker: BrokerSettings, role: str, topics: Sequence[str]) -> tuple[Connection, MessageQueue]:
     """A started connection (client id ``<role>-<random>``) subscribed at QoS 1 to ``topics``,
     whose messages land in the returned queue: the shape every command-line tool needs."""
-    inbox: MessageQueue = queue.Queue()
-    conn = Connection(broker, f"{role}-{uuid.uuid4().hex[:8]}", lambda t, p: inbox.put((t, p)))
+    messages: MessageQueue = queue.Queue()
+    conn = Connection(broker, f"{role}-{uuid.uuid4().hex[:8]}", lambda t, p: messages.put((t, p)))
     for topic in topics:
         conn.subscribe(topic, qos=1)
     conn.start()
-    return conn, inbox
+    return conn, messages
 
 
-def received(inbox: MessageQueue, wait_s: float) -> Iterator[tuple[str, bytes]]:
-    """The messages that arrive in ``inbox`` within ``wait_s`` seconds (stop early by breaking)."""
+def received(messages: MessageQueue, wait_s: float) -> Iterator[tuple[str, bytes]]:
+    """The messages that arrive in ``messages`` within ``wait_s`` seconds (stop early by breaking)."""
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
         try:
-            yield inbox.get(timeout=left)
+            yield messages.get(timeout=left)
         except queue.Empty:
             return

@@ -23,7 +23,7 @@ Rows = tuple[int, int]
 
 
 class RuleDoc(msgspec.Struct, frozen=True):
-    kind: Literal["window", "upsample", "identity", "whole"]
+    pattern: Literal["window", "upsample", "identity", "whole"]
     span: int = 1
     stride: int = 1
     pad: int = 0
@@ -77,7 +77,7 @@ def unit_doc(unit: ExecutionUnit) -> UnitDoc:
                 i.producer,
                 _rows(i.needed),
                 _rows(i.rows),
-                RuleDoc(i.rule.kind, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
+                RuleDoc(i.rule.pattern, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
                 i.shape,
             )
             for i in unit.inputs
@@ -105,7 +105,7 @@ def unit_of(doc: UnitDoc, where: str) -> ExecutionUnit:
             i.producer,
             _range(i.needed, f"{where}.inputs[{k}].needed"),
             _range(i.rows, f"{where}.inputs[{k}].rows"),
-            RowRule(i.rule.kind, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
+            RowRule(i.rule.pattern, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
             i.shape,
         )
         for k, i in enumerate(doc.inputs)

@@ -121,9 +121,9 @@ def _solve(
                     continue
                 beta = row_bytes(p) * max(comm_s_per_byte(s, dev.link) for s in src_links)
                 lat = (max(s.latency_ms for s in src_links) + dev.link.latency_ms) / 1e3
-                ratio = {"window": rule.stride, "upsample": 1.0 / rule.factor}.get(rule.kind, 1.0)
-                halo = {"window": rule.span - rule.stride, "upsample": 1.0}.get(rule.kind, 0.0)
-                if rule.kind == "whole":
+                ratio = {"window": rule.stride, "upsample": 1.0 / rule.factor}.get(rule.pattern, 1.0)
+                halo = {"window": rule.span - rule.stride, "upsample": 1.0}.get(rule.pattern, 0.0)
+                if rule.pattern == "whole":
                     remote = {} if source else {x[(producer, d)]: -beta}
                     const = beta * p.height
                 elif source:

@@ -49,16 +49,16 @@ __all__ = ["edgeflow_partition", "progressive_partition", "progressive_pass"]
 
 
 def _affine(
-    rule_kind: str, stride: int, pad: int, span: int, factor: int, m: int, i: int
+    pattern: str, stride: int, pad: int, span: int, factor: int, m: int, i: int
 ) -> tuple[np.ndarray, float, np.ndarray, float]:
     """needed.start and needed.stop of device position ``i`` as affine functions of x."""
     s = np.zeros(m)
     s[:i] = 1.0  # S_i
     e = s.copy()
     e[i] = 1.0  # S_i + x_i
-    if rule_kind == "window":
+    if pattern == "window":
         return stride * s, -pad, stride * e, float(span - stride - pad)
-    if rule_kind == "upsample":
+    if pattern == "upsample":
         return s / factor, 0.0, e / factor, 1.0
     return s, 0.0, e, 0.0
 
@@ -92,10 +92,12 @@ def _solve(state: PlanState, layer: Layer, devices: list[int]) -> np.ndarray | N
             links = [state.link(h) for h in others]
             beta = row_bytes(p) * max(comm_s_per_byte(link, state.link(d)) for link in links)
             comm_const += (max(link.latency_ms for link in links) + state.link(d).latency_ms) / 1e3
-            if rule.kind == "whole":
+            if rule.pattern == "whole":
                 comm_const += beta * (p.height - (len(held) if held is not None else 0))
                 continue
-            s_coef, s_const, e_coef, e_const = _affine(rule.kind, rule.stride, rule.pad, rule.span, rule.factor, m, i)
+            s_coef, s_const, e_coef, e_const = _affine(
+                rule.pattern, rule.stride, rule.pad, rule.span, rule.factor, m, i
+            )
             if held is None:
                 comm[:m] += beta * (e_coef - s_coef)
                 comm_const += beta * (e_const - s_const)
