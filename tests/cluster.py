@@ -8,11 +8,15 @@ import queue
 import time
 from collections.abc import Callable
 
+import pytest
+
+from controller.cli.main import main
 from controller.lab.launch import Broker, DaemonProcess, free_port, mosquitto_broker
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.messages import Status, decode_control
 
-__all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker"]
+__all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker", "node_status", "run_cli"]
 
 
 class Watcher:
@@ -56,3 +60,15 @@ class Watcher:
 
     def close(self) -> None:
         self.conn.stop()
+
+
+def node_status(last: dict[str, bytes], root: str, node: str) -> Status | None:
+    payload = last.get(f"{root}/node/{node}/status")
+    return decode_control(payload, "status", Status) if payload else None
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    print(out, err)  # shown when the test fails, and in -s runs (the note's figures)
+    return code, out + err

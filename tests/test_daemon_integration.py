@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import struct
 import tempfile
@@ -18,15 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from controller.cli.main import main
 from edgeflowd.core.rows import RowRange
-from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.assignment import Assignment, BlobRef
 from edgeflowd.wire.frames import encode_frames
-from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Status, Telemetry, decode_control
+from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Telemetry, decode_control
 from edgeflowd.wire.topics import Topics
-from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
+from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +45,6 @@ def _raw_frame(header: dict[str, object]) -> bytes:
     return b"EFF1" + struct.pack(">I", len(raw)) + raw
 
 
-def _status(last: dict[str, bytes], root: str, node: str) -> Status | None:
-    payload = last.get(f"{root}/node/{node}/status")
-    return decode_control(payload, "status", Status) if payload else None
-
-
 def _report(last: dict[str, bytes], root: str, node: str) -> AssignmentReport | None:
     payload = last.get(f"{root}/node/{node}/assignment/reported")
     return decode_control(payload, "report", AssignmentReport) if payload else None
@@ -68,7 +60,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
             root = watcher.root
             watcher.wait_for(
                 "three nodes online",
-                lambda last: all((s := _status(last, root, n)) is not None and s.state == "online" for n in NODES),
+                lambda last: all((s := node_status(last, root, n)) is not None and s.state == "online" for n in NODES),
             )
             yield Local(broker, daemons, watcher, tmp)
         finally:
@@ -77,15 +69,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
                 daemon.terminate()
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    print(out, err)  # shown when the test fails, and in -s runs (the note's figures)
-    return code, out + err
-
-
 def _deploy(local: Local, capsys: pytest.CaptureFixture[str], model: str, method: str = "equal") -> PlanInfo:
-    code, out = _cli(
+    code, out = run_cli(
         capsys,
         "deploy",
         "--model",
@@ -114,7 +99,7 @@ def _deploy(local: Local, capsys: pytest.CaptureFixture[str], model: str, method
 
 
 def _infer(local: Local, capsys: pytest.CaptureFixture[str], model: str, *extra: str) -> tuple[int, str]:
-    return _cli(capsys, "infer", "--model", model, "--cluster", CLUSTER, "--broker", local.broker.url, *extra)
+    return run_cli(capsys, "infer", "--model", model, "--cluster", CLUSTER, "--broker", local.broker.url, *extra)
 
 
 @pytest.mark.parametrize("model", ["yolov5s", "resnet50"])
@@ -213,11 +198,11 @@ def test_restart_recovers_from_the_retained_assignment(local: Local, capsys: pyt
     info = _deploy(local, capsys, "resnet18")
     root = local.watcher.root
     victim = local.daemons["node-b"]
-    first = _status(local.watcher.last, root, "node-b")
+    first = node_status(local.watcher.last, root, "node-b")
     victim.kill()
     local.watcher.wait_for(
         "the broker's last will for node-b",
-        lambda last: (s := _status(last, root, "node-b")) is not None and s.state == "offline",
+        lambda last: (s := node_status(last, root, "node-b")) is not None and s.state == "offline",
         timeout_s=60,
     )
     code, out = _infer(local, capsys, "resnet18", "--repeat", "2", "--concurrency", "2", "--timeout", "3")
@@ -228,7 +213,7 @@ def test_restart_recovers_from_the_retained_assignment(local: Local, capsys: pyt
     local.watcher.wait_for(
         "node-b back with a new instance, ready on the same generation",
         lambda last: (
-            (s := _status(last, root, "node-b")) is not None
+            (s := node_status(last, root, "node-b")) is not None
             and s.state == "online"
             and first is not None
             and s.instance != first.instance
@@ -279,7 +264,7 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
             try:
                 early = _notify_messages(sock, "waiting for an assignment", 60)
                 assert not any("READY=1" in m for m in early), early
-                code, out = _cli(
+                code, out = run_cli(
                     capsys,
                     "deploy",
                     "--model",
@@ -296,7 +281,7 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                 assert "STATUS=serving small_dag plan" in ready[-1]
                 assert "WATCHDOG=1" in "".join(_notify_messages(sock, "WATCHDOG=1", 5))
                 saved = local.tmp / "out.npy"
-                code, out = _cli(
+                code, out = run_cli(
                     capsys,
                     "infer",
                     "--model",
@@ -323,98 +308,12 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                     assert "STOPPING=1" in "".join(_notify_messages(sock, "STOPPING=1", 10))
                     watcher.wait_for(
                         "solo's offline status",
-                        lambda last: (s := _status(last, watcher.root, "solo")) is not None and s.state == "offline",
+                        lambda last: (
+                            (s := node_status(last, watcher.root, "solo")) is not None and s.state == "offline"
+                        ),
                     )
                 finally:
                     watcher.close()
             finally:
                 if daemon.alive():
                     daemon.kill()
-
-
-def test_a_broker_that_is_not_there_is_named(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _cli(capsys, "infer", "--model", "small_dag", "--broker", "mqtt://127.0.0.1:1")
-    assert code == 2
-    assert "cannot connect to mqtt://127.0.0.1:1" in out
-
-
-def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    limit = 40000  # small_dag's input slices and several weights are larger
-    cluster_file = tmp_path / "tiny.yaml"
-    cluster_file.write_text("schema: edgeflow.cluster/1\nname: tiny\ndevices:\n  - {id: t1, profile: local-core}\n")
-    with mosquitto_broker(tmp_path, extra=f"max_packet_size {limit}\n") as broker:
-        conn = Connection(broker.settings, "probe", lambda t, p: None)
-        conn.start()
-        try:
-            assert conn.max_packet == limit  # from CONNACK (MQTT 5)
-        finally:
-            conn.stop()
-        daemon = DaemonProcess("t1", broker.url, "tiny", tmp_path)
-        try:
-            code, out = _cli(
-                capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", broker.url
-            )
-            assert code == 0, out
-            code, out = _cli(
-                capsys,
-                "infer",
-                "--model",
-                "small_dag",
-                "--cluster",
-                "tiny",
-                "--broker",
-                broker.url,
-                "--repeat",
-                "3",
-                "--check",
-                "--traffic",
-            )
-            assert code == 0, out
-        finally:
-            daemon.terminate()
-        assert "oversize" not in daemon.log().lower()
-
-
-def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A broker restart (retained messages kept on disk, as a packaged Mosquitto does): the daemon
-    reconnects, re-subscribes, re-announces itself and serves the same generation."""
-    cluster_file = tmp_path / "bounce.yaml"
-    cluster_file.write_text("schema: edgeflow.cluster/1\nname: bounce\ndevices:\n  - {id: b1, profile: local-core}\n")
-    store = Path(tempfile.mkdtemp(prefix="edgeflow-broker-"))
-    store.chmod(0o777)  # Mosquitto started as root writes its database as user mosquitto
-    daemon = None
-    try:
-        with mosquitto_broker(tmp_path, store=store) as broker:
-            port, url = broker.port, broker.url
-            daemon = DaemonProcess("b1", url, "bounce", tmp_path)
-            code, out = _cli(capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", url)
-            assert code == 0, out
-        with mosquitto_broker(tmp_path, port=port, store=store):  # retained messages restored
-            watcher = Watcher(BrokerSettings(url), "bounce")
-            try:
-                watcher.wait_for(
-                    "b1 to reconnect (session 2)",
-                    lambda last: (s := _status(last, watcher.root, "b1")) is not None and s.session >= 2,
-                )
-            finally:
-                watcher.close()
-            code, out = _cli(
-                capsys,
-                "infer",
-                "--model",
-                "small_dag",
-                "--cluster",
-                "bounce",
-                "--broker",
-                url,
-                "--repeat",
-                "3",
-                "--check",
-            )
-            assert code == 0, out
-    finally:
-        if daemon is not None:
-            daemon.terminate()
-        shutil.rmtree(store, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""The daemon against brokers that limit packets, restart, or are not there at all (a real
+Mosquitto on a free loopback port, real ``edgeflowd`` processes)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from edgeflowd.net.mqtt import Connection
+from edgeflowd.net.settings import BrokerSettings
+from tests.cluster import DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_broker_that_is_not_there_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "infer", "--model", "small_dag", "--broker", "mqtt://127.0.0.1:1")
+    assert code == 2
+    assert "cannot connect to mqtt://127.0.0.1:1" in out
+
+
+def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limit = 40000  # small_dag's input slices and several weights are larger
+    cluster_file = tmp_path / "tiny.yaml"
+    cluster_file.write_text("schema: edgeflow.cluster/1\nname: tiny\ndevices:\n  - {id: t1, profile: local-core}\n")
+    with mosquitto_broker(tmp_path, extra=f"max_packet_size {limit}\n") as broker:
+        conn = Connection(broker.settings, "probe", lambda t, p: None)
+        conn.start()
+        try:
+            assert conn.max_packet == limit  # from CONNACK (MQTT 5)
+        finally:
+            conn.stop()
+        daemon = DaemonProcess("t1", broker.url, "tiny", tmp_path)
+        try:
+            code, out = run_cli(
+                capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", broker.url
+            )
+            assert code == 0, out
+            code, out = run_cli(
+                capsys,
+                "infer",
+                "--model",
+                "small_dag",
+                "--cluster",
+                "tiny",
+                "--broker",
+                broker.url,
+                "--repeat",
+                "3",
+                "--check",
+                "--traffic",
+            )
+            assert code == 0, out
+        finally:
+            daemon.terminate()
+        assert "oversize" not in daemon.log().lower()
+
+
+def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A broker restart (retained messages kept on disk, as a packaged Mosquitto does): the daemon
+    reconnects, re-subscribes, re-announces itself and serves the same generation."""
+    cluster_file = tmp_path / "bounce.yaml"
+    cluster_file.write_text("schema: edgeflow.cluster/1\nname: bounce\ndevices:\n  - {id: b1, profile: local-core}\n")
+    store = Path(tempfile.mkdtemp(prefix="edgeflow-broker-"))
+    store.chmod(0o777)  # Mosquitto started as root writes its database as user mosquitto
+    daemon = None
+    try:
+        with mosquitto_broker(tmp_path, store=store) as broker:
+            port, url = broker.port, broker.url
+            daemon = DaemonProcess("b1", url, "bounce", tmp_path)
+            code, out = run_cli(
+                capsys, "deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--broker", url
+            )
+            assert code == 0, out
+        with mosquitto_broker(tmp_path, port=port, store=store):  # retained messages restored
+            watcher = Watcher(BrokerSettings(url), "bounce")
+            try:
+                watcher.wait_for(
+                    "b1 to reconnect (session 2)",
+                    lambda last: (s := node_status(last, watcher.root, "b1")) is not None and s.session >= 2,
+                )
+            finally:
+                watcher.close()
+            code, out = run_cli(
+                capsys,
+                "infer",
+                "--model",
+                "small_dag",
+                "--cluster",
+                "bounce",
+                "--broker",
+                url,
+                "--repeat",
+                "3",
+                "--check",
+            )
+            assert code == 0, out
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+        shutil.rmtree(store, ignore_errors=True)
