@@ -85,8 +85,8 @@ def _document(yolo: Yolo) -> dict[str, object]:
         (lambda d: d["units"][0].pop("layer"), r"missing required field `layer` - at `\$.units\[0\]`"),
         (lambda d: d["units"][0].update(rows=[5, 2]), r"\$.units\[0\]\[.*#0\].rows: row range \[5, 2\) has stop"),
         (
-            lambda d: d["units"][0]["inputs"][0]["rule"].update(pattern="spiral"),
-            r"at `\$.units\[0\].inputs\[0\].rule.pattern`",
+            lambda d: d["units"][0]["inputs"][0]["rule"].update(kind="spiral"),
+            r"at `\$.units\[0\].inputs\[0\].rule.kind`",
         ),
         (
             lambda d: d["units"][0]["ops"][0].update(args={"$pickle": "x"}),

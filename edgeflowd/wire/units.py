@@ -23,7 +23,8 @@ Rows = tuple[int, int]
 
 
 class RuleDoc(msgspec.Struct, frozen=True):
-    pattern: Literal["window", "upsample", "identity", "whole"]
+    # "kind" on the wire, as protocol v1 has always said; the core calls it the rule's pattern
+    pattern: Literal["window", "upsample", "identity", "whole"] = msgspec.field(name="kind")
     span: int = 1
     stride: int = 1
     pad: int = 0
