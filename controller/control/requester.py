@@ -118,8 +118,6 @@ class InferenceClient:
     def _adopt(self, info: PlanInfo) -> None:
         """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
         sources = [unit_of(u, f"plan {info.plan}: $.sources[{i}]") for i, u in enumerate(info.sources)]
-        if len(sources) != 1:
-            raise EdgeFlowError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         self.info = info
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # No TTL: a request is given up on by its own timeout (run), which closes it.

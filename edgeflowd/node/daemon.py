@@ -45,6 +45,7 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
+_HAND_BACK_S = 5.0
 
 
 class Daemon:
@@ -80,7 +81,7 @@ class Daemon:
             on_connect=self._on_connect,
             packet_bytes=config.packet_bytes,
         )
-        self.workers = Workers(config.workers, self.node, self.conn, self.counts, self._enqueue)
+        self.workers = Workers(config.workers, self.node, self.conn, self.counts, self._hand_back)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
     def _enqueue(self, event: Event) -> None:
@@ -88,6 +89,13 @@ class Daemon:
             self.events.put_nowait(event)
         except queue.Full:
             self.counts.add("dropped")  # never block paho's thread or a worker; the request times out
+
+    def _hand_back(self, event: Event) -> None:
+        """A worker's local slice waits for room: a burst slows the node instead of losing a hop."""
+        try:
+            self.events.put(event, timeout=_HAND_BACK_S)
+        except queue.Full:
+            self.counts.add("dropped")
 
     def _on_connect(self) -> None:
         self._sessions += 1

@@ -14,7 +14,7 @@ plan's source units (which only emit) and the output sink, and buffers only the 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +117,10 @@ class NodeRuntime:
         self.slices = SliceBuffer(needs, max_bytes, ttl_s)
         self.frames = FrameAssembler(max_bytes=max_bytes, ttl_s=ttl_s)
         self._open: set[str] | None = set() if outputs else None
+        sources = [u for u in units if u.device == CLIENT]
+        if outputs and len(sources) != 1:
+            raise ProtocolError(f"plan {plan} has {len(sources)} inputs; requests carry exactly one")
+        self.source = sources[0] if outputs else None
 
     def input_topics(self) -> set[str]:
         """What to subscribe to: every topic this runtime receives on."""
@@ -171,6 +175,7 @@ class NodeRuntime:
         if self._open is not None:
             self._open.discard(request)
         self.slices.forget(request)
+        self.frames.forget(request)
 
     def expire(self, now: float) -> tuple[int, list[tuple[str, str]]]:
         """Drop what is older than the TTL: (partial slices dropped, (request, unit) buffers dropped)."""
@@ -181,36 +186,39 @@ class NodeRuntime:
         return self.slices.missing(request, SINK)
 
     # -- any thread: reads only what never changes -----------------------------------------------
-    def compute(self, work: Compute, max_packet: int) -> list[Action]:
-        """Run the unit and route its rows."""
+    def compute(self, work: Compute, max_packet: int) -> Iterator[Action]:
+        """Run the unit and route its rows (lazily: see :meth:`emit`)."""
         with torch.no_grad():
             out = run_unit(work.unit, work.inputs, self.tensors, self.resolve)
         return self.emit(work.request, work.unit, out, max_packet)
 
-    def emit(self, request: str, unit: ExecutionUnit, out: torch.Tensor, max_packet: int) -> list[Action]:
+    def emit(self, request: str, unit: ExecutionUnit, out: torch.Tensor, max_packet: int) -> Iterator[Action]:
         """What ``unit``'s forwarding table makes of its output ``out``: a :class:`Deliver` for each
-        consumer in this runtime, frames no larger than ``max_packet`` for every other one."""
-        actions: list[Action] = []
-        for forward in unit.forwards:
-            piece = take_rows(out, forward.rows, unit.rows).contiguous()
+        consumer in this runtime, then frames no larger than ``max_packet`` for every other one.
+
+        Local slices come first and frames are made one forward at a time, as they are consumed:
+        the engine buffers the next local unit's inputs while this thread still encodes and
+        publishes, and the first remote slice leaves before the last one is encoded."""
+        pieces = [(f, take_rows(out, f.rows, unit.rows).contiguous()) for f in unit.forwards]
+        for forward, piece in pieces:
             if forward.consumer in self.slices.needs:
-                actions.append(Deliver(request, forward.consumer, unit.layer, forward.rows, piece))
+                yield Deliver(request, forward.consumer, unit.layer, forward.rows, piece)
+        for forward, piece in pieces:
+            if forward.consumer in self.slices.needs:
                 continue
             if forward.consumer == SINK:
                 topic = self.topics.result(self.plan, request)
             else:
                 topic = self.topics.unit_input(self.plan, forward.consumer)
-            frames = encode_frames(request, self.plan, unit.uid, unit.layer, forward.rows, piece, max_packet)
-            actions += [Publish(topic, frame) for frame in frames]
-        return actions
+            for frame in encode_frames(request, self.plan, unit.uid, unit.layer, forward.rows, piece, max_packet):
+                yield Publish(topic, frame)
 
-    def send(self, request: str, x: torch.Tensor, max_packet: int) -> list[Action]:
-        """A requester's input ``x`` for ``request``, sliced by every source unit's forwarding table."""
+    def send(self, request: str, x: torch.Tensor, max_packet: int) -> Iterator[Action]:
+        """A requester's input ``x`` for ``request``, sliced by the source unit's forwarding table."""
+        if self.source is None:
+            raise ProtocolError(f"plan {self.plan}: only a requester's runtime (with the source unit) sends")
         self.open(request)
-        sources = [u for u in self.units.values() if u.device == CLIENT]
-        if len(sources) != 1:
-            raise ProtocolError(f"plan {self.plan} has {len(sources)} inputs; requests carry exactly one")
-        return self.emit(request, sources[0], x, max_packet)
+        return self.emit(request, self.source, x, max_packet)
 
 
 def carry_out(

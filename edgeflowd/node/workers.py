@@ -5,7 +5,7 @@ the engine (as :class:`LocalSlice` events: the engine alone touches the buffers)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from edgeflowd.net.mqtt import Connection
@@ -27,7 +27,7 @@ class Workers:
         self.enqueue = enqueue
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"edgeflowd[{node}].worker")
 
-    def act(self, runtime: NodeRuntime, actions: list[Action]) -> None:
+    def act(self, runtime: NodeRuntime, actions: Iterable[Action]) -> None:
         """Carry ``actions`` out; any thread may call this (publishing is thread-safe in paho)."""
         for action in actions:
             if isinstance(action, Compute):

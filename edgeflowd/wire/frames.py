@@ -176,6 +176,11 @@ class FrameAssembler:
             self._drop(key)
         return len(old)
 
+    def forget(self, request: str) -> None:
+        """Drop every partial slice of ``request`` (given up on)."""
+        for key in [key for key in self._partial if key[1] == request]:
+            self._drop(key)
+
     def _drop(self, key: tuple[str, str, str, str]) -> None:
         entry = self._partial.pop(key, None)
         if entry is not None:
