@@ -21,11 +21,11 @@ import torch
 from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
-from controller.cli.progress import progress_bar
 from controller.control.requester import InferenceClient
 from controller.control.verify import reference_outputs, relative_error
 from controller.lab.launch import DaemonProcess, local_broker, unwind_on_signals, wait_online
 from controller.lab.testbed import Testbed, slots_for
+from controller.terminal import progress_bar
 from controller.zoo import build_model
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import load_cluster

@@ -8,14 +8,14 @@ import random
 import pytest
 import torch
 
-from controller.control.verify import run_plan
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error, run_plan
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.partitions import Partition, even_partition, random_partition, split_rows
 from controller.planner.plan import build_plan
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import row_numel
-from edgeflowd.core.units import SINK
+from edgeflowd.core.units import SINK, reads_nothing
 from edgeflowd.errors import PlanError
 from tests import models
 
@@ -99,3 +99,26 @@ def test_plan_prints_rows_per_device(unet: tuple[LayerGraph, torch.Tensor]) -> N
     text = str(build_plan(graph, even_partition(graph, 2)))
     assert text.startswith("plan for tiny_unet on 2 devices")
     assert "d0:[0,9) d1:[9,17)".replace(" ", ", ") in text
+
+
+def test_a_unit_that_reads_no_row_gets_exactly_one_trigger() -> None:
+    """Padding wider than the kernel: an edge unit's windows lie wholly in padding. Without a
+    trigger slice nothing would tell it that a request arrived (it would wait until the request
+    timed out); validate refuses a plan that gives it none, or two."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, padding=2), torch.nn.Conv2d(4, 2, 3, 2, 3)).eval()
+    x = torch.randn(1, 3, 6, 5)
+    graph = trace_model(model, x, "padding")
+    plans = [build_plan(graph, random_partition(graph, 4, random.Random(seed))) for seed in range(40)]
+    plan = next(p for p in plans if any(reads_nothing(u.inputs) for u in p.units))
+    idle = next(u for u in plan.units if reads_nothing(u.inputs))
+    source = next(u for u in plan.units if any(f.consumer == idle.uid for f in u.forwards))
+    trigger = next(f for f in source.forwards if f.consumer == idle.uid)
+    assert trigger.rows.empty
+    want = reference_outputs(model, x)
+    got, _, _ = run_plan(plan, x, graph.tensors, graph.resolve)
+    assert relative_error(got, want)[1] <= TOLERANCE
+    for forwards in ([f for f in source.forwards if f is not trigger], [*source.forwards, trigger]):
+        changed = dataclasses.replace(source, forwards=tuple(forwards))
+        units = tuple(changed if u is source else u for u in plan.units)
+        with pytest.raises(PlanError, match=f"unit {idle.uid} reads no row"):
+            dataclasses.replace(plan, units=units).validate()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from controller.control.deployment import Deployment, make_deployment
-from controller.control.rollout import Rollout, completion, rollout
+from controller.control.rollout import Rollout, completion_messages, rollout_messages
 from controller.graph.layers import LayerGraph
 from controller.planner.methods import Planned
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
@@ -86,7 +86,7 @@ def publish_deployment(
     ``node/+/assignment/reported``; raises :class:`DeployError` naming each node that failed."""
     blobs = len(deployment.blobs)
     progress(f"weights: {blobs} blobs ({deployment.blob_bytes / 2**20:.1f} MiB in all)")
-    for publication in rollout(topics, deployment):
+    for publication in rollout_messages(topics, deployment):
         conn.publish_wait(publication.topic, publication.payload, timeout_s=timeout_s, retain=True)
     generation = deployment.info.generation
     progress(f"generation {generation}: assignments published to {len(deployment.assignments)} nodes")
@@ -106,6 +106,6 @@ def publish_deployment(
     failure = "" if waiting.ready else waiting.failure(float("inf"))
     if failure:
         raise DeployError(failure)
-    for publication in completion(topics, deployment, previous):
+    for publication in completion_messages(topics, deployment, previous):
         conn.publish_wait(publication.topic, publication.payload, timeout_s=timeout_s, retain=True)
     return waiting.reports

@@ -1,7 +1,7 @@
 """A deployment as the messages that roll it out, and the bookkeeping of its nodes' reports.
 
-Pure: :func:`rollout` lists what to publish to hand a new generation to its nodes (each weight
-blob once, then each node's assignment), :func:`completion` what to publish once every node
+Pure: :func:`rollout_messages` lists what to publish to hand a new generation to its nodes (each weight
+blob once, then each node's assignment), :func:`completion_messages` what to publish once every node
 reports it ready (the plan summary requesters read, then the clearing of what the new plan no
 longer uses). :class:`Rollout` says when a generation is ready, or why it failed. ``edgeflow
 deploy`` and the controller service apply the same lists, each on its own connection: the CLI
@@ -18,7 +18,7 @@ from edgeflowd.wire.assignment import split_blob
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, encode_control
 from edgeflowd.wire.topics import Topics
 
-__all__ = ["Publication", "Rollout", "completion", "rollout"]
+__all__ = ["Publication", "Rollout", "completion_messages", "rollout_messages"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Publication:
     payload: bytes
 
 
-def rollout(topics: Topics, deployment: Deployment) -> list[Publication]:
+def rollout_messages(topics: Topics, deployment: Deployment) -> list[Publication]:
     """Blobs first, then assignments: a node that reads its assignment finds every blob retained."""
     out = [
         Publication(topics.blob(sha, part), payload)
@@ -40,7 +40,7 @@ def rollout(topics: Topics, deployment: Deployment) -> list[Publication]:
     return out
 
 
-def completion(
+def completion_messages(
     topics: Topics, deployment: Deployment, previous: PlanInfo | None, others: Sequence[str] = ()
 ) -> list[Publication]:
     """The plan summary, then the retained assignments of ``others`` (nodes of the cluster that the
@@ -85,7 +85,7 @@ class Rollout:
         """Why the generation cannot become ready (empty while it still may): a node reported an
         error, went ``offline``, or did not report within the timeout."""
         lines = [f"{n}: {r.error}" for n, r in sorted(self.reports.items()) if r.state != "ready"]
-        lines += [f"{n}: went offline" for n in self.nodes if n in offline and n not in self.reports]
+        lines += [f"{n}: went offline" for n in self.nodes if n in offline]
         if not lines and now - self.started > self.timeout_s:
             missing = [n for n in self.nodes if n not in self.reports]
             lines = [f"{n}: no report within {self.timeout_s:g} s (is its edgeflowd running?)" for n in missing]

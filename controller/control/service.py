@@ -26,7 +26,7 @@ import torch
 
 from controller.control.deployment import make_deployment
 from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load
-from controller.control.rollout import Rollout, completion, rollout
+from controller.control.rollout import Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
 from controller.planner.methods import Planned, plan_model
 from controller.zoo import build_model
@@ -74,7 +74,7 @@ class ControllerService:
         self.planned_nodes: list[str] = []
         self.generation = -1
         self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
-        self.pending: _Pending | None = None
+        self.rolling: _Rolling | None = None
         self._next_generation = 1
         self._dirty_since: float | None = None
         self._reason = "start"
@@ -109,7 +109,7 @@ class ControllerService:
                     log.warning("ignored: %s", exc)
                 self._check_rollout()
                 settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
-                if settled and self.pending is None:  # a rollout in flight finishes (or fails) first
+                if settled and self.rolling is None:  # a rollout in flight finishes (or fails) first
                     self._replan()
         finally:
             offline = Status(state="offline", instance=self.instance, session=1)
@@ -135,8 +135,8 @@ class ControllerService:
         node = about.node
         events = self.registry.on_message(about, payload, topic, self.clock())
         report = self.registry.views[node].report if node in self.registry.views else None
-        if about.leaf == "assignment/reported" and self.pending is not None and report is not None:
-            self.pending.rollout.on_report(node, report)
+        if about.leaf == "assignment/reported" and self.rolling is not None and report is not None:
+            self.rolling.rollout.on_report(node, report)
         telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
         if about.leaf == "telemetry" and payload and telemetry is not None and self.measured_rates:
             load = others_load(telemetry)
@@ -144,7 +144,7 @@ class ControllerService:
                 self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
         for event in events:
             self._event(event.event, event.node, event.detail)
-        target = self.pending.rollout.nodes if self.pending else self.planned_nodes
+        target = self.rolling.rollout.nodes if self.rolling else self.planned_nodes
         if about.leaf in ("status", "info") and set(self.registry.live()) != set(target):
             change = events[-1].event if events else "ready"
             self._mark(f"{node} {change}")
@@ -185,37 +185,38 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout(self.topics, deployment):
+        for publication in rollout_messages(self.topics, deployment):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
-        self.pending = _Pending(Rollout(deployment, start, self.deploy_timeout_s), reason, cluster, planned)
+        rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
+        self.rolling = _Rolling(rollout, reason, cluster, planned, start)
 
     def _check_rollout(self) -> None:
-        pending = self.pending
-        if pending is None:
+        rolling = self.rolling
+        if rolling is None:
             return
-        offline = [n for n in pending.rollout.nodes if not self.registry.views[n].online]
-        failure = pending.rollout.failure(self.clock(), offline)
+        offline = [n for n in rolling.rollout.nodes if not self.registry.views[n].online]
+        failure = rolling.rollout.failure(self.clock(), offline)
         if failure:
-            self.pending = None
-            self._failed(pending.reason, failure)
+            self.rolling = None
+            self._failed(rolling.reason, failure)
             return
-        if not pending.rollout.ready:
+        if not rolling.rollout.ready:
             return
-        self.pending = None
-        deployment = pending.rollout.deployment
+        self.rolling = None
+        deployment = rolling.rollout.deployment
         others = [d.id for d in self.cluster.devices]
-        for publication in completion(self.topics, deployment, self.deployed, others):
+        for publication in completion_messages(self.topics, deployment, self.deployed, others):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         info = self.deployed = deployment.info
-        live = pending.rollout.nodes
+        live = rolling.rollout.nodes
         self.generation, self.planned_nodes = info.generation, live
-        self.loads.planned_with({d.id: d.load for d in pending.cluster.devices})
-        plan = pending.planned.plan
+        self.loads.planned_with({d.id: d.load for d in rolling.cluster.devices})
+        plan = rolling.planned.plan
         shares = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live)}
         total = sum(shares.values()) or 1
         detail = (
-            f"{pending.reason}: generation {info.generation} on {len(live)} nodes in "
-            f"{self.clock() - pending.rollout.started:.2f} s; "
+            f"{rolling.reason}: generation {info.generation} on {len(live)} nodes in "
+            f"{self.clock() - rolling.started:.2f} s; "
             "row shares " + ", ".join(f"{n} {s / total:.0%}" for n, s in shares.items())
         )
         self._event("replanned", detail=detail)
@@ -226,10 +227,11 @@ class ControllerService:
 
 
 @dataclass(frozen=True)
-class _Pending:
+class _Rolling:
     """A generation being rolled out, with what its completion reports."""
 
     rollout: Rollout
     reason: str
     cluster: Cluster
     planned: Planned
+    started: float  # when the re-plan began: its event reports planning and rollout together

@@ -97,7 +97,7 @@ class LayerGraph:
         return sum(layer.param_bytes for layer in self)
 
     def resolve(self, name: str) -> Callable[..., Any]:
-        """Resolver for :func:`edgeflowd.ops.run_call`: allow-listed ops plus this model's own."""
+        """Resolver for :func:`edgeflowd.core.ops.run_call`: allow-listed ops plus this model's own."""
         return self.local_ops[name] if name in self.local_ops else allowed_resolver(name)
 
     def summary(self) -> str:

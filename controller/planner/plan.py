@@ -1,20 +1,21 @@
 """Plans: a partition turned into execution units with forwarding tables.
 
-A plan prints itself (rows per device per layer), round-trips through JSON + tensor bytes, and
-:meth:`Plan.validate` proves, before anything runs, that every unit receives exactly the rows it
-needs and no unit sends rows nobody needs.
+A plan prints itself (rows per device per layer), and :meth:`Plan.validate` proves, before
+anything runs, that every unit receives exactly the rows it needs and no unit sends rows nobody
+needs. Units travel as JSON inside assignments (``edgeflowd.wire``), which round-trip exactly.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from controller.graph.layers import LayerGraph
 from controller.planner.partitions import Partition
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, UnitInput, unit_id
+from edgeflowd.core.slicing import height_of
+from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, UnitInput, reads_nothing, unit_id
 from edgeflowd.errors import PlanError
 
 __all__ = ["Plan", "build_plan"]
@@ -44,16 +45,21 @@ class Plan:
     def validate(self) -> None:
         by_uid = {u.uid: u for u in self.units}
         received: dict[tuple[str, str], list[RowRange]] = defaultdict(list)
+        triggers: Counter[str] = Counter()
         for u in self.units:
             for f in u.forwards:
                 if f.consumer != SINK and f.consumer not in by_uid:
                     raise PlanError(f"unit {u.uid} forwards to unknown unit {f.consumer}")
-                trigger = f.consumer != SINK and all(i.rows.empty for i in by_uid[f.consumer].inputs)
+                trigger = f.rows.empty and f.consumer != SINK and reads_nothing(by_uid[f.consumer].inputs)
                 if not u.rows.contains(f.rows) or (f.rows.empty and not trigger):
                     raise PlanError(f"unit {u.uid} forwards rows {f.rows} it does not hold ({u.rows})")
+                triggers[f.consumer] += trigger
                 received[(f.consumer, u.layer)].append(f.rows)
+        for u in self.units:
+            if reads_nothing(u.inputs) and triggers[u.uid] != 1:
+                raise PlanError(f"unit {u.uid} reads no row: it needs one empty trigger slice, gets {triggers[u.uid]}")
         wanted = [(u.uid, i.producer, i.rows) for u in self.units for i in u.inputs]
-        heights = {u.layer: (u.out_shape[2] if len(u.out_shape) == 4 else 1) for u in self.units}
+        heights = {u.layer: height_of(u.out_shape) for u in self.units}
         wanted += [(SINK, layer, RowRange(0, heights[layer])) for layer in dict.fromkeys(self.outputs)]
         for consumer, producer, rows in wanted:
             got = sorted(r for r in received.pop((consumer, producer), []) if not r.empty)  # not triggers
@@ -150,7 +156,7 @@ def build_plan(graph: LayerGraph, partition: Partition, check: bool = True) -> P
     for uid, spec in pending.items():
         for inp in spec["inputs"]:
             _route(uid, spec["device"], inp.rows, by_layer[inp.producer])
-        if spec["inputs"] and all(inp.rows.empty for inp in spec["inputs"]):
+        if reads_nothing(spec["inputs"]):
             _trigger(uid, spec["device"], by_layer[spec["inputs"][0].producer])
     for name in dict.fromkeys(graph.outputs):
         _route(SINK, CLIENT, RowRange(0, heights[name]), by_layer[name])

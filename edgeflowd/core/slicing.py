@@ -18,7 +18,7 @@ from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver, run_call
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "row_numel", "run_layer_rows", "take_rows"]
+__all__ = ["WINDOW_TARGETS", "RowRule", "height_of", "row_numel", "rows_shape", "run_layer_rows", "take_rows"]
 
 RulePattern = Literal["window", "upsample", "identity", "whole"]
 WINDOW_TARGETS = frozenset({"F.conv2d", "F.max_pool2d", "F.avg_pool2d"})
@@ -69,6 +69,13 @@ class RowRule:
 def height_of(shape: Sequence[int]) -> int:
     """Rows of a tensor: its height for NCHW maps; anything else is one indivisible row."""
     return int(shape[2]) if len(shape) == 4 else 1
+
+
+def rows_shape(shape: Sequence[int], rows: RowRange) -> tuple[int, ...]:
+    """Shape of rows ``rows`` of a tensor of full shape ``shape`` (non-4-D tensors travel whole)."""
+    if len(shape) != 4:
+        return tuple(shape)
+    return (shape[0], shape[1], len(rows), shape[3])
 
 
 def row_numel(shape: Sequence[int]) -> int:

@@ -10,15 +10,21 @@ import torch
 
 from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import RowRule, run_layer_rows
+from edgeflowd.core.slicing import RowRule, rows_shape, run_layer_rows
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["CLIENT", "SINK", "ExecutionUnit", "Forward", "UnitInput", "run_unit", "unit_id"]
+__all__ = ["CLIENT", "SINK", "ExecutionUnit", "Forward", "UnitInput", "reads_nothing", "run_unit", "unit_id"]
 
 CLIENT = -1
 """Device index of the requester, which holds the model input and receives the output."""
 SINK = "@output"
 """Consumer id of the requester's result collector in forwarding tables."""
+
+
+def reads_nothing(inputs: Sequence[UnitInput]) -> bool:
+    """Every window of the unit lies wholly in padding: no producer sends it a row, so one sends an
+    empty trigger slice to tell it that a request exists."""
+    return bool(inputs) and all(i.rows.empty for i in inputs)
 
 
 def unit_id(layer: str, device: int) -> str:
@@ -40,9 +46,7 @@ class UnitInput:
 
     def slice_shape(self) -> tuple[int, ...]:
         """Shape of the tensor this input arrives as: the producer's, with only ``rows``."""
-        if len(self.shape) != 4:
-            return self.shape
-        return (self.shape[0], self.shape[1], len(self.rows), self.shape[3])
+        return rows_shape(self.shape, self.rows)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The micro-benchmark a daemon runs at start: achieved GFLOP/s per op kind (dense convolution,
 depthwise convolution, matrix multiply) with the torch threads it will compute with. The
-controller combines it with the declared profile and live load (see controller/registry.py)."""
+controller combines it with the declared profile and live load (see controller/control/registry.py)."""
 
 from __future__ import annotations
 

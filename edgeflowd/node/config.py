@@ -93,8 +93,9 @@ class DaemonConfig:
                 found.append((name, f"{name} must be at least 1, got {getattr(self, name)}"))
         if self.threads is not None and self.threads < 1:
             found.append(("threads", f"threads must be at least 1, got {self.threads}"))
-        if self.log_level not in ("debug", "info", "warning", "error"):
-            found.append(("log_level", f"log_level must be debug, info, warning or error, got {self.log_level!r}"))
+        levels = SETTINGS["log_level"].choices
+        if self.log_level not in levels:
+            found.append(("log_level", f"log_level must be {', '.join(levels)}, got {self.log_level!r}"))
         found += [("broker" if name == "url" else name, m) for name, m in self.broker_settings().problems()]
         return found
 
@@ -123,10 +124,11 @@ def _kinds(hint: Any) -> tuple[type, ...]:
     return (int, float) if float in kinds else kinds
 
 
+_HINTS = typing.get_type_hints(DaemonConfig)
 SETTINGS: dict[str, Setting] = {
     f.name: Setting(
         f.name,
-        _kinds(hint),
+        _kinds(_HINTS[f.name]),
         f.metadata["help"],
         f.default,
         f.metadata["metavar"],
@@ -134,7 +136,6 @@ SETTINGS: dict[str, Setting] = {
         f.metadata["path"],
     )
     for f in fields(DaemonConfig)
-    if (hint := typing.get_type_hints(DaemonConfig)[f.name])
 }
 SECURITY = ("ca_file", "cert_file", "key_file", "username", "password_file")
 """The settings that prove who we are to the broker; every ``edgeflow`` tool takes them too."""

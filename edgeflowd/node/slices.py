@@ -12,22 +12,15 @@ from dataclasses import dataclass, field
 import torch
 
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import height_of
+from edgeflowd.core.slicing import height_of, rows_shape
 from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import EdgeFlowError, PlanError, ProtocolError
 
-__all__ = ["BufferFullError", "Need", "SliceBuffer", "assemble", "needs_of", "output_needs", "rows_shape"]
+__all__ = ["BufferFullError", "Need", "SliceBuffer", "assemble", "needs_of", "output_needs"]
 
 
 class BufferFullError(EdgeFlowError):
     """A new request's data would exceed the buffer budget; data already held is kept."""
-
-
-def rows_shape(shape: Sequence[int], rows: RowRange) -> tuple[int, ...]:
-    """Shape of rows ``rows`` of a tensor of full shape ``shape`` (non-4-D tensors travel whole)."""
-    if len(shape) != 4:
-        return tuple(shape)
-    return (shape[0], shape[1], len(rows), shape[3])
 
 
 def assemble(pieces: list[tuple[RowRange, torch.Tensor]], rows: RowRange, what: str) -> torch.Tensor:

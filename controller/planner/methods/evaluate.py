@@ -14,7 +14,7 @@ __all__ = ["fits_memory", "predicted_latency"]
 
 def predicted_latency(graph: LayerGraph, cluster: Cluster, partition: Partition) -> float:
     """Planners call this on candidates they built themselves, so the plan is not re-validated
-    here; :func:`controller.partitioners.plan_model` validates the plan it returns."""
+    here; :func:`controller.planner.methods.plan_model` validates the plan it returns."""
     return simulate(build_plan(graph, partition, check=False), graph, cluster).latency_s
 
 
