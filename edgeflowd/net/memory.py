@@ -30,13 +30,17 @@ class MemoryBus:
     """Subscriptions and a FIFO of messages; ``messages`` and ``bytes`` count every publish."""
 
     def __init__(self) -> None:
-        self._subscriptions: list[tuple[str, Handler]] = []
+        self._exact: dict[str, list[Handler]] = {}  # filters without wildcards: one lookup each
+        self._wild: list[tuple[str, Handler]] = []
         self._queue: deque[tuple[str, bytes]] = deque()
         self.messages = 0
         self.bytes = 0
 
     def subscribe(self, pattern: str, handler: Handler) -> None:
-        self._subscriptions.append((pattern, handler))
+        if "+" in pattern.split("/") or pattern.endswith("#"):
+            self._wild.append((pattern, handler))
+        else:
+            self._exact.setdefault(pattern, []).append(handler)
 
     def publish(self, topic: str, payload: bytes) -> None:
         self._queue.append((topic, payload))
@@ -51,7 +55,9 @@ class MemoryBus:
             if delivered >= max_messages:
                 raise EdgeFlowError(f"the in-memory bus passed {max_messages} messages and is still busy")
             topic, payload = self._queue.popleft()
-            for pattern, handler in self._subscriptions:
+            for handler in self._exact.get(topic, ()):
+                handler(topic, payload)
+            for pattern, handler in self._wild:
                 if topic_matches(pattern, topic):
                     handler(topic, payload)
             delivered += 1
