@@ -69,3 +69,10 @@ def test_random_payloads_only_ever_raise_protocol_errors(data: bytes) -> None:
     for cls in (Status, Info, Telemetry, AssignmentReport):
         with contextlib.suppress(ProtocolError):
             decode_control(data, TOPIC, cls)
+
+
+def test_deeply_nested_json_is_refused_as_a_protocol_error() -> None:
+    nested = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    payload = b'{"schema": "edgeflow.info/1", "node": "a", "version": "1", "profile": ' + nested + b"}"
+    with pytest.raises(ProtocolError, match=f"^{TOPIC}: JSON nested too deeply"):
+        decode_control(payload, TOPIC, Info)

@@ -46,6 +46,8 @@ def decode(payload: bytes | memoryview, cls: type[D], where: str) -> D:
         raise ProtocolError(f"{where}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"{where}: not JSON: {exc}") from exc
+    except RecursionError as exc:  # msgspec recurses per nesting level, in free-form fields too
+        raise ProtocolError(f"{where}: JSON nested too deeply") from exc
     if not isinstance(document, cls):
         raise ProtocolError(f"{where}: field 'schema' is empty")
     return document
