@@ -1,0 +1,140 @@
+"""The runtime's efficiency figure, with no emulation and nothing to calibrate: N ``edgeflowd``
+pinned one per core (N = 1 .. this machine's cores), one torch thread each, on a loopback
+Mosquitto, against the same model in one process on 1 and on N torch threads, all in one run.
+
+    .venv/bin/python bench/cores.py [--models resnet50 yolov5s inception_v3 mobilenet_v2]
+        [--methods edgeflow equal] [--requests 20] [--out bench/results]
+
+For each model, N and method it reports the median latency at 1 request in flight and the
+throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / one thread,
+``x_nthreads``: daemons / N threads; below 1 is faster), and the worst relative error of every
+output. Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference is
+measured in the same run, just before its daemons, because this machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from local_daemons import measure, single_process_ms  # bench/local_daemons.py, beside this script
+from save import save_report  # bench/save.py, beside this script
+
+from controller.cli.main import main as edgeflow
+from controller.lab.launch import DaemonProcess, mosquitto_broker
+
+MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
+
+
+def _cluster_file(tmp: Path, n: int) -> Path:
+    path = tmp / f"cores-{n}.yaml"
+    devices = "".join(f"  - {{id: node-{i}, profile: local-core}}\n" for i in range(n))
+    path.write_text(
+        f"schema: edgeflow.cluster/1\nname: cores-{n}\ndevices:\n{devices}"
+        "client: {up_mbps: 3000, down_mbps: 3000, latency_ms: 0.2}\n"
+    )
+    return path
+
+
+def _run_model(model: str, cores: list[int], methods: list[str], requests: int, tmp: Path) -> dict[str, Any]:
+    n_max = len(cores)
+    reference = {str(t): single_process_ms(model, t, 10) for t in sorted({1, n_max})}
+    print(f"{model}: one process {reference} ms")
+    result: dict[str, Any] = {"one_process_ms": reference, "daemons": {}}
+    for n in range(1, n_max + 1):
+        cluster = _cluster_file(tmp, n)
+        with mosquitto_broker(tmp) as broker:
+            daemons = [
+                DaemonProcess(f"node-{i}", broker.url, f"cores-{n}", tmp, "--profile", "local-core", cpus=[cores[i]])
+                for i in range(n)
+            ]
+            try:
+                for method in methods:
+                    deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
+                    if edgeflow([*deploy, "--method", method, "--timeout", "120"]) != 0:
+                        raise SystemExit(f"{model}: deploy with {method} on {n} daemons failed")
+                    got = measure(broker.url, model, requests, f"cores-{n}")
+                    one = got["in_flight_1"]
+                    one["x_1thread"] = one["p50_ms"] / reference["1"]
+                    one["x_nthreads"] = one["p50_ms"] / reference[str(n_max)]
+                    four = got["in_flight_4"]
+                    four["x_1thread_rps"] = four["throughput_rps"] * reference["1"] / 1e3
+                    four["x_nthreads_rps"] = four["throughput_rps"] * reference[str(n_max)] / 1e3
+                    result["daemons"][f"{n}/{method}"] = got
+                    print(
+                        f"  {n} daemon(s) {method:<9} p50 {one['p50_ms']:7.1f} ms = {one['x_1thread']:.2f}x one thread,"
+                        f" {one['x_nthreads']:.2f}x {n_max} threads; {four['throughput_rps']:.2f} req/s at 4 in flight;"
+                        f" error {one['max_relative_error']:.1e}"
+                    )
+            finally:
+                for daemon in daemons:
+                    daemon.terminate()
+    return result
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - optional dependency
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    models = list(report["models"])
+    keys = list(next(iter(report["models"].values()))["daemons"])
+    n_max = report["cores"]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / (len(keys) + 1)
+    for k, key in enumerate(keys):
+        ratios = [report["models"][m]["daemons"][key]["in_flight_1"]["x_1thread"] for m in models]
+        ax.bar([i + k * width for i in range(len(models))], ratios, width, label=f"{key.replace('/', ' daemon(s), ')}")
+    threads = [
+        report["models"][m]["one_process_ms"][str(n_max)] / report["models"][m]["one_process_ms"]["1"] for m in models
+    ]
+    ax.bar(
+        [i + len(keys) * width for i in range(len(models))],
+        threads,
+        width,
+        color="k",
+        label=f"one process, {n_max} threads",
+    )
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="one process, 1 thread")
+    ax.set_xticks([i + len(keys) * width / 2 for i in range(len(models))], models)
+    ax.set_ylabel("median latency / one process on 1 thread")
+    ax.set_title(f"Daemons pinned one per core vs one process ({n_max} cores, 1 request in flight)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=["edgeflow", "equal"])
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    report: dict[str, Any] = {"cores": len(cores), "requests": args.requests, "methods": args.methods, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            report["models"][model] = _run_model(model, cores, args.methods, args.requests, Path(tmp))
+    print(
+        json.dumps(
+            {
+                m: {k: v["in_flight_1"]["x_1thread"] for k, v in r["daemons"].items()}
+                for m, r in report["models"].items()
+            }
+        )
+    )
+    save_report(report, args.out, "cores", plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
