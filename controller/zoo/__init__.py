@@ -15,7 +15,7 @@ from torch import nn
 from controller.zoo.inception import inception_v3
 from controller.zoo.mobilenet import mobilenet_v2
 from controller.zoo.resnet import resnet18, resnet50
-from controller.zoo.small import small_dag
+from controller.zoo.small import small_dag, tiny_chain
 from controller.zoo.vgg import vgg16
 from controller.zoo.yolov5 import yolov5s
 from edgeflowd.errors import GraphError
@@ -40,6 +40,7 @@ ZOO: dict[str, ZooEntry] = {
     "mobilenet_v2": ZooEntry(mobilenet_v2, (1, 3, 224, 224), "depthwise, inverted residuals"),
     "yolov5s": ZooEntry(yolov5s, (1, 3, 640, 640), "PANet: upsample + concat, detection head"),
     "small_dag": ZooEntry(small_dag, (1, 3, 128, 128), "8 layers: skip and branches, small enough for the MILP"),
+    "tiny_chain": ZooEntry(tiny_chain, (1, 8, 8, 8), "200 tiny convolutions: a daemon's per-unit cost"),
 }
 
 

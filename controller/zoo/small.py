@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["small_dag"]
+__all__ = ["small_dag", "tiny_chain"]
 
 
 class SmallDag(nn.Module):
@@ -28,3 +28,12 @@ class SmallDag(nn.Module):
 
 def small_dag() -> nn.Module:
     return SmallDag()
+
+
+def tiny_chain(depth: int = 200) -> nn.Module:
+    """``depth`` 3x3 convolutions on 8 channels of an 8x8 map, each with its ReLU: almost no
+    compute per layer, so a daemon's time on it is its per-unit cost (bench/unit_overhead.py)."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers)
