@@ -5,8 +5,9 @@ Threads and what they own:
 - paho's network thread only enqueues (:meth:`Daemon._enqueue`; a full queue is counted);
 - the engine thread (the caller of :meth:`Daemon.run`) owns the assignment state, the runtime's
   buffers and the periodic work (expiry, telemetry, watchdog);
-- workers run units (:meth:`NodeRuntime.compute`) and publish what leaves the node; slices for
-  units of this node come back to the engine as :class:`LocalSlice` events, never through the broker.
+- workers run units (:meth:`NodeRuntime.compute`), publish what leaves the node, and deliver
+  slices for units of this node themselves (never through the broker), under the one lock that
+  guards the runtime's buffers; the engine takes it to receive frames and to expire.
 A new assignment is switched in by the engine; frames of any other plan are dropped as stale.
 """
 
@@ -28,7 +29,7 @@ from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
 from edgeflowd.node.benchmark import run_benchmark
 from edgeflowd.node.config import DaemonConfig
-from edgeflowd.node.events import Connected, Counts, Event, LocalSlice, Message
+from edgeflowd.node.events import Connected, Counts, Event, Message
 from edgeflowd.node.notify import Notifier
 from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError
@@ -45,7 +46,6 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
-_HAND_BACK_S = 5.0
 
 
 class Daemon:
@@ -81,7 +81,7 @@ class Daemon:
             on_connect=self._on_connect,
             packet_bytes=config.packet_bytes,
         )
-        self.workers = Workers(config.workers, self.node, self.conn, self.counts, self._hand_back)
+        self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, lambda: self.runtime)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
     def _enqueue(self, event: Event) -> None:
@@ -89,13 +89,6 @@ class Daemon:
             self.events.put_nowait(event)
         except queue.Full:
             self.counts.add("dropped")  # never block paho's thread or a worker; the request times out
-
-    def _hand_back(self, event: Event) -> None:
-        """A worker's local slice waits for room: a burst slows the node instead of losing a hop."""
-        try:
-            self.events.put(event, timeout=_HAND_BACK_S)
-        except queue.Full:
-            self.counts.add("dropped")
 
     def _on_connect(self) -> None:
         self._sessions += 1
@@ -144,10 +137,7 @@ class Daemon:
         self._stop.set()
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, LocalSlice):
-            if event.runtime is self.runtime:  # else: a slice of the plan just replaced
-                self.workers.act(event.runtime, event.runtime.deliver(event.slice, self.clock()))
-        elif isinstance(event, Connected):
+        if isinstance(event, Connected):
             if self.runtime is not None:
                 self.notifier.ready(self._serving())
             else:
@@ -161,7 +151,8 @@ class Daemon:
             if self.runtime is None:
                 self.counts.add("stale")
                 return
-            actions = self.runtime.receive(about, payload, self.clock(), topic)
+            with self.workers.buffers:
+                actions = self.runtime.receive(about, payload, self.clock(), topic)
             if not any(isinstance(action, Dropped) for action in actions):
                 self.counts.add("frames_in")
             self.workers.act(self.runtime, actions)
@@ -176,7 +167,8 @@ class Daemon:
         self._apply(self.assignments.tick(now))
         if self.runtime is None:
             return
-        partial, buffers = self.runtime.expire(now)
+        with self.workers.buffers:
+            partial, buffers = self.runtime.expire(now)
         for request, unit in buffers:
             log.info("node=%s unit=%s req=%s: inputs incomplete in time; dropped", self.node, unit, request)
         self.counts.add("dropped", partial + len(buffers))

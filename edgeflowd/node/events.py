@@ -7,9 +7,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from edgeflowd.node.runtime import Deliver, NodeRuntime
-
-__all__ = ["Connected", "Counts", "Event", "LocalSlice", "Message"]
+__all__ = ["Connected", "Counts", "Event", "Message"]
 
 
 @dataclass(frozen=True)
@@ -21,19 +19,11 @@ class Message:
 
 
 @dataclass(frozen=True)
-class LocalSlice:
-    """A worker's output for a unit of this node, under the runtime that produced it."""
-
-    runtime: NodeRuntime
-    slice: Deliver
-
-
-@dataclass(frozen=True)
 class Connected:
     pass
 
 
-Event = Message | LocalSlice | Connected
+Event = Message | Connected
 
 
 class Counts:
