@@ -3,8 +3,8 @@ assignment state machine decide.
 
 Threads and what they own:
 - paho's network thread only enqueues (:meth:`Daemon._enqueue`; a full queue is counted);
-- the engine thread (the caller of :meth:`Daemon.run`) owns the assignment state, the runtime's
-  buffers and the periodic work (expiry, telemetry, watchdog);
+- the engine thread (the caller of :meth:`Daemon.run`) owns the assignment state and the
+  periodic work (expiry, telemetry, watchdog), and receives data frames;
 - workers run units (:meth:`NodeRuntime.compute`), publish what leaves the node, and deliver
   slices for units of this node themselves (never through the broker), under the one lock that
   guards the runtime's buffers; the engine takes it to receive frames and to expire.
