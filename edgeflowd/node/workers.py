@@ -53,8 +53,10 @@ class Workers:
                 self.conn.publish(action.topic, action.payload)
                 self.counts.add("frames_out")
                 self.counts.add("bytes_out", len(action.payload))
-            elif isinstance(action, Deliver):
-                self._deliver(runtime, action, deque())
+            elif isinstance(action, Deliver):  # a worker delivers its own in _run; this is any other caller's
+                ready: deque[Compute] = deque()
+                self._deliver(runtime, action, ready)
+                self.act(runtime, ready)
             elif isinstance(action, Dropped):
                 self.counts.add(action.why)
 
