@@ -18,6 +18,7 @@ from pathlib import Path
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.net.mqtt import listen, received
 from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.node import allocator
 from edgeflowd.wire.messages import Status, decode_control
 from edgeflowd.wire.topics import NodeTopic, Topics
 
@@ -92,15 +93,21 @@ def mosquitto_broker(
     conf = tmp / f"mosquitto-{port}.conf"
     persistence = f"persistence true\npersistence_location {store}/\n" if store else "persistence false\n"
     conf.write_text(f"listener {port} 127.0.0.1\n{listener}set_tcp_nodelay true\n{persistence}{extra}")
-    with _serving([exe, "-c", str(conf)], port, tmp / f"mosquitto-{port}.log", "mosquitto") as process:
+    # The broker copies every payload through glibc's malloc: keep large blocks on its heap, as
+    # the daemons do (edgeflowd.node.allocator); on a board, the same two variables go into
+    # mosquitto's own service environment.
+    env = {**os.environ, **allocator.environment()}
+    with _serving([exe, "-c", str(conf)], port, tmp / f"mosquitto-{port}.log", "mosquitto", env) as process:
         yield Broker(port, process, tls)
 
 
 @contextmanager
-def _serving(argv: list[str], port: int, log_path: Path, what: str) -> Iterator[subprocess.Popen[bytes]]:
+def _serving(
+    argv: list[str], port: int, log_path: Path, what: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` until it accepts connections on 127.0.0.1:``port``; stop (and reap) it on exit."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 15
         while True:

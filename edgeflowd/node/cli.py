@@ -12,6 +12,7 @@ from types import FrameType
 
 from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError
+from edgeflowd.node.allocator import keep_freed_memory
 from edgeflowd.node.check import check_config
 from edgeflowd.node.config import SETTINGS, DaemonConfig, add_arguments, load_config
 from edgeflowd.profiles.devices import DeviceProfile, load_device_profile
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config: DaemonConfig, profile: DeviceProfile | None) -> int:
     from edgeflowd.node.daemon import Daemon  # noqa: PLC0415 - imports torch: keep --help and config errors fast
+
+    keep_freed_memory()  # before the first request's tensors are allocated
 
     try:
         daemon = Daemon(config, profile)
