@@ -52,10 +52,6 @@ def single_process_ms(model_spec: str, threads: int, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _client(broker: str, cluster: str, model_spec: str, tap: bool) -> InferenceClient:
-    return InferenceClient.connect(BrokerSettings(broker), cluster, model_spec, tap=tap)
-
-
 def measure(broker: str, model_spec: str, requests: int, cluster: str = "local-3") -> dict[str, Any]:
     """Latency at 1 request in flight and throughput at 4, the broker traffic, and the worst
     relative error of every output against the local model.
@@ -66,13 +62,15 @@ def measure(broker: str, model_spec: str, requests: int, cluster: str = "local-3
     model, shape = build_model(model_spec, None, 0)
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(requests)]
     out: dict[str, Any] = {}
-    tapped = _client(broker, cluster, model_spec, tap=True)
+    settings = BrokerSettings(broker)
+    tapped = InferenceClient.connect(settings, cluster, model_spec, tap=True)
     try:
         traffic = tapped.measure(inputs[: min(3, requests)], 1, warmup=1)
     finally:
         tapped.close()
+    out["predicted_ms"] = tapped.info.predicted_ms
     for concurrency in (1, 4):
-        client = _client(broker, cluster, model_spec, tap=False)
+        client = InferenceClient.connect(settings, cluster, model_spec)
         try:
             m = client.measure(inputs, concurrency, warmup=2)
         finally:
@@ -89,7 +87,6 @@ def measure(broker: str, model_spec: str, requests: int, cluster: str = "local-3
             "messages_per_request": traffic.messages,
             "mib_per_request": traffic.mib,
         }
-        out["predicted_ms"] = client.info.predicted_ms
     return out
 
 

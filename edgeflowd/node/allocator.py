@@ -44,7 +44,9 @@ def keep_freed_memory() -> bool:
         log.info("C library %s has no mallopt: allocator settings left as they are", name)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    ok: bool = (
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    )
     if not ok:
         log.warning("mallopt refused the allocator settings: large tensors are mapped afresh per request")
-    return bool(ok)
+    return ok
