@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from controller.planner.methods import SCHEDULES
 from controller.zoo import parse_shape
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.config import SECURITY, SETTINGS, add_arguments
@@ -36,4 +37,14 @@ def broker_settings(args: argparse.Namespace) -> BrokerSettings:
     version = args.mqtt_version or SETTINGS["mqtt_version"].default
     return BrokerSettings(
         args.broker, version, args.ca_file, args.cert_file, args.key_file, args.username, args.password_file
+    )
+
+
+def add_schedule_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="auto",
+        help="auto: units send the rows other devices read first, then compute the rest, where the "
+        "cost model predicts it pays; whole: every unit computes its rows in one pass",
     )

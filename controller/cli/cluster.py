@@ -9,7 +9,14 @@ import time
 import numpy as np
 import torch
 
-from controller.cli.args import CLUSTER_HELP, add_broker_arguments, broker_settings, input_shape, positive_int
+from controller.cli.args import (
+    CLUSTER_HELP,
+    add_broker_arguments,
+    add_schedule_argument,
+    broker_settings,
+    input_shape,
+    positive_int,
+)
 from controller.control.deploy import deploy_plan
 from controller.control.requester import InferenceClient, Result
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
@@ -31,7 +38,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     model, shape = build_model(args.model, args.input_shape, args.seed)
     graph = trace_model(model, torch.zeros(shape), args.model)
     cluster = load_cluster(args.cluster)
-    planned = plan_model(graph, cluster, args.method)
+    planned = plan_model(graph, cluster, args.method, schedule=args.schedule)
     nodes = [d.id for d in cluster.devices]
     print(
         f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "
@@ -157,6 +164,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     add_broker_arguments(deploy)
     deploy.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
+    add_schedule_argument(deploy)
     deploy.add_argument("--topic-cluster", metavar="NAME", help="topic root name (default: the cluster's name)")
     deploy.add_argument("--input-shape", type=input_shape, default=None)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from controller.cli.args import CLUSTER_HELP, input_shape, positive_int
+from controller.cli.args import CLUSTER_HELP, add_schedule_argument, input_shape, positive_int
 from controller.cli.cluster import add_cluster_commands
 from controller.cli.service import add_service_commands
 from controller.control.verify import TOLERANCE, check_partition, partitions_to_check, reference_outputs
@@ -74,7 +74,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     results = {}
     for name in names:
         try:
-            results[name] = plan_model(graph, cluster, name)
+            results[name] = plan_model(graph, cluster, name, schedule=args.schedule)
         except PlanError as exc:
             if name == args.method:
                 raise
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--model", required=True, help=f"zoo name ({', '.join(ZOO)}) or package.module:factory")
     plan.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     plan.add_argument("--method", choices=list(METHODS), default="edgeflow")
+    add_schedule_argument(plan)
     plan.add_argument("--compare", action="store_true", help="plan with every method and compare")
     plan.add_argument("--json", metavar="OUT", help="write figures and the chosen partition as JSON")
     plan.add_argument("--gantt", metavar="OUT.png", help="draw the predicted per-device timeline")

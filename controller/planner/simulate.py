@@ -12,13 +12,15 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 from controller.graph.layers import LayerGraph
 from controller.planner.costmodel import compute_s, send
 from controller.planner.plan import Plan
+from edgeflowd.core.rows import RowRange
 from edgeflowd.core.sizes import ELEMENT_BYTES
 from edgeflowd.core.slicing import row_numel
-from edgeflowd.core.units import CLIENT, SINK
+from edgeflowd.core.units import CLIENT, SINK, halo_first
 from edgeflowd.profiles.devices import Cluster, Link
 
 __all__ = ["Interval", "Timeline", "simulate"]
@@ -42,8 +44,13 @@ class Timeline:
         return sum(i.end - i.start for i in self.intervals if i.device == device and i.resource == resource)
 
 
+def _on_device(device_of: dict[str, int], device: int, consumer: str) -> bool:
+    return device_of.get(consumer, CLIENT) == device
+
+
 def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
     units = {u.uid: u for u in plan.units}
+    device_of = {u.uid: u.device for u in plan.units}
     order = {u.uid: i for i, u in enumerate(plan.units)}
     expected = {uid: 0 for uid in units}
     for u in plan.units:
@@ -66,12 +73,17 @@ def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
     while heap:
         ready, _, uid = heapq.heappop(heap)
         unit = units[uid]
+        edges: list[tuple[RowRange, float]] = []  # halo-first pieces and when each is done
         if unit.device == CLIENT:
             finish = 0.0
         else:
-            layer = graph[unit.layer]
-            start = max(ready, free[(unit.device, "compute")])
-            finish = start + compute_s(layer, len(unit.rows), cluster.devices[unit.device])
+            layer, device = graph[unit.layer], cluster.devices[unit.device]
+            start = finish = max(ready, free[(unit.device, "compute")])
+            pieces, n_edges = halo_first(unit, partial(_on_device, device_of, unit.device))
+            for k, rows in enumerate(pieces):
+                finish += compute_s(layer, len(rows), device)
+                if k < n_edges:
+                    edges.append((rows, finish))
             free[(unit.device, "compute")] = finish
             intervals.append(Interval(unit.device, "compute", start, finish, uid))
         row_bytes = float(ELEMENT_BYTES * row_numel(unit.out_shape))
@@ -80,9 +92,10 @@ def simulate(plan: Plan, graph: LayerGraph, cluster: Cluster) -> Timeline:
             if dst == unit.device:
                 arrival = finish
             else:
+                sent = next((done for rows, done in edges if rows.contains(fwd.rows)), finish)
                 nbytes = row_bytes * len(fwd.rows)
-                up_start, down_start = max(finish, free[(unit.device, "up")]), free[(dst, "down")]
-                hop = send(nbytes, link(unit.device), link(dst), finish, free[(unit.device, "up")], free[(dst, "down")])
+                up_start, down_start = max(sent, free[(unit.device, "up")]), free[(dst, "down")]
+                hop = send(nbytes, link(unit.device), link(dst), sent, free[(unit.device, "up")], free[(dst, "down")])
                 free[(unit.device, "up")], free[(dst, "down")], arrival = hop.up_end, hop.down_end, hop.arrival
                 label = f"{uid}->{fwd.consumer}"
                 intervals.append(Interval(unit.device, "up", up_start, hop.up_end, label))

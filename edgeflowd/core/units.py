@@ -3,17 +3,27 @@ and forwarding table. Pure data plus :func:`run_unit`; no I/O, no threads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import RowRule, rows_shape, run_layer_rows
+from edgeflowd.core.slicing import RowRule, height_of, rows_shape, run_layer_rows, take_rows
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["CLIENT", "SINK", "ExecutionUnit", "Forward", "UnitInput", "reads_nothing", "run_unit", "unit_id"]
+__all__ = [
+    "CLIENT",
+    "SINK",
+    "ExecutionUnit",
+    "Forward",
+    "UnitInput",
+    "halo_first",
+    "reads_nothing",
+    "run_unit",
+    "unit_id",
+]
 
 CLIENT = -1
 """Device index of the requester, which holds the model input and receives the output."""
@@ -72,6 +82,7 @@ class ExecutionUnit:
     inputs: tuple[UnitInput, ...]
     ops: tuple[OpCall, ...]
     forwards: tuple[Forward, ...]
+    halo_first: bool = False  # the plan's choice: see :func:`halo_first`
 
     @property
     def uid(self) -> str:
@@ -81,13 +92,51 @@ class ExecutionUnit:
         return sorted({name for call in self.ops for name in call.const_names()})
 
 
+def _merge(ranges: Sequence[RowRange]) -> list[RowRange]:
+    """Overlapping or touching ranges joined, in row order (empty ones dropped)."""
+    merged: list[RowRange] = []
+    for r in sorted(r for r in ranges if not r.empty):
+        if merged and r.start <= merged[-1].stop:
+            merged[-1] = merged[-1].union_hull(r)
+        else:
+            merged.append(r)
+    return merged
+
+
+def halo_first(unit: ExecutionUnit, local: Callable[[str], bool]) -> tuple[tuple[RowRange, ...], int]:
+    """The order in which to compute ``unit``'s rows, and how many of the first pieces leave the node.
+
+    A unit the plan marks ``halo_first`` computes the rows other nodes read (its halo rows,
+    typically) first and publishes them, then its interior while they travel: the neighbour's
+    next unit then finds them waiting instead of waiting a message for them. ``local`` says
+    whether a consumer runs on the same node. Any other unit is one piece: ``((rows,), 0)``.
+    Pure, so that the runtime and the simulator agree on what is computed when."""
+    whole = ((unit.rows,), 0)
+    splittable = any(i.rule.pattern != "whole" for i in unit.inputs)  # an all-whole layer mixes rows
+    if not unit.halo_first or not splittable or len(unit.out_shape) != 4:
+        return whole
+    remote = _merge([f.rows.intersect(unit.rows) for f in unit.forwards if not local(f.consumer)])
+    if not remote or remote == [unit.rows]:
+        return whole
+    interior, cursor = [], unit.rows.start
+    for r in remote:
+        if r.start > cursor:
+            interior.append(RowRange(cursor, r.start))
+        cursor = r.stop
+    if cursor < unit.rows.stop:
+        interior.append(RowRange(cursor, unit.rows.stop))
+    return (*remote, *interior), len(remote)
+
+
 def run_unit(
     unit: ExecutionUnit,
     inputs: Sequence[torch.Tensor],
     tensors: Mapping[str, torch.Tensor],
     resolve: Resolver = allowed_resolver,
+    rows: RowRange | None = None,
 ) -> torch.Tensor:
-    """Compute the unit's rows from ``inputs[k]`` = rows ``unit.inputs[k].rows`` of producer k."""
+    """Compute the unit's rows from ``inputs[k]`` = rows ``unit.inputs[k].rows`` of producer k;
+    with ``rows`` (inside ``unit.rows``), only those: exactly what a unit of those rows computes."""
     if len(inputs) != len(unit.inputs):
         raise ProtocolError(f"unit {unit.uid}: expected {len(unit.inputs)} inputs, got {len(inputs)}")
     for spec, tensor in zip(unit.inputs, inputs, strict=True):
@@ -96,17 +145,24 @@ def run_unit(
                 f"unit {unit.uid}: input {spec.producer} rows {spec.rows} has shape {tuple(tensor.shape)}, "
                 f"expected {spec.slice_shape()}"
             )
+    out = unit.rows if rows is None else rows
+    if not unit.rows.contains(out):
+        raise ProtocolError(f"unit {unit.uid}: rows {out} are not among its rows {unit.rows}")
+    needed, have, sliced = [], [], []
+    for spec, tensor in zip(unit.inputs, inputs, strict=True):
+        if out == unit.rows:
+            needed.append(spec.needed)
+            have.append(spec.rows)
+            sliced.append(tensor)
+            continue
+        height = height_of(spec.shape)
+        part = spec.rule.needed(out, height)
+        needed.append(part)
+        have.append(part.clip(height))
+        sliced.append(take_rows(tensor, part.clip(height), spec.rows))
     result = run_layer_rows(
-        unit.ops,
-        [i.rule for i in unit.inputs],
-        inputs,
-        [i.needed for i in unit.inputs],
-        [i.rows for i in unit.inputs],
-        unit.rows,
-        unit.out_shape,
-        tensors,
-        resolve,
+        unit.ops, [i.rule for i in unit.inputs], sliced, needed, have, out, unit.out_shape, tensors, resolve
     )
-    if len(unit.out_shape) == 4 and result.shape[2] != len(unit.rows):
-        raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(unit.rows)}")
+    if len(unit.out_shape) == 4 and result.shape[2] != len(out):
+        raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(out)}")
     return result

@@ -22,7 +22,7 @@ import torch
 from edgeflowd.core.ops import Resolver, allowed_resolver
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import take_rows
-from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, run_unit
+from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_first, run_unit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.slices import Need, SliceBuffer, needs_of
 from edgeflowd.wire.frames import FrameAssembler, decode_frame, encode_frames
@@ -187,10 +187,37 @@ class NodeRuntime:
 
     # -- any thread: reads only what never changes -----------------------------------------------
     def compute(self, work: Compute, max_packet: int) -> Iterator[Action]:
-        """Run the unit and route its rows (lazily: see :meth:`emit`)."""
+        """Run the unit and route its rows (lazily: see :meth:`emit`). A unit that other nodes
+        read only a few rows of computes and publishes those first (:func:`halo_first`)."""
+        pieces, edges = halo_first(work.unit, self.is_local)
+        if edges:
+            return self._halo_first(work, pieces, edges, max_packet)
         with torch.no_grad():
             out = run_unit(work.unit, work.inputs, self.tensors, self.resolve)
         return self.emit(work.request, work.unit, out, max_packet)
+
+    def is_local(self, consumer: str) -> bool:
+        """Whether ``consumer`` (a unit id or :data:`SINK`) is served by this runtime."""
+        return consumer in self.slices.needs
+
+    def _halo_first(self, work: Compute, pieces: Sequence[RowRange], edges: int, max_packet: int) -> Iterator[Action]:
+        unit, done = work.unit, []
+        remote = [f for f in unit.forwards if not self.is_local(f.consumer)]
+        for i, rows in enumerate(pieces):
+            with torch.no_grad():
+                done.append((rows, run_unit(unit, work.inputs, self.tensors, self.resolve, rows)))
+            if i < edges:  # every remote forward lies inside an edge piece: it leaves with the first
+                ready = [f for f in remote if rows.contains(f.rows)]
+                remote = [f for f in remote if f not in ready]
+                yield from self._publish(
+                    work.request, unit, [(f, _rows_of(done[-1:], f.rows)) for f in ready], max_packet
+                )
+        if remote:
+            raise ProtocolError(f"unit {unit.uid}: rows {remote[0].rows} for {remote[0].consumer} in no edge piece")
+        ordered = sorted(done, key=lambda piece: piece[0].start)
+        for forward in unit.forwards:
+            if self.is_local(forward.consumer):
+                yield Deliver(work.request, forward.consumer, unit.layer, forward.rows, _rows_of(ordered, forward.rows))
 
     def emit(self, request: str, unit: ExecutionUnit, out: torch.Tensor, max_packet: int) -> Iterator[Action]:
         """What ``unit``'s forwarding table makes of its output ``out``: a :class:`Deliver` for each
@@ -201,11 +228,14 @@ class NodeRuntime:
         publishes, and the first remote slice leaves before the last one is encoded."""
         pieces = [(f, take_rows(out, f.rows, unit.rows).contiguous()) for f in unit.forwards]
         for forward, piece in pieces:
-            if forward.consumer in self.slices.needs:
+            if self.is_local(forward.consumer):
                 yield Deliver(request, forward.consumer, unit.layer, forward.rows, piece)
+        yield from self._publish(request, unit, [p for p in pieces if not self.is_local(p[0].consumer)], max_packet)
+
+    def _publish(
+        self, request: str, unit: ExecutionUnit, pieces: Sequence[tuple[Forward, torch.Tensor]], max_packet: int
+    ) -> Iterator[Action]:
         for forward, piece in pieces:
-            if forward.consumer in self.slices.needs:
-                continue
             if forward.consumer == SINK:
                 topic = self.topics.result(self.plan, request)
             else:
@@ -219,6 +249,16 @@ class NodeRuntime:
             raise ProtocolError(f"plan {self.plan}: only a requester's runtime (with the source unit) sends")
         self.open(request)
         return self.emit(request, self.source, x, max_packet)
+
+
+def _rows_of(pieces: Sequence[tuple[RowRange, torch.Tensor]], rows: RowRange) -> torch.Tensor:
+    """Rows ``rows`` out of computed pieces (row order, together holding them), contiguous: one
+    piece's rows are a view of it, rows across pieces are joined."""
+    if rows.empty:
+        held, tensor = pieces[0]
+        return take_rows(tensor, RowRange(held.start, held.start), held).contiguous()
+    parts = [take_rows(t, rows.intersect(held), held) for held, t in pieces if not rows.intersect(held).empty]
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def carry_out(

@@ -61,6 +61,7 @@ class UnitDoc(msgspec.Struct, frozen=True):
     inputs: tuple[InputDoc, ...]
     ops: tuple[OpDoc, ...]
     forwards: tuple[ForwardDoc, ...]
+    halo_first: bool = False
 
 
 def _rows(rows: RowRange) -> Rows:
@@ -88,6 +89,7 @@ def unit_doc(unit: ExecutionUnit) -> UnitDoc:
             for op in unit.ops
         ),
         tuple(ForwardDoc(f.consumer, _rows(f.rows)) for f in unit.forwards),
+        unit.halo_first,
     )
 
 
@@ -121,9 +123,8 @@ def unit_of(doc: UnitDoc, where: str) -> ExecutionUnit:
     forwards = tuple(
         Forward(f.consumer, _range(f.rows, f"{where}.forwards[{k}].rows")) for k, f in enumerate(doc.forwards)
     )
-    return ExecutionUnit(
-        doc.layer, doc.device, _range(doc.rows, f"{where}.rows"), doc.out_shape, inputs, tuple(ops), forwards
-    )
+    rows = _range(doc.rows, f"{where}.rows")
+    return ExecutionUnit(doc.layer, doc.device, rows, doc.out_shape, inputs, tuple(ops), forwards, doc.halo_first)
 
 
 def encode_value(value: Any) -> Any:

@@ -13,10 +13,11 @@ from controller.planner.methods.optimal import optimal
 from controller.planner.methods.progressive import edgeflow_partition, progressive_partition
 from controller.planner.partitions import Partition
 from controller.planner.plan import Plan, build_plan
+from controller.planner.schedule import best_schedule
 from controller.planner.simulate import Timeline, simulate
 from edgeflowd.profiles.devices import Cluster
 
-__all__ = ["METHODS", "Planned", "lower_bound_s", "plan_model"]
+__all__ = ["METHODS", "SCHEDULES", "Planned", "lower_bound_s", "plan_model"]
 
 Method = Callable[[LayerGraph, Cluster], Partition]
 
@@ -45,14 +46,26 @@ class Planned:
         return self.timeline.latency_s
 
 
+SCHEDULES = ("auto", "whole")
+"""``auto``: units compute their halo rows first where the simulator predicts it pays
+(:mod:`controller.planner.schedule`); ``whole``: every unit computes its rows in one pass."""
+
+
 def plan_model(
-    graph: LayerGraph, cluster: Cluster, method: str, clock: Callable[[], float] = time.perf_counter
+    graph: LayerGraph,
+    cluster: Cluster,
+    method: str,
+    clock: Callable[[], float] = time.perf_counter,
+    schedule: str = "auto",
 ) -> Planned:
     start = clock()
     partition = METHODS[method](graph, cluster)
-    elapsed = clock() - start
     plan = build_plan(graph, partition)
-    return Planned(method, partition, plan, simulate(plan, graph, cluster), elapsed)
+    if schedule == "auto":
+        plan, timeline = best_schedule(plan, graph, cluster)
+    else:
+        timeline = simulate(plan, graph, cluster)
+    return Planned(method, partition, plan, timeline, clock() - start)
 
 
 def lower_bound_s(graph: LayerGraph, cluster: Cluster) -> float:
