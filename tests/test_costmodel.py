@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from controller.graph.trace import trace_model
-from controller.planner.costmodel import compute_s, send, transfer_s
+from controller.planner.costmodel import compute_s, send, transfer_s, unit_fixed_s
 from controller.planner.methods.baselines import single_on
 from controller.planner.partitions import even_partition
 from controller.planner.plan import build_plan
@@ -75,3 +76,19 @@ def test_resources_never_do_two_things_at_once() -> None:
             )
             assert all(a_end <= b_start + 1e-12 for (_, a_end), (b_start, _) in itertools.pairwise(spans))
     assert timeline.latency_s >= max(i.end for i in timeline.intervals if i.resource == "compute")
+
+
+def test_every_unit_pays_a_pass_over_its_layers_weights_whatever_its_rows() -> None:
+    graph = trace_model(nn.Conv2d(64, 64, 3, 1, 1), torch.zeros(1, 64, 10, 10), "conv")
+    (conv,) = graph.compute_layers
+    plain = _device("a", 1.0)
+    passes = Device("b", dataclasses.replace(plain.profile, weights_gbps=0.5), 0.0)
+    loaded = Device("c", passes.profile, 0.5)
+    one_pass = conv.param_bytes / 0.5e9
+    assert unit_fixed_s(conv, plain) == pytest.approx(0.0005)  # no rate declared or measured: not charged
+    assert unit_fixed_s(conv, passes) == pytest.approx(0.0005 + one_pass)
+    assert compute_s(conv, 1, passes) - compute_s(conv, 1, plain) == pytest.approx(one_pass)
+    assert compute_s(conv, 10, passes) - compute_s(conv, 10, plain) == pytest.approx(one_pass)  # not per row
+    assert unit_fixed_s(conv, loaded) == pytest.approx(0.0005 + 2 * one_pass)  # other work slows it too
+    two_halves = compute_s(conv, 5, passes) * 2
+    assert two_halves - compute_s(conv, 10, passes) == pytest.approx(unit_fixed_s(conv, passes))

@@ -50,6 +50,10 @@ link:
             ("  gflops: 7.0", "  gflops: 7.0\n  per_kind: {tensor: 2}"),
             r":4: compute\.per_kind\.tensor: unknown op kind",
         ),
+        (
+            ("  gflops: 7.0", "  gflops: 7.0\n  weights_gbps: -3"),
+            r":4: compute\.weights_gbps: expected a number >= 0.0, got -3",
+        ),
         (("link:", "link: ["), r":8: not valid YAML"),  # where the parser notices
     ],
 )

@@ -28,13 +28,14 @@ def _telemetry(cpu: float, own: float) -> Telemetry:
 def test_effective_rate_combines_benchmark_factors_and_others_load() -> None:
     view = NodeView(
         "a",
-        info=Info(node="a", version="x", benchmark={"conv_gflops": 30.0, "dwconv_gflops": 3.0}),
+        info=Info(node="a", version="x", benchmark={"conv_gflops": 30.0, "dwconv_gflops": 3.0, "weights_gbps": 7.5}),
         telemetry=_telemetry(cpu=70.0, own=20.0),
     )
     device = effective_device(CLUSTER.devices[0], view)
     assert device.profile.gflops == 30.0  # measured beats declared
     assert device.profile.kind_factors["dwconv"] == pytest.approx(0.1)  # measured ratio
     assert device.profile.kind_factors["matmul"] == 0.6  # not measured: declared
+    assert device.profile.weights_gbps == 7.5  # measured beats declared (none)
     assert device.load == pytest.approx(0.5)  # 70% busy, 20% of it the daemon itself
     assert device.rate("conv") == pytest.approx(30e9 * 0.5)
     assert device.rate("dwconv") == pytest.approx(3e9 * 0.5)

@@ -10,6 +10,8 @@ Effective rate of a node for an op kind (what the partitioner uses):
   ``info.benchmark``); the declared profile's ``gflops`` when it reported none.
 - ``factor(kind)`` is measured where the benchmark covers the kind (``dwconv``, ``matmul``: their
   rate over the conv rate), the declared profile's factor otherwise.
+- a unit's fixed cost includes a pass over its layer's weights at the node's measured
+  ``weights_gbps`` (the declared one, or none, when it reported none).
 - ``load`` is the share of the node's CPUs taken by *other* work: telemetry's ``cpu_percent``
   minus the daemon's own ``process_cpu_percent``, clamped to [0, 0.95], or the cluster file's
   static load when no telemetry came yet.
@@ -70,6 +72,9 @@ def effective_device(device: Device, view: NodeView | None) -> Device:
             if isinstance(rate, (int, float)) and rate > 0:
                 factors[kind] = rate / conv
         profile = replace(profile, gflops=float(conv), kind_factors=factors)
+    passes = bench.get("weights_gbps")
+    if isinstance(passes, (int, float)) and passes > 0:
+        profile = replace(profile, weights_gbps=float(passes))
     load = others_load(view.telemetry) if view and view.telemetry else device.load
     return Device(device.id, profile, load)
 

@@ -61,6 +61,11 @@ class Link:
     latency_ms: float
 
 
+def _free(load: float) -> float:
+    """The share of the CPU left to EdgeFlow (never below 5%: a busy board still makes progress)."""
+    return max(0.05, 1.0 - load)
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
@@ -71,11 +76,18 @@ class DeviceProfile:
     kind_factors: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_KIND_FACTORS))
     op_overhead_ms: float = 0.2
     description: str = ""
+    weights_gbps: float = 0.0
+    """How fast one pass over a layer's weights goes (GB/s): every unit of a layer reads all of
+    them, whatever its rows. 0: not charged."""
 
     def rate(self, kind: str, load: float = 0.0) -> float:
         """FLOP/s for ``kind`` with a fraction ``load`` of the CPU taken by other work."""
         factor = self.kind_factors.get(kind, self.kind_factors.get("unknown", 0.5))
-        return self.gflops * 1e9 * factor * max(0.05, 1.0 - load)
+        return self.gflops * 1e9 * factor * _free(load)
+
+    def weights_rate(self, load: float = 0.0) -> float:
+        """Bytes/s of a pass over a layer's weights with a fraction ``load`` taken (0: not charged)."""
+        return self.weights_gbps * 1e9 * _free(load)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,9 @@ class Device:
 
     def rate(self, kind: str) -> float:
         return self.profile.rate(kind, self.load)
+
+    def weights_rate(self) -> float:
+        return self.profile.weights_rate(self.load)
 
     @property
     def link(self) -> Link:
@@ -113,7 +128,7 @@ def _device_profile(doc: YamlDoc, data: Any, path: tuple[str | int, ...], name: 
     cpath = (*path, "compute")
     if not isinstance(compute, dict):
         raise doc.error(cpath, "expected a mapping with gflops")
-    check_keys(doc, compute, cpath, {"gflops", "per_kind", "op_overhead_ms"})
+    check_keys(doc, compute, cpath, {"gflops", "per_kind", "op_overhead_ms", "weights_gbps"})
     factors = dict(DEFAULT_KIND_FACTORS)
     per_kind = compute.get("per_kind", {}) or {}
     if not isinstance(per_kind, dict):
@@ -135,6 +150,7 @@ def _device_profile(doc: YamlDoc, data: Any, path: tuple[str | int, ...], name: 
         description=str(data.get("description", "")),
         gflops=number(doc, require(doc, compute, cpath, "gflops"), (*cpath, "gflops")),
         op_overhead_ms=number(doc, compute.get("op_overhead_ms", 0.2), (*cpath, "op_overhead_ms"), strict=False),
+        weights_gbps=number(doc, compute.get("weights_gbps", 0.0), (*cpath, "weights_gbps"), strict=False),
         kind_factors=factors,
         memory_mb=number(doc, require(doc, data, path, "memory_mb"), (*path, "memory_mb")),
         threads=threads,

@@ -21,7 +21,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 
 from controller.graph.layers import LayerGraph
-from controller.planner.costmodel import comm_s_per_byte, per_row_s, row_bytes
+from controller.planner.costmodel import comm_s_per_byte, per_row_s, row_bytes, unit_fixed_s
 from controller.planner.partitions import Partition
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import PlanError
@@ -106,7 +106,7 @@ def _solve(
     for ly in layers:
         for d in range(n):
             dev = cluster.devices[d]
-            work = {x[(ly.name, d)]: per_row_s(ly, dev), b[(ly.name, d)]: dev.profile.op_overhead_ms / 1e3}
+            work = {x[(ly.name, d)]: per_row_s(ly, dev), b[(ly.name, d)]: unit_fixed_s(ly, dev)}
             fin = {f[(ly.name, d)]: 1.0}
             neg_work = {k: -v for k, v in work.items()}
             if d in prev:  # after the device's previous layer

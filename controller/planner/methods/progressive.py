@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from controller.graph.layers import Layer, LayerGraph
-from controller.planner.costmodel import comm_s_per_byte, compute_s, per_row_s, row_bytes
+from controller.planner.costmodel import comm_s_per_byte, compute_s, per_row_s, row_bytes, unit_fixed_s
 from controller.planner.methods.baselines import chain, coedge, equal, ftp, single
 from controller.planner.methods.evaluate import fits_memory, predicted_latency
 from controller.planner.methods.state import Placement, PlanState
@@ -74,7 +74,7 @@ def _solve(state: PlanState, layer: Layer, devices: list[int]) -> np.ndarray | N
     aux = m + 1
     for i, d in enumerate(devices):
         dev = state.cluster.devices[d]
-        a, o = per_row_s(layer, dev), dev.profile.op_overhead_ms / 1e3
+        a, o = per_row_s(layer, dev), unit_fixed_s(layer, dev)
         local_ready = remote_ready = comm_const = 0.0
         comm = np.zeros(n_var)
         remote_any = False

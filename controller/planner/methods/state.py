@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from controller.graph.layers import Layer, LayerGraph
-from controller.planner.costmodel import memory_bytes, per_row_s, row_bytes, send
+from controller.planner.costmodel import memory_bytes, per_row_s, row_bytes, send, unit_fixed_s
 from controller.planner.partitions import on_one_device
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.units import CLIENT
@@ -128,7 +128,7 @@ class PlanState:
             key = (layer.name, device)
             if key not in self._compute:
                 dev = self.cluster.devices[device]
-                self._compute[key] = (per_row_s(layer, dev), dev.profile.op_overhead_ms / 1e3)
+                self._compute[key] = (per_row_s(layer, dev), unit_fixed_s(layer, dev))
             per_row, overhead = self._compute[key]
             finish[device] = start + overhead + per_row * len(rows)  # = compute_s(), cached
         return Placement(ranges, finish, links)
