@@ -3,7 +3,7 @@ pinned one per core (N = 1 .. this machine's cores), one torch thread each, on a
 Mosquitto, against the same model in one process on 1 and on N torch threads, all in one run.
 
     .venv/bin/python bench/cores.py [--models resnet50 yolov5s inception_v3 mobilenet_v2]
-        [--methods edgeflow equal] [--requests 20] [--out bench/results]
+        [--methods edgeflow equal] [--schedules auto whole] [--requests 20] [--out bench/results]
 
 For each model, N and method it reports the median latency at 1 request in flight and the
 throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / one thread,
@@ -29,6 +29,7 @@ from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
 from controller.lab.launch import DaemonProcess, mosquitto_broker
+from controller.planner.methods import SCHEDULES
 
 MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
 
@@ -43,7 +44,19 @@ def _cluster_file(tmp: Path, n: int) -> Path:
     return path
 
 
-def _run_model(model: str, cores: list[int], methods: list[str], requests: int, tmp: Path) -> dict[str, Any]:
+def _variants(methods: list[str], schedules: list[str], n: int) -> list[tuple[str, str, str]]:
+    """(key, method, schedule) to deploy on ``n`` daemons; one daemon sends no halo, so it gets the
+    first schedule only."""
+    out = []
+    for method in methods:
+        for k, schedule in enumerate(schedules if n > 1 else schedules[:1]):
+            out.append((f"{n}/{method}" if k == 0 else f"{n}/{method}/{schedule}", method, schedule))
+    return out
+
+
+def _run_model(
+    model: str, cores: list[int], methods: list[str], schedules: list[str], requests: int, tmp: Path
+) -> dict[str, Any]:
     n_max = len(cores)
     reference = {str(t): single_process_ms(model, t, 10) for t in sorted({1, n_max})}
     print(f"{model}: one process {reference} ms")
@@ -56,10 +69,10 @@ def _run_model(model: str, cores: list[int], methods: list[str], requests: int, 
                 for i in range(n)
             ]
             try:
-                for method in methods:
+                for key, method, schedule in _variants(methods, schedules, n):
                     deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
-                    if edgeflow([*deploy, "--method", method, "--timeout", "120"]) != 0:
-                        raise SystemExit(f"{model}: deploy with {method} on {n} daemons failed")
+                    if edgeflow([*deploy, "--method", method, "--schedule", schedule, "--timeout", "120"]) != 0:
+                        raise SystemExit(f"{model}: deploy with {method} ({schedule}) on {n} daemons failed")
                     got = measure(broker.url, model, requests, f"cores-{n}")
                     one = got["in_flight_1"]
                     one["x_1thread"] = one["p50_ms"] / reference["1"]
@@ -67,9 +80,9 @@ def _run_model(model: str, cores: list[int], methods: list[str], requests: int, 
                     four = got["in_flight_4"]
                     four["x_1thread_rps"] = four["throughput_rps"] * reference["1"] / 1e3
                     four["x_nthreads_rps"] = four["throughput_rps"] * reference[str(n_max)] / 1e3
-                    result["daemons"][f"{n}/{method}"] = got
+                    result["daemons"][key] = got
                     print(
-                        f"  {n} daemon(s) {method:<9} p50 {one['p50_ms']:7.1f} ms = {one['x_1thread']:.2f}x one thread,"
+                        f"  {key:<18} p50 {one['p50_ms']:7.1f} ms = {one['x_1thread']:.2f}x one thread,"
                         f" {one['x_nthreads']:.2f}x {n_max} threads; {four['throughput_rps']:.2f} req/s at 4 in flight;"
                         f" error {one['max_relative_error']:.1e}"
                     )
@@ -92,7 +105,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     width = 0.8 / (len(keys) + 1)
     for k, key in enumerate(keys):
         ratios = [report["models"][m]["daemons"][key]["in_flight_1"]["x_1thread"] for m in models]
-        ax.bar([i + k * width for i in range(len(models))], ratios, width, label=f"{key.replace('/', ' daemon(s), ')}")
+        ax.bar(
+            [i + k * width for i in range(len(models))],
+            ratios,
+            width,
+            label=key.replace("/", " daemon(s), ", 1).replace("/", ", "),
+        )
     threads = [
         report["models"][m]["one_process_ms"][str(n_max)] / report["models"][m]["one_process_ms"]["1"] for m in models
     ]
@@ -116,14 +134,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=["edgeflow", "equal"])
+    parser.add_argument(
+        "--schedules", nargs="+", choices=SCHEDULES, default=["auto"], help="the first is each method's own figure"
+    )
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    report: dict[str, Any] = {"cores": len(cores), "requests": args.requests, "methods": args.methods, "models": {}}
+    report: dict[str, Any] = {
+        "cores": len(cores),
+        "requests": args.requests,
+        "methods": args.methods,
+        "schedules": args.schedules,
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            report["models"][model] = _run_model(model, cores, args.methods, args.requests, Path(tmp))
+            report["models"][model] = _run_model(model, cores, args.methods, args.schedules, args.requests, Path(tmp))
     print(
         json.dumps(
             {
