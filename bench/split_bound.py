@@ -190,7 +190,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="one process, 1 thread")
     ax.set_xticks(list(xs), models)
     ax.set_ylabel("median time / one process on 1 thread")
-    ax.set_title(f"The ceiling of a {report['method']} row split on {n} cores")
+    ax.set_title(f"The ceiling of the {report['method']} row split on {n} cores, no runtime")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
