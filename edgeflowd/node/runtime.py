@@ -116,6 +116,7 @@ class NodeRuntime:
             needs[SINK] = list(outputs)
         self.slices = SliceBuffer(needs, max_bytes, ttl_s)
         self.frames = FrameAssembler(max_bytes=max_bytes, ttl_s=ttl_s)
+        self._pieces = {uid: halo_first(u, self.is_local) for uid, u in self.units.items()}  # once per plan
         self._open: set[str] | None = set() if outputs else None
         sources = [u for u in units if u.device == CLIENT]
         if outputs and len(sources) != 1:
@@ -187,9 +188,9 @@ class NodeRuntime:
 
     # -- any thread: reads only what never changes -----------------------------------------------
     def compute(self, work: Compute, max_packet: int) -> Iterator[Action]:
-        """Run the unit and route its rows (lazily: see :meth:`emit`). A unit that other nodes
-        read only a few rows of computes and publishes those first (:func:`halo_first`)."""
-        pieces, edges = halo_first(work.unit, self.is_local)
+        """Run the unit and route its rows (lazily: see :meth:`emit`). A unit the plan marks halo
+        first computes and publishes the rows other nodes read first (:func:`halo_first`)."""
+        pieces, edges = self._pieces[work.unit.uid]
         if edges:
             return self._halo_first(work, pieces, edges, max_packet)
         with torch.no_grad():

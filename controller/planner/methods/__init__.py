@@ -58,6 +58,8 @@ def plan_model(
     clock: Callable[[], float] = time.perf_counter,
     schedule: str = "auto",
 ) -> Planned:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     start = clock()
     partition = METHODS[method](graph, cluster)
     plan = build_plan(graph, partition)
