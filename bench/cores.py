@@ -34,7 +34,8 @@ from controller.planner.methods import SCHEDULES
 MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
 
 
-def _cluster_file(tmp: Path, n: int) -> Path:
+def cluster_file(tmp: Path, n: int) -> Path:
+    """A cluster of ``n`` local cores (``local-core`` profile) named ``cores-N``, written under ``tmp``."""
     path = tmp / f"cores-{n}.yaml"
     devices = "".join(f"  - {{id: node-{i}, profile: local-core}}\n" for i in range(n))
     path.write_text(
@@ -62,7 +63,7 @@ def _run_model(
     print(f"{model}: one process {reference} ms")
     result: dict[str, Any] = {"one_process_ms": reference, "daemons": {}}
     for n in range(1, n_max + 1):
-        cluster = _cluster_file(tmp, n)
+        cluster = cluster_file(tmp, n)
         with mosquitto_broker(tmp) as broker:
             daemons = [
                 DaemonProcess(f"node-{i}", broker.url, f"cores-{n}", tmp, "--profile", "local-core", cpus=[cores[i]])

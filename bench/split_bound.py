@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cores import cluster_file  # bench/cores.py, beside this script
 from save import save_report  # bench/save.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,16 +91,6 @@ print(json.dumps({{"median_ms": statistics.median(times) * 1e3}}))
 """
 
 
-def _cluster_file(tmp: Path, n: int) -> Path:
-    path = tmp / f"split-{n}.yaml"
-    devices = "".join(f"  - {{id: node-{i}, profile: local-core}}\n" for i in range(n))
-    path.write_text(
-        f"schema: edgeflow.cluster/1\nname: split-{n}\ndevices:\n{devices}"
-        "client: {up_mbps: 3000, down_mbps: 3000, latency_ms: 0.2}\n"
-    )
-    return path
-
-
 def one_process_ms(model: str, threads: int, runs: int, cpus: list[int]) -> float:
     pin = ["taskset", "-c", ",".join(map(str, cpus))]
     code = _MODEL.format(repo=str(REPO))
@@ -144,7 +135,7 @@ def devices_ms(model: str, method: str, cluster: Path, cores: list[int], runs: i
 
 def _run_model(model: str, method: str, cores: list[int], rounds: int, tmp: Path) -> dict[str, Any]:
     n = len(cores)
-    cluster = _cluster_file(tmp, n)
+    cluster = cluster_file(tmp, n)
     one, many, split = [], [], []
     for r in range(rounds):  # alternating, because this machine's speed drifts within minutes
         one.append(one_process_ms(model, 1, 5, cores[:1]))
