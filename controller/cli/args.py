@@ -9,7 +9,7 @@ from controller.zoo import parse_shape
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.config import SECURITY, SETTINGS, add_arguments
 
-__all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_int"]
+__all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_float", "positive_int"]
 
 CLUSTER_HELP = "cluster YAML file, or a name under profiles/clusters/"
 
@@ -18,6 +18,16 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 

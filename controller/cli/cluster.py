@@ -15,12 +15,15 @@ from controller.cli.args import (
     add_schedule_argument,
     broker_settings,
     input_shape,
+    positive_float,
     positive_int,
 )
 from controller.control.deploy import deploy_plan
 from controller.control.requester import InferenceClient, Result
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
+from controller.lab.demo import CLUSTER as DEMO_CLUSTER
+from controller.lab.demo import CORES as DEMO_CORES
 from controller.lab.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.lab.launch import unwind_on_signals
 from controller.planner.methods import METHODS, plan_model
@@ -140,16 +143,25 @@ def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor],
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     unwind_on_signals()
-    print(f"EdgeFlow demo: {args.model} on an emulated cluster of 4 devices (1x-4x, 50-200 Mbit/s) on this machine")
+    cluster = load_cluster(args.cluster)
+    print(
+        f"EdgeFlow demo: {args.model} on {cluster.name}, {len(cluster)} emulated devices sharing "
+        f"{args.cores:g} of this machine's cores"
+    )
     try:
-        rows = run_demo(args.model, args.methods, args.requests, args.broker)
+        rows = run_demo(
+            args.model, args.methods, args.requests, args.broker, cluster_spec=args.cluster, cores=args.cores
+        )
     except KeyboardInterrupt:
         print("interrupted; the broker and the daemons were stopped", file=sys.stderr)
         return 130
     print()
     for line in demo_table(rows):
         print(line)
-    print("measured: one request in flight; predicted: the cost model on profiles/clusters/testbed-4.yaml")
+    print(
+        "measured: one request in flight; predicted: the controller's cost model, fitted to what the nodes "
+        "measured (the cluster file's speeds only set the emulated quotas and links)"
+    )
     return 0
 
 
@@ -198,6 +210,18 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     demo.add_argument("--model", default="yolov5s", help=model_help)
     demo.add_argument("--requests", type=positive_int, default=10)
+    demo.add_argument(
+        "--cluster",
+        default=DEMO_CLUSTER,
+        help="cluster to emulate: its devices' declared speeds set their CPU quotas (in proportion), "
+        "their links the shaped rates; plans use what the nodes measure",
+    )
+    demo.add_argument(
+        "--cores",
+        type=positive_float,
+        default=DEMO_CORES,
+        help="this machine's cores the devices' quotas add up to (0.5: every device at half speed)",
+    )
     demo.add_argument(
         "--methods",
         nargs="*",

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 from controller.cli.args import CLUSTER_HELP, add_broker_arguments, broker_settings
@@ -16,7 +17,7 @@ from controller.planner.methods import METHODS
 from edgeflowd.errors import ProtocolError
 from edgeflowd.net.mqtt import MessageQueue, listen, received
 from edgeflowd.profiles.devices import load_cluster
-from edgeflowd.wire.messages import PlanInfo, decode_control
+from edgeflowd.wire.messages import Costs, PlanInfo, decode_control
 from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
 
 __all__ = ["add_service_commands"]
@@ -41,32 +42,51 @@ def _cmd_controller(args: argparse.Namespace) -> int:
     return service.run()
 
 
-def _snapshot(registry: Registry, topics: Topics, messages: MessageQueue, wait_s: float) -> PlanInfo | None:
-    """Feed ``registry`` what arrives within ``wait_s``; returns the newest plan summary seen."""
-    plan = None
+@dataclass
+class _Seen:
+    plan: PlanInfo | None = None
+    costs: Costs | None = None
+
+
+def _snapshot(registry: Registry, topics: Topics, messages: MessageQueue, wait_s: float, seen: _Seen) -> None:
+    """Feed ``registry`` and ``seen`` what arrives within ``wait_s``."""
     for topic, payload in received(messages, wait_s):
         try:
             about = topics.parse(topic)
             if about == ControllerTopic("plan") and payload:
-                plan = decode_control(payload, topic, PlanInfo)
+                seen.plan = decode_control(payload, topic, PlanInfo)
+            elif about == ControllerTopic("costs") and payload:
+                seen.costs = decode_control(payload, topic, Costs)
             elif isinstance(about, NodeTopic):
                 registry.on_message(about, payload, topic, time.monotonic())
         except ProtocolError:
             continue
-    return plan
 
 
-def _table(registry: Registry, plan: PlanInfo | None) -> list[str]:
-    lines = [f"{'node':<14} {'state':<8} {'cpu %':>6} {'others':>7} {'GFLOP/s':>8} {'units':>6} {'gen':>4}  last error"]
+def _table(registry: Registry, seen: _Seen) -> list[str]:
+    plan, costs = seen.plan, seen.costs
+    lines = [
+        f"{'node':<14} {'state':<8} {'cpu %':>6} {'others':>7} {'planned as':<10} {'GFLOP/s':>8} "
+        f"{'unit ms':>8} {'Mbit/s':>7} {'msg ms':>7} {'rows':>5} {'units':>6} {'gen':>4}  last error"
+    ]
     for device in registry.cluster.devices:
         view = registry.views[device.id]
         t = view.telemetry
-        rate = effective_device(device, view).profile.gflops
+        planned = costs.nodes.get(device.id) if costs else None
+        if planned is None:
+            mine = effective_device(device, view)
+            source, gflops, overhead = "-", mine.profile.gflops * (1 - mine.load), mine.profile.op_overhead_ms
+            mbps, latency, share = min(mine.link.up_mbps, mine.link.down_mbps), mine.link.latency_ms, "-"
+        else:
+            source, gflops, overhead = planned.source, planned.gflops * (1 - planned.load), planned.op_overhead_ms
+            mbps, latency = min(planned.up_mbps, planned.down_mbps), planned.latency_ms
+            share = f"{planned.share:.0%}"
         report = view.report
         state = "refused" if view.refused else ("online" if view.online else "offline")
         lines.append(
             f"{device.id:<14} {state:<8} {(f'{t.cpu_percent:.0f}' if t else '-'):>6} "
-            f"{(f'{others_load(t):.0%}' if t else '-'):>7} {rate:>8.1f} {(len(report.units) if report else 0):>6} "
+            f"{(f'{others_load(t):.0%}' if t else '-'):>7} {source:<10} {gflops:>8.1f} {overhead:>8.3f} "
+            f"{mbps:>7.0f} {latency:>7.2f} {share:>5} {(len(report.units) if report else 0):>6} "
             f"{(report.generation if report else '-'):>4}  {(report.error if report else '') or view.refused}"
         )
     if plan is not None:
@@ -76,22 +96,28 @@ def _table(registry: Registry, plan: PlanInfo | None) -> list[str]:
         )
     else:
         lines.append("no plan deployed")
+    if costs is not None and plan is not None and costs.generation == plan.generation:
+        measured = f"{costs.measured_ms:.1f} ms over the last {costs.requests} requests" if costs.requests else "-"
+        single = (
+            f"; best single device {costs.single_node}: predicted {costs.single_ms:.1f} ms" if costs.single_node else ""
+        )
+        lines.append(f"measured median {measured}{single}; a message costs {costs.message_mflop:.1f} MFLOP of handling")
     return lines
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     topics = Topics(cluster.name)
-    feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan")]
+    feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan"), topics.controller("costs")]
     conn, messages = listen(broker_settings(args), "edgeflow-status", feeds)
     registry = Registry(cluster)
-    plan = None
+    seen = _Seen()
     try:
         for i in range(args.count if args.watch else 1):
-            plan = _snapshot(registry, topics, messages, args.interval if i else 1.0) or plan
+            _snapshot(registry, topics, messages, args.interval if i else 1.0, seen)
             if args.watch:
                 print("\033[2J\033[H", end="")
-            print("\n".join(_table(registry, plan)), flush=True)
+            print("\n".join(_table(registry, seen)), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -27,8 +27,11 @@ def mosquitto_acl(
     ]
     for node in nodes:
         lines.append(f"user {node}")
-        lines += [f"topic write {topics.node(node, leaf)}" for leaf in NODE_LEAVES if leaf != "assignment"]
         lines += [
+            f"topic write {topics.node(node, leaf)}" for leaf in NODE_LEAVES if leaf not in ("assignment", "echo")
+        ]
+        lines += [
+            f"topic readwrite {topics.node(node, 'echo')}",  # its link probe goes through the broker and back
             f"topic read {topics.node(node, 'assignment')}",
             f"topic read {topics.all_blobs}",
             f"topic readwrite {topics.all_data}",

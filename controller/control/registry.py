@@ -11,21 +11,39 @@ Effective rate of a node for an op kind (what the partitioner uses):
 - ``factor(kind)`` is measured where the benchmark covers the kind (``dwconv``, ``matmul``: their
   rate over the conv rate), the declared profile's factor otherwise.
 - a unit's fixed cost includes a pass over its layer's weights at the node's measured
-  ``weights_gbps`` (the declared one, or none, when it reported none).
+  ``weights_gbps`` (the declared one, or none, when it reported none), and the per-unit overhead
+  it measured (``unit_overhead_ms``: dispatching a tiny op and framing its output).
+- the link is the measured one where the node measured it (through the broker: its uplink and
+  downlink rates, ``link_up_mbps`` and ``link_down_mbps``, and the per-message
+  ``link_latency_ms``), the declared one otherwise.
 - ``load`` is the share of the node's CPUs taken by *other* work: telemetry's ``cpu_percent``
   minus the daemon's own ``process_cpu_percent``, clamped to [0, 0.95], or the cluster file's
   static load when no telemetry came yet.
+
+That is the node's *reference* (:func:`reference_device`, load aside). Once the node has run
+units, the controller plans it from the fit of their measured times to the reference instead
+(:mod:`controller.control.learning`): the ``fitted`` devices of :meth:`Registry.live_cluster`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.profiles.devices import Cluster, Device, Link
 from edgeflowd.wire.messages import PROTOCOL_VERSIONS, AssignmentReport, Info, Status, Telemetry, decode_control
 from edgeflowd.wire.topics import NodeTopic
 
-__all__ = ["NODE_FEEDS", "Event", "LoadWatch", "NodeView", "Registry", "effective_device", "others_load"]
+__all__ = [
+    "NODE_FEEDS",
+    "Event",
+    "LoadWatch",
+    "NodeView",
+    "Registry",
+    "effective_device",
+    "others_load",
+    "reference_device",
+]
 
 NODE_FEEDS = ("status", "info", "telemetry", "assignment/reported")
 """The node topics a registry is built from."""
@@ -60,23 +78,36 @@ def others_load(telemetry: Telemetry) -> float:
     return min(MAX_LOAD, max(0.0, (telemetry.cpu_percent - telemetry.process_cpu_percent) / 100.0))
 
 
-def effective_device(device: Device, view: NodeView | None) -> Device:
-    """``device`` (from the cluster file) as measured and loaded now (see the module docstring)."""
+def _number(bench: Mapping[str, object], key: str) -> float:
+    value = bench.get(key)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
+
+
+def reference_device(device: Device, view: NodeView | None) -> Device:
+    """``device`` (from the cluster file) as its node measured itself, without load."""
     profile = device.profile
     bench = view.info.benchmark if view and view.info else {}
-    conv = bench.get("conv_gflops")
-    if isinstance(conv, (int, float)) and conv > 0:
+    conv = _number(bench, "conv_gflops")
+    if conv:
         factors = dict(profile.kind_factors)
         for kind in ("dwconv", "matmul"):
-            rate = bench.get(f"{kind}_gflops")
-            if isinstance(rate, (int, float)) and rate > 0:
+            if rate := _number(bench, f"{kind}_gflops"):
                 factors[kind] = rate / conv
-        profile = replace(profile, gflops=float(conv), kind_factors=factors)
-    passes = bench.get("weights_gbps")
-    if isinstance(passes, (int, float)) and passes > 0:
-        profile = replace(profile, weights_gbps=float(passes))
+        profile = replace(profile, gflops=conv, kind_factors=factors)
+    if passes := _number(bench, "weights_gbps"):
+        profile = replace(profile, weights_gbps=passes)
+    if overhead := _number(bench, "unit_overhead_ms"):
+        profile = replace(profile, op_overhead_ms=overhead)
+    link = profile.link
+    up, down, latency = (_number(bench, f"link_{k}") for k in ("up_mbps", "down_mbps", "latency_ms"))
+    link = Link(up or link.up_mbps, down or link.down_mbps, latency or link.latency_ms)
+    return Device(device.id, replace(profile, link=link), 0.0)
+
+
+def effective_device(device: Device, view: NodeView | None) -> Device:
+    """``device`` (from the cluster file) as measured and loaded now (see the module docstring)."""
     load = others_load(view.telemetry) if view and view.telemetry else device.load
-    return Device(device.id, profile, load)
+    return replace(reference_device(device, view), load=load)
 
 
 class Registry:
@@ -164,11 +195,14 @@ class Registry:
         benchmarked (their info arrived)."""
         return [d.id for d in self.cluster.devices if (v := self.views[d.id]).online and not v.refused and v.info]
 
-    def live_cluster(self, measured: bool = True) -> Cluster:
-        """The live nodes, at their measured rates and load, or (``measured=False``) as declared:
-        for emulated devices, whose profile is the truth and whose own benchmark runs throttled."""
+    def live_cluster(self, measured: bool = True, fitted: Mapping[str, Device] | None = None) -> Cluster:
+        """The live nodes as ``fitted`` has them, else at their measured rates and load, or
+        (``measured=False``) as the cluster file declares them."""
         live = [d for d in self.cluster.devices if d.id in self.live()]
-        return self.cluster.with_devices(tuple(effective_device(d, self.views[d.id]) if measured else d for d in live))
+        if not measured:
+            return self.cluster.with_devices(tuple(live))
+        fits = fitted or {}
+        return self.cluster.with_devices(tuple(fits.get(d.id) or effective_device(d, self.views[d.id]) for d in live))
 
 
 class LoadWatch:

@@ -5,7 +5,8 @@ slices each input by the source unit's forwarding table into frames for the firs
 and reassembles the output rows that arrive on ``data/<plan>/result/<request>``. Requests carry
 ids of the form ``<client>-<n>``; results of other clients or of requests already given up on are
 ignored. Every request either completes or fails with an error saying which output rows never
-came (or that a new plan replaced it).
+came (or that a new plan replaced it). Each completed request's latency is reported on
+``data/<plan>/latency``, where the controller sets it beside its prediction.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError, output_needs
 from edgeflowd.wire.frames import decode_frame
-from edgeflowd.wire.messages import PlanInfo, decode_control
-from edgeflowd.wire.topics import ResultTopic, Topics
+from edgeflowd.wire.messages import Latency, PlanInfo, decode_control, encode_control
+from edgeflowd.wire.topics import LatencyTopic, ResultTopic, Topics
 from edgeflowd.wire.units import unit_of
 
 __all__ = ["InferenceClient", "Measurement", "Result", "Traffic"]
@@ -208,6 +209,7 @@ class InferenceClient:
             if finished is not None:
                 request, outputs = finished
                 done[request] = Result(request, outputs, self.clock() - started.pop(request))
+                self._report(done[request])
                 on_result(done[request])
             now = self.clock()
             for request, t0 in list(started.items()):
@@ -239,6 +241,10 @@ class InferenceClient:
         messages, mib = self.traffic.per_request() if self.traffic is not None else (0.0, 0.0)
         return Measurement(results, wall, messages, mib)
 
+    def _report(self, result: Result) -> None:
+        report = Latency(self.info.generation, result.request, round(result.latency_s * 1e3, 3))
+        self.conn.publish(self.topics.latency(self.info.plan), encode_control(report))
+
     def _replaced(self, payload: bytes) -> str:
         """Adopt a new plan of the same model; returns why in-flight requests fail (or "")."""
         try:
@@ -257,6 +263,8 @@ class InferenceClient:
     ) -> tuple[str, list[torch.Tensor]] | None:
         try:
             about = self.topics.parse(topic)
+            if isinstance(about, LatencyTopic):
+                return None  # the tap hears this client's own reports
             if self.traffic is not None:
                 self._count(payload, started)
             if not isinstance(about, ResultTopic):

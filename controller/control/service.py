@@ -10,11 +10,29 @@ retained assignment of every other node of the cluster, so that a node coming ba
 stale. Nothing in the loop waits for the broker: node messages keep being handled while a
 generation rolls out, and a planned node going offline fails the rollout at once. Its own status
 is retained with a last will; what it does is published on ``controller/event``.
+
+With measured rates it learns as the model runs (:mod:`controller.control.learning`):
+
+- each node's cost model is fitted to the unit times its telemetry reports; the fitted devices
+  are what the next plan is made with. When a node's fitted time for its units of the live plan
+  differs from what the plan assumed by more than 1.5x, three reports in a row, it re-plans
+  (hysteresis, as for load; a node with a fit is not also re-planned for its load: the fit
+  has it). A node that measured itself again (a new benchmark in its info) starts over.
+- the requesters report each request's latency; retained ``controller/costs`` puts the median
+  beside the plan's prediction, with every node's cost model and the predicted latency of the
+  best single-device plan.
+- once 5 requests of a generation are in, their median is judged: the work of handling a message
+  (what unit times cannot show: controller/planner/fit.py) is fitted to the plans measured so
+  far, and the controller re-plans with it when the prediction was off by more than 20%
+  (event ``prediction-off``) or when a split plan was more than 10% slower than the best single
+  device's predicted latency (event ``slower-than-single``): *never slower than one device*.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import queue
 import threading
 import time
@@ -22,27 +40,43 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import torch
 
 from controller.control.deployment import make_deployment
-from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load
+from controller.control.learning import CostLearner, LatencyBook, costs_of
+from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load, reference_device
 from controller.control.rollout import Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
+from controller.planner.fit import Case, fit_message_work, unit_terms, with_message_work
 from controller.planner.methods import Planned, plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.profiles.devices import Cluster
-from edgeflowd.wire.messages import ControllerEvent, PlanInfo, Status, decode_control, encode_control
-from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
+from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.wire.messages import (
+    ControllerEvent,
+    Costs,
+    Latency,
+    PlanInfo,
+    Status,
+    Telemetry,
+    decode_control,
+    encode_control,
+)
+from edgeflowd.wire.topics import ControllerTopic, LatencyTopic, NodeTopic, Topics
 
 __all__ = ["ControllerService"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_S = 3.0  # after a failed deploy
+_SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
+_SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
+_PREDICTION_OFF = 0.2  # a measured median this far from the prediction: re-plan with the corrected model
+_JUDGE_REQUESTS = 5  # latency reports before either judgement
 
 
 class ControllerService:
@@ -68,6 +102,14 @@ class ControllerService:
         self.topics = Topics(cluster.name)
         self.registry = Registry(cluster)
         self.loads = LoadWatch()
+        self.speeds = LoadWatch(_SPEED_DRIFT, samples=3)  # log(fitted / planned unit time) per node
+        self.learner = CostLearner()
+        self.latencies = LatencyBook()
+        self.message_flop = 0.0  # what handling a message costs (controller/planner/fit.py)
+        self._cases: dict[int, Case] = {}  # measured generations, for that fit
+        self.live: _Rolling | None = None  # the deployed generation, as it was planned
+        self._single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
+        self._judged = -1  # the generation last judged against the single device
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -92,6 +134,7 @@ class ControllerService:
         for leaf in NODE_FEEDS:
             self.conn.subscribe(self.topics.node_filter(leaf), qos=1)
         self.conn.subscribe(self.topics.controller("plan"), qos=1)  # the generation deployed before us
+        self.conn.subscribe(self.topics.latencies, qos=0)
         self.conn.start()
         online = Status(state="online", instance=self.instance, session=1)
         self.conn.publish(self.topics.controller("status"), encode_control(online), qos=1, retain=True)
@@ -130,24 +173,130 @@ class ControllerService:
             if info is not None and (self.deployed is None or info.generation > self.deployed.generation):
                 self.deployed = info  # retained from before this controller started
             return
+        if isinstance(about, LatencyTopic):
+            self._on_latency(decode_control(payload, topic, Latency))
+            return
         if not isinstance(about, NodeTopic):
             return
         node = about.node
+        view = self.registry.views.get(node)
+        before = view.info.benchmark if view and view.info else None
         events = self.registry.on_message(about, payload, topic, self.clock())
+        after = view.info.benchmark if view and view.info else None
+        moved = _moved(before, after) if self.measured_rates and before is not None and after is not None else ""
+        if moved and node in self.planned_nodes:
+            self._mark(f"{node} measured itself again: {moved}")
         report = self.registry.views[node].report if node in self.registry.views else None
         if about.leaf == "assignment/reported" and self.rolling is not None and report is not None:
             self.rolling.rollout.on_report(node, report)
         telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
         if about.leaf == "telemetry" and payload and telemetry is not None and self.measured_rates:
-            load = others_load(telemetry)
-            if self.loads.observe(node, load):
-                self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
+            self._on_telemetry(node, telemetry)
         for event in events:
             self._event(event.event, event.node, event.detail)
         target = self.rolling.rollout.nodes if self.rolling else self.planned_nodes
         if about.leaf in ("status", "info") and set(self.registry.live()) != set(target):
             change = events[-1].event if events else "ready"
             self._mark(f"{node} {change}")
+
+    def _on_telemetry(self, node: str, telemetry: Telemetry) -> None:
+        now = self.clock()
+        device = next(d for d in self.cluster.devices if d.id == node)
+        reference = reference_device(device, self.registry.views[node])
+        fit = self.learner.observe(node, telemetry.generation, telemetry.unit_s, reference, now)
+        live = self.live
+        if fit is None or live is None or node not in live.rollout.nodes:
+            load = others_load(telemetry)
+            if self.loads.observe(node, load):
+                self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
+            return
+        if not telemetry.unit_s:
+            return
+        index = live.rollout.nodes.index(node)
+        planned = sum(map(sum, unit_terms(live.planned.plan, self.graph, index, live.cluster.devices[index]).values()))
+        fitted_device = self.learner.device(node, now)
+        assert fitted_device is not None
+        now_s = sum(map(sum, unit_terms(live.planned.plan, self.graph, index, fitted_device).values()))
+        if planned > 0 and now_s > 0 and self.speeds.observe(node, math.log(now_s / planned)):
+            self._mark(f"{node} runs its units {now_s / planned:.2f}x the planned time", debounce=False)
+        self._publish_costs()
+
+    def _on_latency(self, report: Latency) -> None:
+        live = self.live
+        if live is None or report.generation != live.rollout.deployment.info.generation:
+            return
+        self.latencies.add(report.generation, report.ms)
+        measured, count = self.latencies.median(report.generation)
+        if count >= _JUDGE_REQUESTS and self._judged != report.generation and self._all_fitted(live):
+            self._judged = report.generation
+            self._judge(live, measured / 1e3, count)
+        self._publish_costs()
+
+    def _all_fitted(self, live: _Rolling) -> bool:
+        """Every node with work in the live plan has a fit of its unit times: only then can the
+        rest of what a request takes be put down to messages."""
+        fitted = self._fitted()
+        return all(n in fitted for i, n in enumerate(live.rollout.nodes) if live.planned.plan.on_device(i))
+
+    def _judge(self, live: _Rolling, measured_s: float, count: int) -> None:
+        """The live plan's measured median against its prediction and against the best single
+        device: fit the message work to the plans measured so far, and re-plan with it when the
+        prediction was off by more than 20%, or when a split lost to one device."""
+        generation = live.rollout.deployment.info.generation
+        # The plan as the nodes' units are measured to run now: what they do not explain is messages.
+        now = self.registry.live_cluster(self.measured_rates, self._fitted())
+        devices = {d.id: d for d in now.devices}
+        base = live.base.with_devices(tuple(devices.get(d.id, d) for d in live.base.devices))
+        self._cases[generation] = Case(live.planned.plan, self.graph, base, measured_s)
+        self._cases = {g: c for g, c in self._cases.items() if g in self.learner.plans}
+        self.message_flop = fit_message_work(list(self._cases.values()))
+        predicted = live.planned.latency_s
+        self._single = self._best_single(with_message_work(base, self.message_flop))
+        node, single_ms = self._single
+        split = sum(1 for i in range(len(live.rollout.nodes)) if live.planned.plan.on_device(i)) > 1
+        said = (
+            f"generation {generation} measured {measured_s * 1e3:.0f} ms over {count} requests, predicted "
+            f"{predicted * 1e3:.0f} ms; handling a message costs {self.message_flop / 1e6:.2f} MFLOP"
+        )
+        if split and single_ms > 0 and measured_s * 1e3 > single_ms * _SINGLE_MARGIN:
+            self._event("slower-than-single", detail=f"{said}; the best single device ({node}) {single_ms:.0f} ms")
+            self._mark("slower than a single device", debounce=False)
+        elif predicted > 0 and abs(measured_s / predicted - 1) > _PREDICTION_OFF:
+            self._event("prediction-off", detail=said)
+            self._mark("the prediction was off", debounce=False)
+
+    def _fitted(self) -> dict[str, Device]:
+        now = self.clock()
+        return {n: d for n in self.registry.live() if (d := self.learner.device(n, now)) is not None}
+
+    def _publish_costs(self) -> None:
+        """Retained ``controller/costs`` (see :class:`~edgeflowd.wire.messages.Costs`)."""
+        live = self.live
+        if live is None:
+            return
+        now, info = self.clock(), live.rollout.deployment.info
+        plan, nodes = live.planned.plan, {}
+        rows = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live.rollout.nodes)}
+        total = sum(rows.values()) or 1
+        cluster = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
+        for device in with_message_work(cluster, self.message_flop).devices:
+            fit = self.learner.fitted(device.id, now) if self.measured_rates else None
+            source = "fitted" if fit else ("benchmark" if self.measured_rates else "declared")
+            costs = costs_of(device, source, fit)
+            nodes[device.id] = msgspec.structs.replace(costs, share=round(rows.get(device.id, 0) / total, 4))
+        measured, count = self.latencies.median(info.generation)
+        node, single_ms = self._single
+        report = Costs(
+            info.generation,
+            info.predicted_ms,
+            nodes,
+            round(measured, 2),
+            count,
+            round(single_ms, 2),
+            node,
+            round(self.message_flop / 1e6, 4),
+        )
+        self.conn.publish(self.topics.controller("costs"), encode_control(report), qos=1, retain=True)
 
     def _mark(self, reason: str, debounce: bool = True) -> None:
         """Ask for a re-plan ``settle_s`` from now; membership changes (``debounce``) push it back
@@ -167,19 +316,31 @@ class ControllerService:
         """Plan for the live nodes and start rolling the plan out on this connection; the nodes'
         reports arrive as events (:meth:`_check_rollout`), nothing here waits for them."""
         reason, self._dirty_since = self._reason, None
-        live = self.registry.live()
-        if not live:
+        live_nodes = self.registry.live()
+        if not live_nodes:
             self._event("idle", detail="no live node to plan with")
             self.planned_nodes = []
             return
         start = self.clock()
-        cluster = self.registry.live_cluster(self.measured_rates)
+        base = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
+        cluster = with_message_work(base, self.message_flop)
         try:
             planned = plan_model(self.graph, cluster, self.method)
+        except EdgeFlowError as exc:
+            self._failed(reason, str(exc))
+            return
+        live = self.live
+        if live is not None and live.rollout.nodes == live_nodes and planned.plan.units == live.planned.plan.units:
+            # The same plan: a new generation would only drop the requests in flight.
+            self.live = dataclasses.replace(live, cluster=cluster, planned=planned, base=base)
+            self.speeds.planned_with(dict.fromkeys(live_nodes, 0.0))
+            self._event("kept", detail=f"{reason}: the plan is unchanged (predicted {planned.latency_s * 1e3:.1f} ms)")
+            return
+        try:
             generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1)
             part_bytes = self.conn.max_packet - FRAME_HEADER_BYTES
             deployment = make_deployment(
-                planned.plan, self.graph, live, generation, planned.method, part_bytes, planned.latency_s * 1e3
+                planned.plan, self.graph, live_nodes, generation, planned.method, part_bytes, planned.latency_s * 1e3
             )
         except EdgeFlowError as exc:
             self._failed(reason, str(exc))
@@ -188,7 +349,7 @@ class ControllerService:
         for publication in rollout_messages(self.topics, deployment):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
-        self.rolling = _Rolling(rollout, reason, cluster, planned, start)
+        self.rolling = _Rolling(rollout, reason, cluster, planned, start, base)
 
     def _check_rollout(self) -> None:
         rolling = self.rolling
@@ -211,6 +372,11 @@ class ControllerService:
         live = rolling.rollout.nodes
         self.generation, self.planned_nodes = info.generation, live
         self.loads.planned_with({d.id: d.load for d in rolling.cluster.devices})
+        self.speeds.planned_with(dict.fromkeys(live, 0.0))
+        self.learner.add_plan(info.generation, rolling.planned.plan, self.graph, live)
+        self.live = rolling
+        self._single = self._best_single(rolling.cluster)
+        self._publish_costs()
         plan = rolling.planned.plan
         shares = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live)}
         total = sum(shares.values()) or 1
@@ -221,9 +387,37 @@ class ControllerService:
         )
         self._event("replanned", detail=detail)
 
+    def _best_single(self, cluster: Cluster) -> tuple[str, float]:
+        """The device that runs the whole model fastest by the model ``cluster`` was planned
+        with, and its predicted ms (empty when none can hold it)."""
+        try:
+            single = plan_model(self.graph, cluster, "single", schedule="whole")
+        except EdgeFlowError:
+            return "", 0.0
+        device = next((i for i in range(len(cluster)) if single.plan.on_device(i)), 0)
+        return cluster.devices[device].id, single.latency_s * 1e3
+
     def _failed(self, reason: str, error: str) -> None:
         self._event("replan-failed", detail=error)
         self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
+
+
+_MEASURES = {
+    "conv_gflops": "GFLOP/s",
+    "weights_gbps": "GB/s weight pass",
+    "link_up_mbps": "Mbit/s up",
+    "link_down_mbps": "Mbit/s down",
+}
+
+
+def _moved(before: dict[str, object], after: dict[str, object], by: float = 0.3) -> str:
+    """What of a node's own measurements moved by more than ``by`` ("" if nothing did)."""
+    changes = []
+    for key, unit in _MEASURES.items():
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old > 0 and abs(new / old - 1) > by:
+            changes.append(f"{new:g} {unit} (was {old:g})")
+    return ", ".join(changes)
 
 
 @dataclass(frozen=True)
@@ -235,3 +429,4 @@ class _Rolling:
     cluster: Cluster
     planned: Planned
     started: float  # when the re-plan began: its event reports planning and rollout together
+    base: Cluster  # ``cluster`` without the fitted message work

@@ -1,7 +1,7 @@
 """Emulated heterogeneous devices on one Linux machine, for real-execution benchmarks (as root).
 
-Each device gets a cgroup v1 CPU quota (``cpu.cfs_quota_us``: a share of one core, exact over
-10 ms periods) and, with ``shape_links``, its own network namespace behind a veth pair whose two
+Each device gets a cgroup v1 CPU quota (``cpu.cfs_quota_us``: a share of one core, 1 ms in
+every 1 ms / share) and, with ``shape_links``, its own network namespace behind a veth pair whose two
 ends are rate-limited by ``tbf`` to the profile's uplink and downlink. Its process runs inside both
 from its first instruction (a shell moves itself into the cgroup, then execs). This kernel has no
 ``netem``, so link *delay* is not emulated: profiles' latencies are 1-5 ms, below the noise of
@@ -33,10 +33,13 @@ from edgeflowd.profiles.devices import Cluster
 __all__ = ["CGROUP_CPU", "Slot", "Testbed", "TestbedError", "leftovers", "slots_for", "sweep"]
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-# A 0.1-core quota runs 1 ms in every 10 ms. The default 100 ms period would run it in 10 ms bursts
-# with 90 ms pauses: each layer of a layer-by-layer pipeline could wait a whole pause, which no
-# slow CPU does. Shorter periods throttle as exactly at a little more scheduler work.
-PERIOD_US = 10_000
+# A share of a core is a quota per CFS period, and a process runs at full speed until its quota
+# is spent, then waits for the next period. A slow board runs slowly all the time: the shorter the
+# period, the closer the emulation. Each device gets the kernel's smallest quota, 1 ms, in a
+# period of 1 ms / share (a 0.4-core device: 1 ms in every 2.5 ms; 0.1 core: 1 ms in every 10 ms).
+# The default 100 ms period would run a unit of a few ms at full speed and then pause 90 ms: what
+# each unit takes would say nothing of the device's speed, and the cost model could fit nothing.
+QUOTA_US = 1_000
 
 
 class TestbedError(EdgeFlowError):
@@ -169,7 +172,7 @@ class Testbed:
         path = self.cgroup(slot)
         path.mkdir()
         self._cgroups.append(path)
-        period = max(PERIOD_US, math.ceil(1000 / slot.cores))  # the kernel's smallest quota is 1 ms
+        period = math.ceil(QUOTA_US / slot.cores)
         (path / "cpu.cfs_period_us").write_text(str(period))
 
     def throttle(self) -> None:
@@ -179,6 +182,15 @@ class Testbed:
             path = self.cgroup(slot)
             period = int((path / "cpu.cfs_period_us").read_text())
             (path / "cpu.cfs_quota_us").write_text(str(round(slot.cores * period)))
+
+    def set_share(self, slot: Slot, cores: float) -> None:
+        """Give ``slot``'s device another CPU share from now on (a board throttled by heat or
+        given less by its other work), without restarting what runs in it."""
+        period = math.ceil(QUOTA_US / cores)
+        path = self.cgroup(slot)
+        (path / "cpu.cfs_quota_us").write_text("-1")  # the kernel checks a new period against the quota
+        (path / "cpu.cfs_period_us").write_text(str(period))
+        (path / "cpu.cfs_quota_us").write_text(str(round(cores * period)))
 
     @staticmethod
     def _tbf(mbps: float) -> list[str]:

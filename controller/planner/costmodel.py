@@ -23,6 +23,7 @@ __all__ = [
     "Hop",
     "comm_s_per_byte",
     "compute_s",
+    "compute_terms",
     "memory_bytes",
     "per_row_s",
     "row_bytes",
@@ -49,15 +50,23 @@ def per_row_s(layer: Layer, device: Device) -> float:
 def unit_fixed_s(layer: Layer, device: Device) -> float:
     """Seconds one unit (or one halo-first piece) of ``layer`` costs on ``device`` whatever its
     rows: the per-unit overhead and a pass over the layer's weights."""
+    overhead, weights, _ = compute_terms(layer, 1, device)
+    return overhead + weights
+
+
+def compute_terms(layer: Layer, rows: int, device: Device) -> tuple[float, float, float]:
+    """The three terms of :func:`compute_s`: per-unit overhead, the weight pass, and the rows'
+    arithmetic (what :mod:`controller.planner.fit` fits each of from measured unit times)."""
+    if rows <= 0:
+        return 0.0, 0.0, 0.0
     rate = device.weights_rate()
-    return device.profile.op_overhead_ms / 1e3 + (layer.param_bytes / rate if rate > 0 else 0.0)
+    weights = layer.param_bytes / rate if rate > 0 else 0.0
+    return device.profile.op_overhead_ms / 1e3, weights, rows * per_row_s(layer, device)
 
 
 def compute_s(layer: Layer, rows: int, device: Device) -> float:
     """Seconds for ``device`` to compute ``rows`` rows of ``layer`` (0 for no rows)."""
-    if rows <= 0:
-        return 0.0
-    return unit_fixed_s(layer, device) + rows * per_row_s(layer, device)
+    return sum(compute_terms(layer, rows, device))
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,29 @@
-"""The micro-benchmark a daemon runs at start: achieved GFLOP/s per op kind (dense convolution,
-depthwise convolution, matrix multiply) and the rate of a pass over a layer's weights, with the
-torch threads it will compute with. The
-controller combines it with the declared profile and live load (see controller/control/registry.py)."""
+"""The micro-benchmark a daemon runs at start, and again when its conditions change: achieved
+GFLOP/s per op kind (dense convolution, depthwise convolution, matrix multiply), the rate of a
+pass over a layer's weights and the floor of a unit's cost, with the torch threads it will compute
+with; plus the fit of its link's echo times (the echoes themselves go through the broker: the
+daemon sends them). The controller combines these with the declared profile and live load, then
+refines them from the node's real unit times (controller/control/registry.py,
+controller/planner/fit.py)."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["run_benchmark"]
+__all__ = [
+    "LINK_CHUNK",
+    "LINK_PING_BYTES",
+    "LINK_SIZES",
+    "conv_gflops",
+    "fit_link",
+    "run_benchmark",
+    "unit_overhead_ms",
+]
 
 
 def _gflops(op: Callable[[], torch.Tensor], flops: float, repeats: int) -> float:
@@ -52,20 +63,80 @@ def weights_gbps(repeats: int = 3) -> float:
     return round(weights[0].numel() * 4 / fixed / 1e9, 2) if fixed > 0 else 0.0
 
 
+def conv_gflops(repeats: int = 5) -> float:
+    """GFLOP/s of a 3x3 convolution of 64 channels on 56x56 (ResNet's first stage): the whole
+    benchmark's dense-convolution rate, and on its own (repeats=3, ~30 ms on one core) the probe
+    an idle daemon runs to notice that its speed has changed."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 56, 56, generator=gen)
+    w = torch.randn(64, 64, 3, 3, generator=gen)
+    with torch.no_grad():
+        return _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats)
+
+
+def unit_overhead_ms(repeats: int = 200) -> float:
+    """The floor of one unit's cost beyond its arithmetic: dispatching an op on a tiny tensor and
+    framing its output for the wire, as the runtime does for every unit (the controller fits the
+    real figure from the node's unit times)."""
+    from edgeflowd.core.rows import RowRange  # noqa: PLC0415 - keeps the module's import light
+    from edgeflowd.wire.frames import encode_frames  # noqa: PLC0415
+
+    x, w = torch.randn(1, 8, 2, 8), torch.randn(8, 8, 1, 1)
+    rows = RowRange(0, 2)
+
+    def one() -> None:
+        with torch.no_grad():
+            out = F.conv2d(x, w)
+        encode_frames("r-1", "p", "layer:0", "layer", rows, out, 1 << 20)
+
+    one()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        one()
+    return round((time.perf_counter() - start) / repeats * 1e3, 4)
+
+
+LINK_PING_BYTES = 64
+LINK_CHUNK = 256 * 1024
+LINK_SIZES = (1, 8)
+"""The link probe, in three phases so that no direction's traffic starves the other's TCP
+acknowledgements (a full uplink queue delays the ACKs of the downlink, and the other way round):
+pings of 64 bytes echoed for the per-message latency; then, not subscribed, 1 and 8 messages of
+256 KiB published at QoS 1, timed to the broker's last acknowledgement, for the uplink; then one
+retained message of 256 KiB and of 1 MiB, timed from subscribing to its arrival, for the downlink.
+Each rate is the *difference* of two sizes over their time difference: the fixed costs, and the
+bucket a token-bucket shaper (a Wi-Fi driver's, tc's) lets through at line rate, cancel out."""
+
+
+def fit_link(
+    pings_s: Sequence[float], up: tuple[float, float, float, float], down: tuple[float, float, float, float]
+) -> dict[str, float]:
+    """Link figures from echo times through the broker: ``link_latency_ms`` per side is half the
+    median ping; ``link_up_mbps`` and ``link_down_mbps`` from ``(bytes, seconds)`` pairs of a
+    small and a large transfer each (``(b1, t1, b2, t2)``). A figure that cannot be fitted (a
+    transfer that failed, a larger one that was not slower) is left out."""
+    out: dict[str, float] = {}
+    if pings_s:
+        out["link_latency_ms"] = round(statistics.median(pings_s) / 2 * 1e3, 3)
+    for key, (b1, t1, b2, t2) in (("link_up_mbps", up), ("link_down_mbps", down)):
+        if b2 > b1 and t1 > 0 and t2 > t1:
+            out[key] = round(8 * (b2 - b1) / (t2 - t1) / 1e6, 2)
+    return out
+
+
 def run_benchmark(repeats: int = 5) -> dict[str, float]:
     """Median rates of three representative ops and the weight-pass rate (about 0.6 s on one
     core of a 2020s x86)."""
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        x = torch.randn(1, 64, 56, 56, generator=gen)
-        w = torch.randn(64, 64, 3, 3, generator=gen)
         xd = torch.randn(1, 256, 56, 56, generator=gen)
         wd = torch.randn(256, 1, 3, 3, generator=gen)
         a = torch.randn(512, 512, generator=gen)
         return {
-            "conv_gflops": _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats),
+            "conv_gflops": conv_gflops(repeats),
             "dwconv_gflops": _gflops(lambda: F.conv2d(xd, wd, padding=1, groups=256), 2.0 * 256 * 9 * 56 * 56, repeats),
             "matmul_gflops": _gflops(lambda: a @ a, 2.0 * 512**3, repeats),
             "weights_gbps": weights_gbps(),
+            "unit_overhead_ms": unit_overhead_ms(),
             "threads": float(torch.get_num_threads()),
         }

@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the effective configuration and every error, then exit (0: ready to start)",
     )
+    parser.add_argument(
+        "--measure-profile",
+        metavar="NAME",
+        help="measure this board (compute, and its link through --broker if one answers), print a device "
+        "profile YAML named NAME for profiles/devices/, then exit",
+    )
     add_arguments(parser, SETTINGS)
     return parser
 
@@ -51,7 +57,9 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "check_config")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "check_config", "measure_profile")}
+    if args.measure_profile and not overrides.get("node_id"):
+        overrides["node_id"] = "measure"  # names only its echo topic
     if args.check_config:
         lines, status = check_config(args.config, overrides)
         print("\n".join(lines))
@@ -63,7 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgeflowd: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config.log_level)
+    if args.measure_profile:
+        return measure_profile(args.measure_profile, config, profile)
     return serve(config, profile)
+
+
+def measure_profile(name: str, config: DaemonConfig, profile: DeviceProfile | None) -> int:
+    from edgeflowd.node.daemon import Daemon  # noqa: PLC0415 - imports torch
+    from edgeflowd.node.measured_profile import profile_yaml  # noqa: PLC0415
+
+    try:
+        daemon = Daemon(config, profile)
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 2
+    figures = daemon.measure()
+    threads = config.threads or (profile.threads if profile else 1)
+    print(profile_yaml(name, figures, threads, profile, config.broker), end="")
+    return 0
 
 
 def serve(config: DaemonConfig, profile: DeviceProfile | None) -> int:

@@ -68,6 +68,9 @@ class DaemonConfig:
     buffer_mb: float = _declare(256.0, "partial inputs held for all requests together", "MIB")
     queue_messages: int = _declare(10000, "inbound messages waiting for the engine; more are dropped", "N")
     telemetry_interval_s: float = _declare(5.0, "seconds between telemetry messages", "S")
+    measure_interval_s: float = _declare(
+        10.0, "when idle, probe the node's speed this often and benchmark again if it moved (0: never)", "S"
+    )
     assignment_timeout_s: float = _declare(120.0, "weights of a new assignment must arrive within this", "S")
     cache_dir: str | None = _declare(None, "keep fetched weights here, named by SHA-256", "DIR", path=True)
     log_level: str = _declare("info", "log level", choices=("debug", "info", "warning", "error"))

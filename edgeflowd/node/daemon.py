@@ -13,8 +13,10 @@ A new assignment is switched in by the engine; frames of any other plan are drop
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,7 +29,7 @@ from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
-from edgeflowd.node.benchmark import run_benchmark
+from edgeflowd.node.benchmark import LINK_CHUNK, LINK_PING_BYTES, LINK_SIZES, conv_gflops, fit_link, run_benchmark
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
 from edgeflowd.node.notify import Notifier
@@ -46,6 +48,9 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
+_IDLE_S = 2.0  # no message for this long: the node is idle, and may measure itself
+_DRIFT = 0.3  # a probe this far from the published conv rate: benchmark again
+_ECHO_WAIT_S = 5.0
 
 
 class Daemon:
@@ -71,12 +76,15 @@ class Daemon:
         self.runtime: NodeRuntime | None = None
         self._sessions = 0
         self.benchmark: dict[str, float] = {}
+        self._echo_topic = self.topics.node(self.node, "echo")
+        self._echoes: queue.Queue[bytes] = queue.Queue(maxsize=64)
+        self._last_event = self._last_probe = self._last_link = clock()
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
             config.broker_settings(),
             f"edgeflowd-{self.node}-{self.instance}",
-            lambda topic, payload: self._enqueue(Message(topic, payload)),
+            self._on_wire,
             will=(self.topics.node(self.node, "status"), offline),
             on_connect=self._on_connect,
             packet_bytes=config.packet_bytes,
@@ -84,6 +92,13 @@ class Daemon:
         self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, lambda: self.runtime)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
+    def _on_wire(self, topic: str, payload: bytes) -> None:
+        if topic == self._echo_topic:  # the link probe's own echo: the engine is waiting for it
+            with contextlib.suppress(queue.Full):
+                self._echoes.put_nowait(payload)
+        else:
+            self._enqueue(Message(topic, payload))
+
     def _enqueue(self, event: Event) -> None:
         try:
             self.events.put_nowait(event)
@@ -94,17 +109,19 @@ class Daemon:
         self._sessions += 1
         status = Status(state="online", instance=self.instance, session=self._sessions)
         self.conn.publish(self.topics.node(self.node, "status"), encode_control(status), qos=1, retain=True)
+        self._enqueue(Connected())  # the engine measures the link, then publishes the info
+
+    def _publish_info(self) -> None:
         profile = dataclasses.asdict(self.profile) if self.profile else {}
         info = Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark)
         self.conn.publish(self.topics.node(self.node, "info"), encode_control(info), qos=1, retain=True)
-        self._enqueue(Connected())
 
     # -- engine --------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until :meth:`stop`; returns the exit status."""
         threads = self.config.threads or (self.profile.threads if self.profile else 1)
         torch.set_num_threads(threads)
-        self.benchmark = run_benchmark()
+        self.benchmark = self._measured(run_benchmark())
         log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
         self.conn.subscribe(self.topics.node(self.node, "assignment"), qos=1)
         self.conn.begin()
@@ -116,10 +133,12 @@ class Daemon:
             except queue.Empty:
                 event = None
             try:
-                if event is not None:
-                    self._handle(event)
                 now = self.clock()
+                if event is not None:
+                    self._last_event = now
+                    self._handle(event)
                 self._expire(now)
+                self._measure_if_idle(now)
                 if self.conn.connected.is_set() and now - last_telemetry >= self.config.telemetry_interval_s:
                     last_telemetry = now
                     self._publish_telemetry()
@@ -136,8 +155,28 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    def measure(self, connect_s: float = 10.0) -> dict[str, float]:
+        """The benchmark and, if the broker answers within ``connect_s``, the link: what
+        ``--measure-profile`` prints, without serving."""
+        torch.set_num_threads(self.config.threads or (self.profile.threads if self.profile else 1))
+        figures = run_benchmark()
+        self.conn.begin()
+        try:
+            if self.conn.connected.wait(connect_s):
+                figures.update(self._measure_link())
+            else:
+                log.warning(
+                    "node=%s: no broker at %s within %g s; link not measured", self.node, self.conn.broker, connect_s
+                )
+        finally:
+            self.conn.stop()
+        return figures
+
     def _handle(self, event: Event) -> None:
         if isinstance(event, Connected):
+            if "link_latency_ms" not in self.benchmark:
+                self.benchmark.update(self._measure_link())
+            self._publish_info()
             if self.runtime is not None:
                 self.notifier.ready(self._serving())
             else:
@@ -201,6 +240,7 @@ class Daemon:
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):
             log.warning("node=%s: the broker did not acknowledge the new input subscriptions", self.node)
         self.runtime = new
+        self.workers.times.take()  # the old plan's times: the controller fits per generation
         for topic in sorted(old_topics - new_topics):
             self.conn.unsubscribe(topic)
         if new is not None:
@@ -222,11 +262,110 @@ class Daemon:
         topic = self.topics.node(self.node, "assignment/reported")
         self.conn.publish(topic, encode_control(message), qos=1, retain=True)
 
+    # -- measuring itself (engine, when idle) ---------------------------------------------------
+    def _measured(self, figures: dict[str, float]) -> dict[str, float]:
+        return {**figures, "measured_at": round(time.time(), 3)}
+
+    def _measure_if_idle(self, now: float) -> None:
+        """Every ``measure_interval_s`` of idleness, probe the conv rate; when it has moved by more
+        than 30% (a new CPU quota, throttling, a governor), benchmark again and re-publish the
+        info, so that the controller plans with what the node can do now. The link is measured
+        again with it, and on its own every thirty intervals."""
+        interval = self.config.measure_interval_s
+        idle = now - self._last_event >= _IDLE_S and not (self.runtime and self.runtime.slices.pending)
+        if interval <= 0 or not idle or not self.conn.connected.is_set() or now - self._last_probe < interval:
+            return
+        self._last_probe = now
+        published = self.benchmark.get("conv_gflops", 0.0)
+        probe = conv_gflops(repeats=5)
+        moved = published <= 0 or abs(probe / published - 1) > _DRIFT
+        if not moved and now - self._last_link < 30 * interval:
+            return
+        if moved:
+            log.info("node=%s conv rate %.1f GFLOP/s, published %.1f: measuring again", self.node, probe, published)
+            self.benchmark = self._measured(run_benchmark())
+        self.benchmark.update(self._measure_link())
+        self._publish_info()
+        self._last_event = self._last_probe = self.clock()  # what the measuring took is not idleness
+
+    def _echo(self, payload: bytes, send: Callable[[], object] | None = None) -> float | None:
+        """Seconds until ``payload`` arrives on the echo topic after ``send`` (default: publishing
+        it there); None when it did not, in time."""
+        start = time.perf_counter()
+        if send is None:
+            self.conn.publish(self._echo_topic, payload)
+        else:
+            send()
+        deadline = start + _ECHO_WAIT_S
+        while (left := deadline - time.perf_counter()) > 0:
+            try:
+                if self._echoes.get(timeout=left) == payload:
+                    return time.perf_counter() - start
+            except queue.Empty:
+                break
+        return None
+
+    def _upload_s(self, count: int, chunk: int) -> float:
+        """Seconds to publish ``count`` chunks at QoS 1, to the broker's last acknowledgement
+        (nobody subscribed: nothing comes back down meanwhile); 0 when one was not acknowledged."""
+        start = time.perf_counter()
+        sent = [self.conn.publish(self._echo_topic, os.urandom(chunk), qos=1) for _ in range(count)]
+        for info in sent:
+            info.wait_for_publish(_ECHO_WAIT_S)
+            if not info.is_published():
+                return 0.0
+        return time.perf_counter() - start
+
+    def _download_s(self, size: int) -> float:
+        """Seconds from subscribing to the arrival of a retained message of ``size`` bytes (the
+        upload of it done before); 0 when it did not come."""
+        payload = os.urandom(size)
+        self.conn.publish_wait(self._echo_topic, payload, timeout_s=_ECHO_WAIT_S + size * 8 / 1e6, retain=True)
+        time.sleep(0.2)  # let a shaper's bucket fill again, as before the smaller transfer
+        took = self._echo(payload, lambda: self.conn.subscribe(self._echo_topic, qos=0))
+        self.conn.unsubscribe(self._echo_topic)
+        return took or 0.0
+
+    def _measure_link(self) -> dict[str, float]:
+        """Echoes through the broker (its own ``echo`` topic, never any other address), in the
+        phases of :data:`~edgeflowd.node.benchmark.LINK_SIZES`. Empty when the broker did not echo
+        (not connected, or an ACL that forbids it)."""
+        self._last_link = self.clock()
+        while not self._echoes.empty():
+            self._echoes.get_nowait()
+        if not self.conn.subscribe_wait([self._echo_topic], qos=0):
+            return {}
+        pings = [t for i in range(5) if (t := self._echo(i.to_bytes(4, "big") * (LINK_PING_BYTES // 4))) is not None]
+        self.conn.unsubscribe(self._echo_topic)
+        if not pings:
+            log.warning("node=%s: no echo from the broker on %s; link not measured", self.node, self._echo_topic)
+            return {}
+        chunk = min(LINK_CHUNK, self.conn.max_packet - 1024)  # the broker may take less than we would send
+        small, large = LINK_SIZES
+        try:
+            up = (
+                float(small * chunk),
+                self._upload_s(small, chunk),
+                float(large * chunk),
+                self._upload_s(large, chunk),
+            )
+            size = min(4 * chunk, self.conn.max_packet - 1024)
+            down = (float(chunk), self._download_s(chunk), float(size), self._download_s(size) if size > chunk else 0.0)
+        except (EdgeFlowError, RuntimeError, ValueError) as exc:  # not acknowledged, disconnected
+            log.warning("node=%s: link measurement failed: %s", self.node, exc)
+            up = down = (0.0, 0.0, 0.0, 0.0)
+        finally:
+            self.conn.publish(self._echo_topic, b"", qos=1, retain=True)  # clear the retained probe
+        figures = fit_link(pings, up, down)
+        log.info("node=%s link: %s", self.node, figures)
+        return figures
+
     # -- periodic and shutdown -----------------------------------------------------------------
     def _publish_telemetry(self) -> None:
         current, runtime = self.assignments.current, self.runtime
         generation, pending = (current.generation, runtime.slices.pending) if current and runtime else (-1, 0)
-        telemetry = sample_telemetry(self.counts.snapshot(), generation=generation, pending=pending)
+        times = self.workers.times.take()
+        telemetry = sample_telemetry(self.counts.snapshot(), generation, pending, times)
         self.conn.publish(self.topics.node(self.node, "telemetry"), encode_control(telemetry))
 
     def _shutdown(self) -> None:

@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Connected", "Counts", "Event", "Message"]
+__all__ = ["Connected", "Counts", "Event", "Message", "UnitTimes"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,24 @@ class Counts:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._values)
+
+
+class UnitTimes:
+    """How long each unit took (runs, seconds) since the last :meth:`take`, from the workers: the
+    controller fits the node's cost model to these (controller/planner/fit.py)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, list[float]] = {}
+
+    def add(self, uid: str, seconds: float) -> None:
+        with self._lock:
+            entry = self._values.setdefault(uid, [0.0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+
+    def take(self) -> dict[str, list[float]]:
+        """What was gathered, rounded for the wire (runs, seconds to the microsecond); starts over."""
+        with self._lock:
+            values, self._values = self._values, {}
+        return {uid: [runs, round(seconds, 6)] for uid, (runs, seconds) in values.items()}

@@ -32,9 +32,11 @@ def _cpus() -> list[int]:
         return list(range(psutil.cpu_count() or 1))
 
 
-def sample_telemetry(counts: Mapping[str, int], generation: int, pending: int) -> Telemetry:
+def sample_telemetry(
+    counts: Mapping[str, int], generation: int, pending: int, unit_s: dict[str, list[float]] | None = None
+) -> Telemetry:
     """CPU figures are since the previous call (psutil keeps the baseline), over this process's
-    allowed CPUs."""
+    allowed CPUs; ``unit_s``: the units' times since then."""
     cpus = _cpus()
     per_cpu = psutil.cpu_percent(interval=None, percpu=True)
     mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
@@ -47,5 +49,6 @@ def sample_telemetry(counts: Mapping[str, int], generation: int, pending: int) -
         temperature_c=_temperature_c(),
         generation=generation,
         pending=pending,
+        unit_s=unit_s or {},
         **{k: int(v) for k, v in counts.items() if k in known},
     )

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from edgeflowd.errors import ProtocolError
 from edgeflowd.net.mqtt import Connection
-from edgeflowd.node.events import Counts
+from edgeflowd.node.events import Counts, UnitTimes
 from edgeflowd.node.runtime import Action, Compute, Deliver, Dropped, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError
 
@@ -40,6 +40,7 @@ class Workers:
         self.counts = counts
         self.clock = clock
         self.current = current
+        self.times = UnitTimes()
         self.buffers = threading.Lock()  # guards the runtime's slice buffer and frame assembler
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"edgeflowd[{node}].worker")
 
@@ -76,12 +77,14 @@ class Workers:
         work: deque[Compute] = deque([first])
         while work and runtime is self.current():  # a replaced plan's work stops here
             unit = work.popleft()
+            start = self.clock()
             try:
                 for action in runtime.compute(unit, self.conn.max_packet):
                     if isinstance(action, Deliver):
                         self._deliver(runtime, action, work)
                     else:
                         self.act(runtime, (action,))
+                self.times.add(unit.unit.uid, self.clock() - start)
                 self.counts.add("units_run")
             except Exception:
                 self.counts.add("errors")

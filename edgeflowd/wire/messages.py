@@ -15,7 +15,10 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "AssignmentReport",
     "ControllerEvent",
+    "Costs",
     "Info",
+    "Latency",
+    "NodeCosts",
     "PlanInfo",
     "Status",
     "Telemetry",
@@ -67,6 +70,9 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     pending: int = 0
     generation: int = -1
     process_cpu_percent: float = 0.0  # the daemon's own share of the CPUs it may run on
+    unit_s: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    """Units of ``generation`` run since the previous telemetry: unit id -> [runs, seconds], each
+    run timed from its start to its last frame handed to the broker client."""
 
 
 class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"):
@@ -111,6 +117,50 @@ class ControllerEvent(Document, frozen=True, tag="edgeflow.event/1"):
     node: str = ""
     detail: str = ""
     generation: int = -1
+
+
+class Latency(Document, frozen=True, tag="edgeflow.latency/1"):
+    """``data/<plan>/latency``: what one request took, end to end, as its requester measured it."""
+
+    generation: int
+    request: str
+    ms: float
+
+
+class NodeCosts(msgspec.Struct, frozen=True):
+    """One node's cost model as the controller plans with it. ``source``: ``fitted`` (to the
+    measured times of its units), ``benchmark`` (its start-up or latest re-measurement, with
+    its load), ``declared`` (the cluster file's)."""
+
+    source: str
+    gflops: float
+    kind_factors: dict[str, float]
+    weights_gbps: float
+    op_overhead_ms: float
+    up_mbps: float
+    down_mbps: float
+    latency_ms: float
+    load: float = 0.0
+    share: float = 0.0  # of the live plan's rows
+    units: int = 0  # units timed behind a fit
+    runs: float = 0.0
+    error_before: float = 0.0  # median |relative error| of unit times before the fit
+    error_after: float = 0.0  # and after
+
+
+class Costs(Document, frozen=True, tag="edgeflow.costs/1"):
+    """Retained ``controller/costs``: what the controller believes and what it sees. Each node's
+    cost model; the live plan's predicted latency beside the median the requesters measured; and
+    the predicted latency of the best single-device plan, the one any split must beat."""
+
+    generation: int
+    predicted_ms: float
+    nodes: dict[str, NodeCosts]
+    measured_ms: float = 0.0  # median of the requesters' reports for this generation (0: none yet)
+    requests: int = 0
+    single_ms: float = 0.0
+    single_node: str = ""
+    message_mflop: float = 0.0  # fitted work of handling one message, in MFLOP at each node's rate
 
 
 M = TypeVar("M", bound=Document)

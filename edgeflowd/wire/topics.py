@@ -15,6 +15,7 @@ __all__ = [
     "BlobTopic",
     "ControllerTopic",
     "DataTopic",
+    "LatencyTopic",
     "NodeTopic",
     "ResultTopic",
     "Topic",
@@ -29,8 +30,8 @@ def _level(value: str, what: str) -> str:
     return value
 
 
-NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported")
-CONTROLLER_LEAVES = ("status", "plan", "event")
+NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported", "echo")
+CONTROLLER_LEAVES = ("status", "plan", "event", "costs")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ class ResultTopic:
 
 
 @dataclass(frozen=True)
+class LatencyTopic:
+    """``data/<plan>/latency``: a requester's measured latency of one of its requests."""
+
+    plan: str
+
+
+@dataclass(frozen=True)
 class BlobTopic:
     """``blob/<sha256>/<part>``: one retained part of a content-addressed weight blob."""
 
@@ -72,7 +80,7 @@ class BlobTopic:
     part: int
 
 
-Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | BlobTopic
+Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | LatencyTopic | BlobTopic
 DataTopic = UnitInputTopic | ResultTopic
 
 
@@ -108,6 +116,14 @@ class Topics:
 
     def result(self, plan: str, request: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/result/{_level(request, 'request id')}"
+
+    def latency(self, plan: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/latency"
+
+    @property
+    def latencies(self) -> str:
+        """Subscription filter for the requesters' latency reports of every plan."""
+        return f"{self.root}/data/+/latency"
 
     def node_filter(self, leaf: str) -> str:
         """Subscription filter for one leaf of every node (``node/+/<leaf>``)."""
@@ -158,6 +174,8 @@ class Topics:
             return UnitInputTopic(parts[1], parts[2])
         if parts[0] == "data" and len(parts) == 4 and parts[2] == "result":
             return ResultTopic(parts[1], parts[3])
+        if parts[0] == "data" and len(parts) == 3 and parts[2] == "latency":
+            return LatencyTopic(parts[1])
         if parts[0] == "blob" and len(parts) == 3 and parts[2].isdigit():
             return BlobTopic(parts[1], int(parts[2]))
         raise ProtocolError(f"topic {topic!r}: unknown topic")

@@ -1,0 +1,162 @@
+"""What the controller learns while the model runs (pure: reports and ``now`` in, fits out).
+
+- :class:`CostLearner`: each node's reported unit times (telemetry ``unit_s``), matched to the
+  units of the plan generation they ran, decayed with a half-life of ``half_life_s`` (10 s) so
+  that new conditions win within a few reports and one noisy report does not,
+  and fitted (:func:`controller.planner.fit.fit_factors`) against the node's *reference*: its
+  benchmarked device without load. A new benchmark (the node measured itself again) is a new
+  reference and starts the node's samples over. A fit no report has refreshed for ``max_age_s``
+  is dropped: the node is planned from its benchmark and load again.
+- :class:`LatencyBook`: the requesters' reported latencies per generation, for the median the
+  controller publishes beside its prediction.
+- :func:`costs_of`: a device as the :class:`~edgeflowd.wire.messages.NodeCosts` it is published as,
+  and :func:`device_of_costs`, the way back (a demo or a dashboard plans with what the controller
+  believes).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from controller.graph.layers import LayerGraph
+from controller.planner.fit import Fit, Sample, fit_factors, fitted_device, unit_terms
+from controller.planner.plan import Plan
+from edgeflowd.profiles.devices import Device, Link
+from edgeflowd.wire.messages import NodeCosts
+
+__all__ = ["CostLearner", "LatencyBook", "costs_of", "device_of_costs"]
+
+_PLANS_KEPT = 3  # generations whose late reports are still matched to their units
+
+
+@dataclass
+class _Node:
+    reference: Device
+    timed: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # (generation, uid) -> [runs, s]
+    fit: Fit | None = None
+    updated: float = 0.0  # when the fit was last made
+    seen: float = 0.0  # when the last report came
+
+
+class CostLearner:
+    def __init__(self, half_life_s: float = 10.0, min_units: int = 3, max_age_s: float = 120.0) -> None:
+        self.half_life_s = half_life_s  # earlier runs weigh half as much every this many seconds
+        self.min_units = min_units
+        self.max_age_s = max_age_s
+        self.plans: dict[int, tuple[Plan, LayerGraph, list[str]]] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._terms: dict[tuple[int, str], dict[str, tuple[float, ...]]] = {}
+
+    def add_plan(self, generation: int, plan: Plan, graph: LayerGraph, nodes: list[str]) -> None:
+        """``nodes[d]`` ran plan device ``d`` in ``generation``."""
+        self.plans[generation] = (plan, graph, list(nodes))
+        for old in sorted(self.plans)[:-_PLANS_KEPT]:
+            del self.plans[old]
+        self._terms = {k: v for k, v in self._terms.items() if k[0] in self.plans}
+
+    def observe(
+        self, node: str, generation: int, unit_s: dict[str, list[float]], reference: Device, now: float
+    ) -> Fit | None:
+        """Take one report of ``node``'s unit times; returns its fit (None: not enough yet)."""
+        state = self._nodes.get(node)
+        if state is None or state.reference != reference:
+            state = self._nodes[node] = _Node(reference, seen=now)
+            self._terms = {k: v for k, v in self._terms.items() if k[1] != node}
+        terms = self._unit_terms(node, generation)
+        fresh = {uid: v for uid, v in unit_s.items() if uid in terms and len(v) == 2 and v[0] > 0 and v[1] > 0}
+        if not fresh:
+            return self.fitted(node, now)
+        decay = 0.5 ** (max(0.0, now - state.seen) / self.half_life_s)
+        state.seen = now
+        for entry in state.timed.values():
+            entry[0] *= decay
+            entry[1] *= decay
+        for uid, (runs, seconds) in fresh.items():
+            entry = state.timed.setdefault((generation, uid), [0.0, 0.0])
+            entry[0] += runs
+            entry[1] += seconds
+        state.timed = {k: v for k, v in state.timed.items() if v[0] >= 0.01 and k[0] in self.plans}
+        samples = [
+            Sample(self._unit_terms(node, g)[uid], seconds / runs, runs)
+            for (g, uid), (runs, seconds) in state.timed.items()
+        ]
+        fit = fit_factors(samples)
+        if fit.units >= self.min_units:
+            state.fit, state.updated = fit, now
+        return self.fitted(node, now)
+
+    def _unit_terms(self, node: str, generation: int) -> dict[str, tuple[float, ...]]:
+        key = (generation, node)
+        if key not in self._terms:
+            plan, graph, nodes = self.plans.get(generation, (None, None, []))
+            state = self._nodes.get(node)
+            if plan is None or graph is None or node not in nodes or state is None:
+                return {}
+            self._terms[key] = unit_terms(plan, graph, nodes.index(node), state.reference)
+        return self._terms[key]
+
+    def fitted(self, node: str, now: float) -> Fit | None:
+        state = self._nodes.get(node)
+        if state is None or state.fit is None or now - state.updated > self.max_age_s:
+            return None
+        return state.fit
+
+    def device(self, node: str, now: float) -> Device | None:
+        """``node`` as its fresh fit measured it (None: no fit)."""
+        fit, state = self.fitted(node, now), self._nodes.get(node)
+        return fitted_device(state.reference, fit) if fit is not None and state is not None else None
+
+
+class LatencyBook:
+    """The last ``keep`` reported latencies of each of the last few generations."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self.keep = keep
+        self._ms: dict[int, deque[float]] = {}
+
+    def add(self, generation: int, ms: float) -> None:
+        self._ms.setdefault(generation, deque(maxlen=self.keep)).append(ms)
+        for old in sorted(self._ms)[:-_PLANS_KEPT]:
+            del self._ms[old]
+
+    def median(self, generation: int) -> tuple[float, int]:
+        """(median ms, reports) of ``generation``; (0, 0) when none came."""
+        values = self._ms.get(generation)
+        return (statistics.median(values), len(values)) if values else (0.0, 0)
+
+
+def costs_of(device: Device, source: str, fit: Fit | None = None) -> NodeCosts:
+    """How ``device`` is published: its profile's figures and its load apart (a fitted device
+    has none: the load is in its rates)."""
+    p = device.profile
+    return NodeCosts(
+        source=source,
+        gflops=round(p.gflops, 3),
+        kind_factors={k: round(v, 4) for k, v in sorted(p.kind_factors.items())},
+        weights_gbps=round(p.weights_gbps, 3),
+        op_overhead_ms=round(p.op_overhead_ms, 4),
+        up_mbps=round(p.link.up_mbps, 2),
+        down_mbps=round(p.link.down_mbps, 2),
+        latency_ms=round(p.link.latency_ms, 3),
+        load=round(device.load, 3),
+        units=fit.units if fit else 0,
+        runs=round(fit.runs, 1) if fit else 0.0,
+        error_before=round(fit.error_before, 4) if fit else 0.0,
+        error_after=round(fit.error_after, 4) if fit else 0.0,
+    )
+
+
+def device_of_costs(device: Device, costs: NodeCosts) -> Device:
+    """``device`` (the cluster file's) with the published cost model in place of its figures."""
+    link = Link(costs.up_mbps, costs.down_mbps, costs.latency_ms)
+    profile = replace(
+        device.profile,
+        gflops=costs.gflops,
+        kind_factors=dict(costs.kind_factors),
+        weights_gbps=costs.weights_gbps,
+        op_overhead_ms=costs.op_overhead_ms,
+        link=link,
+    )
+    return Device(device.id, profile, costs.load)

@@ -1,0 +1,114 @@
+"""What the controller learns as the model runs (controller/control/learning.py, and the message
+work of controller/planner/fit.py): fits that follow a node whose speed changes, latency medians
+per generation, and the cost model published and read back. Pure: no broker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from controller.control.learning import CostLearner, LatencyBook, costs_of, device_of_costs
+from controller.graph.layers import LayerGraph
+from controller.graph.trace import trace_model
+from controller.planner.fit import Case, fit_message_work, unit_terms, with_message_work
+from controller.planner.methods import plan_model
+from controller.planner.plan import Plan
+from controller.planner.simulate import simulate
+from controller.zoo import build_model
+from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
+
+LINK = Link(up_mbps=200.0, down_mbps=200.0, latency_ms=0.5)
+
+
+def _device(name: str, gflops: float) -> Device:
+    return Device(name, DeviceProfile(name, gflops, 4000.0, 1, LINK, op_overhead_ms=0.1, weights_gbps=5.0))
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[LayerGraph, Cluster, Plan]:
+    model, shape = build_model("resnet18", None, 0)
+    graph = trace_model(model, torch.zeros(shape), "resnet18")
+    cluster = Cluster("two", (_device("a", 20.0), _device("b", 20.0)))
+    return graph, cluster, plan_model(graph, cluster, "equal").plan
+
+
+def _report(plan: Plan, graph: LayerGraph, index: int, truth: Device, runs: int = 3) -> dict[str, list[float]]:
+    """What a node that really is ``truth`` reports for its units of ``plan``."""
+    return {uid: [runs, runs * sum(t)] for uid, t in unit_terms(plan, graph, index, truth).items()}
+
+
+def test_the_fit_follows_a_node_that_slows_down(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    graph, cluster, plan = resnet
+    reference = cluster.devices[1]
+    learner = CostLearner(half_life_s=2.0)
+    learner.add_plan(7, plan, graph, ["a", "b"])
+    rates = []
+    for second in range(12):
+        truth = _device("b", 20.0 if second < 6 else 10.0)  # its CPU quota halves at t = 6 s
+        learner.observe("b", 7, _report(plan, graph, 1, truth), reference, float(second))
+        fitted = learner.device("b", float(second))
+        assert fitted is not None
+        rates.append(fitted.rate("conv") / 1e9)
+    print("fitted GFLOP/s per report:", [f"{r:.1f}" for r in rates])
+    assert rates[5] == pytest.approx(20.0, rel=0.05)
+    assert rates[-1] == pytest.approx(10.0, rel=0.1)  # within six reports of the change
+    assert all(rates[i] >= rates[i + 1] - 0.5 for i in range(5, 11))  # it moves one way
+
+
+def test_a_new_benchmark_starts_over_and_old_fits_expire(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    graph, cluster, plan = resnet
+    learner = CostLearner(max_age_s=30.0)
+    learner.add_plan(1, plan, graph, ["a", "b"])
+    slow = _device("a", 5.0)
+    learner.observe("a", 1, _report(plan, graph, 0, slow), cluster.devices[0], 0.0)
+    assert learner.fitted("a", 10.0) is not None
+    assert learner.fitted("a", 31.0) is None  # nothing refreshed it: back to the benchmark
+    remeasured = _device("a", 6.0)
+    assert learner.observe("a", 1, {}, remeasured, 32.0) is None  # a new reference, no samples yet
+    assert learner.observe("a", 99, _report(plan, graph, 0, slow), remeasured, 33.0) is None  # unknown plan
+
+
+def test_reports_of_units_not_in_the_plan_are_ignored(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    graph, cluster, plan = resnet
+    learner = CostLearner()
+    learner.add_plan(1, plan, graph, ["a", "b"])
+    bogus = {"nope:0": [3.0, 1.0], "also:1": [1.0, -2.0]}
+    assert learner.observe("a", 1, bogus, cluster.devices[0], 0.0) is None
+    assert learner.observe("c", 1, _report(plan, graph, 0, cluster.devices[0]), cluster.devices[0], 0.0) is None
+
+
+def test_latency_book_keeps_the_last_generations() -> None:
+    book = LatencyBook(keep=3)
+    for ms in (10.0, 30.0, 20.0, 40.0):
+        book.add(1, ms)
+    assert book.median(1) == (30.0, 3)  # the last three: 30, 20, 40
+    for generation in (2, 3, 4):
+        book.add(generation, 5.0)
+    assert book.median(1) == (0.0, 0)
+    assert book.median(4) == (5.0, 1)
+
+
+def test_published_costs_read_back_as_the_same_device() -> None:
+    device = dataclasses.replace(_device("a", 12.5), load=0.25)
+    back = device_of_costs(_device("a", 99.0), costs_of(device, "benchmark"))
+    assert back.rate("conv") == pytest.approx(device.rate("conv"))
+    assert back.rate("dwconv") == pytest.approx(device.rate("dwconv"))
+    assert back.weights_rate() == pytest.approx(device.weights_rate())
+    assert back.link == device.link
+
+
+def test_message_work_is_recovered_from_measured_latencies(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    graph, cluster, plan = resnet
+    other = plan_model(graph, cluster, "coedge").plan
+    truth = 4e6  # handling a message costs 4 MFLOP: 0.2 ms on these devices
+    cases = [
+        Case(p, graph, cluster, simulate(p, graph, with_message_work(cluster, truth)).latency_s) for p in (plan, other)
+    ]
+    assert fit_message_work(cases) == pytest.approx(truth, rel=0.05)
+    faster = [dataclasses.replace(c, measured_s=c.measured_s * 0.5) for c in cases]
+    assert fit_message_work(faster) == 0.0  # never negative: faster than predicted is the units' fit's business
+    assert fit_message_work([]) == 0.0
+    slowed = with_message_work(cluster, truth)
+    assert slowed.devices[0].link.latency_ms == pytest.approx(0.5 + truth / 20e9 * 1e3)
