@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from controller.control.learning import CostLearner, LatencyBook, costs_of, device_of_costs
+from controller.control.learning import CostLearner, LatencyBook, costs_of, device_of_costs, verdict
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.fit import Case, fit_message_work, unit_terms, with_message_work
@@ -112,3 +112,33 @@ def test_message_work_is_recovered_from_measured_latencies(resnet: tuple[LayerGr
     assert fit_message_work([]) == 0.0
     slowed = with_message_work(cluster, truth)
     assert slowed.devices[0].link.latency_ms == pytest.approx(0.5 + truth / 20e9 * 1e3)
+
+
+def test_verdicts() -> None:
+    assert verdict(1.0, 1.0, 0.8, split=True) == "slower-than-single"
+    assert verdict(1.0, 1.0, 0.8, split=False) == ""  # a single device is the single device
+    assert verdict(1.3, 1.0, 2.0, split=True) == "prediction-off"
+    assert verdict(0.7, 1.0, 2.0, split=False) == "prediction-off"
+    assert verdict(1.1, 1.0, 2.0, split=True) == ""
+
+
+def test_a_split_that_lost_to_one_device_is_replanned_away(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    """The safeguard's chain: a split measured slower than the best single device's prediction
+    is judged so; the message work fitted to its measurement makes the corrected model predict it
+    as measured; the plan made on the corrected model is another, no slower than one device."""
+    graph, cluster, _ = resnet
+    split = plan_model(graph, cluster, "edgeflow")
+    single = plan_model(graph, cluster, "single")
+    assert sum(1 for d in range(len(cluster)) if split.plan.on_device(d)) == 2, "fixture: the split must be chosen"
+    measured = single.latency_s * 1.5  # what the split really took
+    assert verdict(measured, split.latency_s, single.latency_s, split=True) == "slower-than-single"
+    work = fit_message_work([Case(split.plan, graph, cluster, measured)])
+    corrected = with_message_work(cluster, work)
+    assert simulate(split.plan, graph, corrected).latency_s == pytest.approx(measured, rel=0.05)
+    replanned = plan_model(graph, corrected, "edgeflow")
+    assert replanned.plan.units != split.plan.units
+    assert replanned.latency_s <= plan_model(graph, corrected, "single").latency_s * 1.001
+    print(
+        f"split predicted {split.latency_s * 1e3:.1f} ms, measured {measured * 1e3:.1f}; message work "
+        f"{work / 1e6:.1f} MFLOP; re-planned: {replanned.latency_s * 1e3:.1f} ms predicted"
+    )

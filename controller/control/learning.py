@@ -26,9 +26,22 @@ from controller.planner.plan import Plan
 from edgeflowd.profiles.devices import Device, Link
 from edgeflowd.wire.messages import NodeCosts
 
-__all__ = ["CostLearner", "LatencyBook", "costs_of", "device_of_costs"]
+__all__ = ["PREDICTION_OFF", "SINGLE_MARGIN", "CostLearner", "LatencyBook", "costs_of", "device_of_costs", "verdict"]
 
 _PLANS_KEPT = 3  # generations whose late reports are still matched to their units
+SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
+PREDICTION_OFF = 0.2  # a measured median this far from the prediction: re-plan with the corrected model
+
+
+def verdict(measured_s: float, predicted_s: float, single_s: float, split: bool) -> str:
+    """What a generation's measured median says of its plan: ``slower-than-single`` (a split
+    more than 10% slower than the best single device is predicted to be: never slower than one
+    device), ``prediction-off`` (more than 20% from its own prediction), or "" (it holds)."""
+    if split and single_s > 0 and measured_s > single_s * SINGLE_MARGIN:
+        return "slower-than-single"
+    if predicted_s > 0 and abs(measured_s / predicted_s - 1) > PREDICTION_OFF:
+        return "prediction-off"
+    return ""
 
 
 @dataclass

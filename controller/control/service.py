@@ -44,7 +44,7 @@ import msgspec
 import torch
 
 from controller.control.deployment import make_deployment
-from controller.control.learning import CostLearner, LatencyBook, costs_of
+from controller.control.learning import CostLearner, LatencyBook, costs_of, verdict
 from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load, reference_device
 from controller.control.rollout import Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
@@ -74,8 +74,6 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 3.0  # after a failed deploy
 _SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
-_SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
-_PREDICTION_OFF = 0.2  # a measured median this far from the prediction: re-plan with the corrected model
 _JUDGE_REQUESTS = 5  # latency reports before either judgement
 
 
@@ -258,11 +256,12 @@ class ControllerService:
             f"generation {generation} measured {measured_s * 1e3:.0f} ms over {count} requests, predicted "
             f"{predicted * 1e3:.0f} ms; handling a message costs {self.message_flop / 1e6:.2f} MFLOP"
         )
-        if split and single_ms > 0 and measured_s * 1e3 > single_ms * _SINGLE_MARGIN:
-            self._event("slower-than-single", detail=f"{said}; the best single device ({node}) {single_ms:.0f} ms")
+        judged = verdict(measured_s, predicted, single_ms / 1e3, split)
+        if judged == "slower-than-single":
+            self._event(judged, detail=f"{said}; the best single device ({node}) {single_ms:.0f} ms")
             self._mark("slower than a single device", debounce=False)
-        elif predicted > 0 and abs(measured_s / predicted - 1) > _PREDICTION_OFF:
-            self._event("prediction-off", detail=said)
+        elif judged:
+            self._event(judged, detail=said)
             self._mark("the prediction was off", debounce=False)
 
     def _fitted(self) -> dict[str, Device]:
