@@ -1,5 +1,6 @@
 """Plans from measurements, on the testbed (root: cgroup CPU quotas, shaped network namespaces):
-a node measures a link shaped to a known rate through the broker; and when one node's CPU quota
+a node measures a link shaped to known rates and delayed by a known latency, through the broker;
+and when one node's CPU quota
 drops in the middle of a stream of requests, the controller's fit of that node follows and the
 next plan moves rows away from it. Traffic goes only to this host's broker, on loopback or the
 testbed's own links; every wait is bounded."""
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from controller.control.requester import InferenceClient
-from controller.lab.launch import DaemonProcess, controller_process, free_port, mosquitto_broker
+from controller.lab.launch import DaemonProcess, controller_process, mosquitto_broker
 from controller.lab.testbed import Slot, Testbed, missing_rights
 from controller.zoo import build_model
 from edgeflowd.wire.messages import Costs, Info, decode_control
@@ -26,18 +27,16 @@ pytestmark = pytest.mark.integration
 needs_rights = pytest.mark.skipif(bool(missing_rights(True)), reason="; ".join(missing_rights(True)) or "ok")
 
 UP_MBPS, DOWN_MBPS = 20.0, 40.0  # asymmetric, as most boards' links are
+LATENCY_MS = 5.0
 
 
 @needs_rights
 def test_a_node_measures_its_shaped_link_within_15_percent(tmp_path: Path) -> None:
-    slot = Slot(0, "linked", 1.0, UP_MBPS, DOWN_MBPS)
-    port = free_port()
+    slot = Slot(0, "linked", 1.0, UP_MBPS, DOWN_MBPS, LATENCY_MS)
     with ExitStack() as stack:
         bed = stack.enter_context(Testbed([slot]))
-        # A second listener on the same port, at the host end of the device's link.
-        broker = stack.enter_context(
-            mosquitto_broker(tmp_path, port=port, extra=f"listener {port} {bed.host_ip(slot)}\n")
-        )
+        broker = stack.enter_context(mosquitto_broker(tmp_path))
+        bed.start_relays(broker.port)  # the link's host end: a relay that adds its latency
         watcher = stack.enter_context(closing(Watcher(broker.settings, "shaped")))
         daemon = DaemonProcess(
             slot.node, broker.url_at(bed.host_ip(slot)), "shaped", tmp_path, prefix=bed.command(slot, [])
@@ -49,10 +48,11 @@ def test_a_node_measures_its_shaped_link_within_15_percent(tmp_path: Path) -> No
         )
         bench = decode_control(watcher.last[topic], topic, Info).benchmark
     print(
-        f"shaped {UP_MBPS:g} Mbit/s up, {DOWN_MBPS:g} down; measured {bench['link_up_mbps']:.1f} up, "
-        f"{bench['link_down_mbps']:.1f} down, {bench['link_latency_ms']:.2f} ms per message"
+        f"shaped {UP_MBPS:g} Mbit/s up, {DOWN_MBPS:g} down, {LATENCY_MS:g} ms; measured "
+        f"{bench['link_up_mbps']:.1f} up, {bench['link_down_mbps']:.1f} down, {bench['link_latency_ms']:.2f} ms"
     )
     assert bench["link_up_mbps"] == pytest.approx(UP_MBPS, rel=0.15)
+    assert bench["link_latency_ms"] == pytest.approx(LATENCY_MS, rel=0.3)
     assert bench["link_down_mbps"] == pytest.approx(DOWN_MBPS, rel=0.15)
 
 

@@ -183,8 +183,13 @@ def run_demo(
                 "so measured latency will not follow the cluster file's speeds"
             )
         else:
-            say("emulated devices: " + ", ".join(f"{s.node} {s.cores:g} core, {s.up_mbps:g} Mbit/s" for s in slots))
-        broker = stack.enter_context(local_broker(tmp, broker_kind, [bed.host_ip(s) for s in slots] if bed else []))
+            say(
+                "emulated devices: "
+                + ", ".join(f"{s.node} {s.cores:g} core, {s.up_mbps:g} Mbit/s, {s.latency_ms:g} ms" for s in slots)
+            )
+        broker = stack.enter_context(local_broker(tmp, broker_kind, bed.broker_hosts() if bed else []))
+        if bed is not None:
+            bed.start_relays(broker.port)
         say(f"broker at {broker.url} (MQTT {broker.mqtt_version}); starting {len(nodes)} edgeflowd processes")
         for slot in slots:
             daemon = DaemonProcess(

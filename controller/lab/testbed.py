@@ -4,8 +4,9 @@ Each device gets a cgroup v1 CPU quota (``cpu.cfs_quota_us``: a share of one cor
 every 1 ms / share) and, with ``shape_links``, its own network namespace behind a veth pair whose two
 ends are rate-limited by ``tbf`` to the profile's uplink and downlink. Its process runs inside both
 from its first instruction (a shell moves itself into the cgroup, then execs). This kernel has no
-``netem``, so link *delay* is not emulated: profiles' latencies are 1-5 ms, below the noise of
-a request here; the cost model still charges them.
+``netem``: link *delay* comes from a relay per device (controller/lab/relay.py) at the host end of
+its link, which forwards to the broker on loopback and holds every byte ``latency_ms`` in each
+direction (:meth:`Testbed.start_relays`).
 
 Everything made is named after the owning process id (``edgeflow-<pid>-...``, veths
 ``ef<pid>h<i>``), recorded, and removed on exit, Ctrl-C or SIGTERM (``close``); :func:`sweep`
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 # The default 100 ms period would run a unit of a few ms at full speed and then pause 90 ms: what
 # each unit takes would say nothing of the device's speed, and the cost model could fit nothing.
 QUOTA_US = 1_000
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class TestbedError(EdgeFlowError):
@@ -55,6 +58,7 @@ class Slot:
     cores: float
     up_mbps: float | None = None
     down_mbps: float | None = None
+    latency_ms: float = 0.0  # one way, added by a relay (0: none)
 
 
 def slots_for(cluster: Cluster, cores: float, shape_links: bool = True) -> list[Slot]:
@@ -66,9 +70,10 @@ def slots_for(cluster: Cluster, cores: float, shape_links: bool = True) -> list[
     for i, device in enumerate(cluster.devices):
         share = min(1.0, cores * device.profile.gflops / total)
         link = device.profile.link
-        slots.append(
-            Slot(i, device.id, share, link.up_mbps if shape_links else None, link.down_mbps if shape_links else None)
-        )
+        if shape_links:
+            slots.append(Slot(i, device.id, share, link.up_mbps, link.down_mbps, link.latency_ms))
+        else:
+            slots.append(Slot(i, device.id, share))
     return slots
 
 
@@ -128,6 +133,7 @@ class Testbed:
         self._cgroups: list[Path] = []
         self._netns: list[str] = []
         self._veths: list[str] = []
+        self._relays: list[subprocess.Popen[bytes]] = []
         self._subnet = ""  # 10.<n>: a /16 no interface uses, chosen on entry; 10.<n>.<slot>.0/30 per device
 
     def host_ip(self, slot: Slot) -> str:
@@ -215,6 +221,34 @@ class Testbed:
         if slot.up_mbps:  # device -> host
             _run(*inside, "tc", "qdisc", "add", "dev", dev_if, "root", *self._tbf(slot.up_mbps))
 
+    def broker_hosts(self) -> list[str]:
+        """Link host ends the broker itself must listen on: those of devices without a relay."""
+        return [self.host_ip(s) for s in self.slots if self.shape_links and not s.latency_ms]
+
+    def start_relays(self, broker_port: int) -> None:
+        """For each device with a latency, a relay at its link's host end, on the broker's port,
+        forwarding to the broker on loopback with that delay each way (stopped by :meth:`close`)."""
+        for slot in self.slots:
+            if not (self.shape_links and slot.latency_ms):
+                continue
+            argv = [
+                sys.executable,
+                "-m",
+                "controller.lab.relay",
+                "--listen",
+                f"{self.host_ip(slot)}:{broker_port}",
+                "--to",
+                f"127.0.0.1:{broker_port}",
+                "--delay-ms",
+                f"{slot.latency_ms:g}",
+            ]
+            relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=_REPO)
+            self._relays.append(relay)
+            assert relay.stdout is not None
+            line = relay.stdout.readline().decode()  # printed once it listens
+            if not line.startswith("relaying"):
+                raise TestbedError(f"the relay for {slot.node} did not start: {line.strip() or 'no output'}")
+
     def command(self, slot: Slot, argv: Sequence[str]) -> list[str]:
         """``argv`` run as ``slot``: in its namespace, inside its CPU cgroup from the start."""
         # Into the cgroup first: `ip netns exec` mounts the namespace's own /sys, without cgroups.
@@ -225,6 +259,14 @@ class Testbed:
     def close(self) -> None:
         """Kill what runs in the devices' cgroups, then remove cgroups and namespaces. Idempotent."""
         errors = []
+        for relay in self._relays:
+            relay.terminate()
+            try:
+                relay.wait(5)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                relay.wait(5)
+        self._relays.clear()
         for path in reversed(self._cgroups):
             try:
                 _kill_cgroup(path)
