@@ -64,10 +64,16 @@ def test_a_new_benchmark_starts_over_and_old_fits_expire(resnet: tuple[LayerGrap
     slow = _device("a", 5.0)
     learner.observe("a", 1, _report(plan, graph, 0, slow), cluster.devices[0], 0.0)
     assert learner.fitted("a", 10.0) is not None
-    assert learner.fitted("a", 31.0) is None  # nothing refreshed it: back to the benchmark
+    relinked = dataclasses.replace(
+        cluster.devices[0], profile=dataclasses.replace(cluster.devices[0].profile, link=Link(5.0, 5.0, 9.0))
+    )
+    assert learner.observe("a", 1, {}, relinked, 11.0) is not None  # a re-measured link keeps the fit
     remeasured = _device("a", 6.0)
-    assert learner.observe("a", 1, {}, remeasured, 32.0) is None  # a new reference, no samples yet
-    assert learner.observe("a", 99, _report(plan, graph, 0, slow), remeasured, 33.0) is None  # unknown plan
+    assert learner.observe("a", 1, {}, remeasured, 12.0) is None  # new compute figures: samples start over
+    assert learner.observe("a", 99, _report(plan, graph, 0, slow), remeasured, 13.0) is None  # unknown plan
+    learner.observe("a", 1, _report(plan, graph, 0, slow), remeasured, 14.0)
+    assert learner.fitted("a", 20.0) is not None
+    assert learner.fitted("a", 45.0) is None  # nothing refreshed it for 30 s: back to the benchmark
 
 
 def test_reports_of_units_not_in_the_plan_are_ignored(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
@@ -76,6 +82,9 @@ def test_reports_of_units_not_in_the_plan_are_ignored(resnet: tuple[LayerGraph, 
     learner.add_plan(1, plan, graph, ["a", "b"])
     bogus = {"nope:0": [3.0, 1.0], "also:1": [1.0, -2.0]}
     assert learner.observe("a", 1, bogus, cluster.devices[0], 0.0) is None
+    uid = next(iter(_report(plan, graph, 0, cluster.devices[0])))
+    for odd in ([0.5, 1e308], [1.0, float("nan")], [2.0, 500.0], [1.0], [0.0, 1.0]):
+        assert learner.observe("a", 1, {uid: odd}, cluster.devices[0], 0.0) is None, odd
     assert learner.observe("c", 1, _report(plan, graph, 0, cluster.devices[0]), cluster.devices[0], 0.0) is None
 
 

@@ -4,8 +4,10 @@
   units of the plan generation they ran, decayed with a half-life of ``half_life_s`` (10 s) so
   that new conditions win within a few reports and one noisy report does not,
   and fitted (:func:`controller.planner.fit.fit_factors`) against the node's *reference*: its
-  benchmarked device without load. A new benchmark (the node measured itself again) is a new
-  reference and starts the node's samples over. A fit no report has refreshed for ``max_age_s``
+  benchmarked device without load. A new benchmark of its compute (the node measured itself
+  again) is a new reference and starts the node's samples over; a re-measured link does not.
+  Reports that are not plausible (fractional runs, a time that is not finite or over a minute per
+  run) are ignored. A fit no report has refreshed for ``max_age_s``
   is dropped: the node is planned from its benchmark and load again.
 - :class:`LatencyBook`: the requesters' reported latencies per generation, for the median the
   controller publishes beside its prediction.
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -53,6 +56,19 @@ class _Node:
     seen: float = 0.0  # when the last report came
 
 
+def _compute(device: Device) -> Device:
+    """``device`` without its link: unit times do not depend on it, so a re-measured link keeps a fit."""
+    return replace(device, profile=replace(device.profile, link=Link(1.0, 1.0, 0.0)))
+
+
+def _plausible(entry: list[float]) -> bool:
+    """[runs, seconds] from a node: whole runs, and a finite time of under a minute per run."""
+    if len(entry) != 2:
+        return False
+    runs, seconds = entry
+    return runs >= 1 and float(runs).is_integer() and math.isfinite(seconds) and 0 < seconds / runs < 60
+
+
 class CostLearner:
     def __init__(self, half_life_s: float = 10.0, min_units: int = 3, max_age_s: float = 120.0) -> None:
         self.half_life_s = half_life_s  # earlier runs weigh half as much every this many seconds
@@ -74,11 +90,11 @@ class CostLearner:
     ) -> Fit | None:
         """Take one report of ``node``'s unit times; returns its fit (None: not enough yet)."""
         state = self._nodes.get(node)
-        if state is None or state.reference != reference:
+        if state is None or _compute(state.reference) != _compute(reference):
             state = self._nodes[node] = _Node(reference, seen=now)
             self._terms = {k: v for k, v in self._terms.items() if k[1] != node}
         terms = self._unit_terms(node, generation)
-        fresh = {uid: v for uid, v in unit_s.items() if uid in terms and len(v) == 2 and v[0] > 0 and v[1] > 0}
+        fresh = {uid: v for uid, v in unit_s.items() if uid in terms and _plausible(v)}
         if not fresh:
             return self.fitted(node, now)
         decay = 0.5 ** (max(0.0, now - state.seen) / self.half_life_s)

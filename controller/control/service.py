@@ -108,6 +108,7 @@ class ControllerService:
         self.live: _Rolling | None = None  # the deployed generation, as it was planned
         self._single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
         self._judged = -1  # the generation last judged against the single device
+        self._published = -1  # the generation whose assignments were published last (failed or not)
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -148,6 +149,8 @@ class ControllerService:
                     pass
                 except ProtocolError as exc:
                     log.warning("ignored: %s", exc)
+                except Exception:  # the controller outlives any one bad message or bug in one path
+                    log.exception("error while handling a message")
                 self._check_rollout()
                 settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
                 if settled and self.rolling is None:  # a rollout in flight finishes (or fails) first
@@ -223,6 +226,9 @@ class ControllerService:
         live = self.live
         if live is None or report.generation != live.rollout.deployment.info.generation:
             return
+        if not 0 < report.ms < 3.6e6:  # a requester's clock or a forged report: not a latency
+            log.warning("ignored latency report %s of %r ms", report.request, report.ms)
+            return
         self.latencies.add(report.generation, report.ms)
         measured, count = self.latencies.median(report.generation)
         if count >= _JUDGE_REQUESTS and self._judged != report.generation and self._all_fitted(live):
@@ -245,13 +251,14 @@ class ControllerService:
         now = self.registry.live_cluster(self.measured_rates, self._fitted())
         devices = {d.id: d for d in now.devices}
         base = live.base.with_devices(tuple(devices.get(d.id, d) for d in live.base.devices))
-        self._cases[generation] = Case(live.planned.plan, self.graph, base, measured_s)
+        split = sum(1 for i in range(len(live.rollout.nodes)) if live.planned.plan.on_device(i)) > 1
+        if split:  # a single device's plan sends nothing between devices: it says nothing of messages
+            self._cases[generation] = Case(live.planned.plan, self.graph, base, measured_s)
         self._cases = {g: c for g, c in self._cases.items() if g in self.learner.plans}
         self.message_flop = fit_message_work(list(self._cases.values()))
         predicted = live.planned.latency_s
         self._single = self._best_single(with_message_work(base, self.message_flop))
         node, single_ms = self._single
-        split = sum(1 for i in range(len(live.rollout.nodes)) if live.planned.plan.on_device(i)) > 1
         said = (
             f"generation {generation} measured {measured_s * 1e3:.0f} ms over {count} requests, predicted "
             f"{predicted * 1e3:.0f} ms; handling a message costs {self.message_flop / 1e6:.2f} MFLOP"
@@ -287,7 +294,7 @@ class ControllerService:
         node, single_ms = self._single
         report = Costs(
             info.generation,
-            info.predicted_ms,
+            round(live.planned.latency_s * 1e3, 2),
             nodes,
             round(measured, 2),
             count,
@@ -329,11 +336,14 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         live = self.live
-        if live is not None and live.rollout.nodes == live_nodes and planned.plan.units == live.planned.plan.units:
-            # The same plan: a new generation would only drop the requests in flight.
+        same = live is not None and live.rollout.nodes == live_nodes and planned.plan.units == live.planned.plan.units
+        if live is not None and same and self._published == live.rollout.deployment.info.generation:
+            # The plan the nodes run (no failed rollout since): a new generation would only drop
+            # the requests in flight. What changed is the model it is judged by.
             self.live = dataclasses.replace(live, cluster=cluster, planned=planned, base=base)
-            self.speeds.planned_with(dict.fromkeys(live_nodes, 0.0))
+            self._baselines(self.live)
             self._event("kept", detail=f"{reason}: the plan is unchanged (predicted {planned.latency_s * 1e3:.1f} ms)")
+            self._publish_costs()
             return
         try:
             generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1)
@@ -347,6 +357,7 @@ class ControllerService:
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
         for publication in rollout_messages(self.topics, deployment):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        self._published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = _Rolling(rollout, reason, cluster, planned, start, base)
 
@@ -370,11 +381,9 @@ class ControllerService:
         info = self.deployed = deployment.info
         live = rolling.rollout.nodes
         self.generation, self.planned_nodes = info.generation, live
-        self.loads.planned_with({d.id: d.load for d in rolling.cluster.devices})
-        self.speeds.planned_with(dict.fromkeys(live, 0.0))
         self.learner.add_plan(info.generation, rolling.planned.plan, self.graph, live)
         self.live = rolling
-        self._single = self._best_single(rolling.cluster)
+        self._baselines(rolling)
         self._publish_costs()
         plan = rolling.planned.plan
         shares = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live)}
@@ -385,6 +394,13 @@ class ControllerService:
             "row shares " + ", ".join(f"{n} {s / total:.0%}" for n, s in shares.items())
         )
         self._event("replanned", detail=detail)
+
+    def _baselines(self, live: _Rolling) -> None:
+        """What the watches and the safeguard compare with from now on: the model ``live`` was
+        planned with."""
+        self.loads.planned_with({d.id: d.load for d in live.cluster.devices})
+        self.speeds.planned_with(dict.fromkeys(live.rollout.nodes, 0.0))
+        self._single = self._best_single(live.cluster)
 
     def _best_single(self, cluster: Cluster) -> tuple[str, float]:
         """The device that runs the whole model fastest by the model ``cluster`` was planned

@@ -24,7 +24,7 @@ _CHUNK = 1 << 16
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
     """Copy ``reader`` to ``writer``, each chunk ``delay_s`` after it was read; ends at EOF."""
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=256)  # a slow reader holds the writer back
 
     async def deliver() -> None:
         while True:
@@ -65,8 +65,8 @@ async def serve(listen: tuple[str, int], to: tuple[str, int], delay_ms: float) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"relaying {listen[0]}:{listen[1]} -> {to[0]}:{to[1]} with {delay_ms:g} ms each way", flush=True)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    server.close()  # not wait_closed: open connections die with the process, which exits now
 
 
 def _address(text: str) -> tuple[str, int]:

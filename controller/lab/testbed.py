@@ -242,10 +242,10 @@ class Testbed:
                 "--delay-ms",
                 f"{slot.latency_ms:g}",
             ]
-            relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=_REPO)
+            relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=_REPO)
             self._relays.append(relay)
             assert relay.stdout is not None
-            line = relay.stdout.readline().decode()  # printed once it listens
+            line = relay.stdout.readline().decode()  # its one line, printed once it listens
             if not line.startswith("relaying"):
                 raise TestbedError(f"the relay for {slot.node} did not start: {line.strip() or 'no output'}")
 

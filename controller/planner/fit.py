@@ -10,7 +10,7 @@ the reference it was predicted with:
 
 The estimator is ridge-regularised, bounded least squares:
 
-    minimise  Σ_u w_u · ((Σ_j m_j p_uj - t_u) / t̄)²  +  λ · Σ_j (m_j - 1)²,   m_j ∈ [0.02, 50]
+    minimise  Σ_u w_u · ((Σ_j m_j p_uj - t_u) / t̄)²  +  λ · Σ_j (m_j - c)²,   m_j ∈ [0.02, 50]
 
 - residuals in seconds (scaled by the mean unit time t̄, so that λ means the same for any
   model): what a request waits for is the sum of its units' times, so the units that take
@@ -18,9 +18,12 @@ The estimator is ridge-regularised, bounded least squares:
   to be pre-empted once (a scheduler tick, a CPU quota running out) pull the fit as hard as a
   50 ms one;
 - ``w_u`` is the number of runs behind unit u's mean time (a unit seen once weighs little);
-- the prior (λ, default 0.5: half a unit's weight) keeps a term no unit exercises, or one the
-  data cannot tell apart from another, at the reference's value instead of anywhere the
-  optimiser likes. With dozens of units it moves a well-measured factor by a few percent.
+- the prior (λ = 0.5 + 0.5% of all runs) keeps a term no unit exercises, or one the data cannot
+  tell apart from another, at the node's overall slowdown ``c`` (the one factor that best
+  explains all its units: a throttled board is slow at everything) instead of anywhere the
+  optimiser likes: noise in the many small units of a model must not fit a weight pass 50x
+  faster than the benchmark. It grows with the data, so that only a term that explains much
+  of it moves far from ``c``.
 
 :func:`fitted_device` turns the factors into a device profile the planner uses like any other:
 rates divided by their factor, the overhead multiplied by its own. The load at the time of
@@ -124,16 +127,20 @@ def _median_error(samples: Sequence[Sample], factors: np.ndarray) -> float:
     return float(np.median(errors)) if errors else 0.0
 
 
-def fit_factors(samples: Sequence[Sample], prior: float = 0.5) -> Fit:
+def fit_factors(samples: Sequence[Sample], prior: float = 0.5, prior_per_run: float = 0.005) -> Fit:
     """The factors that best explain ``samples`` (see the module docstring); samples with no
     predicted time or no measured time are skipped."""
     usable = [s for s in samples if s.seconds > 0 and sum(s.predicted) > 0 and s.runs > 0]
     n = len(TERMS)
     scale = float(np.mean([s.seconds for s in usable])) if usable else 1.0
+    prior += prior_per_run * sum(s.runs for s in usable)
     rows = [np.sqrt(s.runs) * np.asarray(s.predicted) / scale for s in usable]
     targets = [np.sqrt(s.runs) * s.seconds / scale for s in usable]
+    # The prior's centre: the node's overall slowdown (one factor for every term, by least squares).
+    totals = np.array([row.sum() for row in rows])
+    centre = float(np.clip(np.dot(totals, targets) / np.dot(totals, totals), *_BOUNDS)) if rows else 1.0
     a = np.vstack([*rows, np.sqrt(prior) * np.eye(n)]) if rows else np.sqrt(prior) * np.eye(n)
-    b = np.concatenate([np.asarray(targets, dtype=float), np.full(n, np.sqrt(prior))])
+    b = np.concatenate([np.asarray(targets, dtype=float), np.full(n, np.sqrt(prior) * centre)])
     solution = lsq_linear(a, b, bounds=_BOUNDS, method="bvls")
     factors = np.asarray(solution.x, dtype=float)
     return Fit(
@@ -198,7 +205,8 @@ def with_message_work(cluster: Cluster, flop: float) -> Cluster:
 def fit_message_work(cases: Sequence[Case]) -> float:
     """The message work (FLOPs) that brings the simulator's latency of every case closest to
     its measurement (least squares of the log ratio; bounded: handling a message takes at most
-    100 ms on the fastest device). 0 when the plans are no slower than predicted."""
+    20 ms on the fastest device). 0 when the plans are no slower than predicted. Only plans that
+    send messages between devices say anything of it: the caller gives split plans only."""
     cases = [c for c in cases if c.measured_s > 0]
     if not cases:
         return 0.0
@@ -211,6 +219,6 @@ def fit_message_work(cases: Sequence[Case]) -> float:
 
     if all(simulate(c.plan, c.graph, c.cluster).latency_s >= c.measured_s for c in cases):
         return 0.0
-    top = 0.1 * max(d.rate("conv") for c in cases for d in c.cluster.devices)
+    top = 0.02 * max(d.rate("conv") for c in cases for d in c.cluster.devices)
     best = minimize_scalar(error, bounds=(0.0, top), method="bounded", options={"xatol": top * 1e-4})
     return float(best.x)

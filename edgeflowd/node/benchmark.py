@@ -65,7 +65,7 @@ def weights_gbps(repeats: int = 3) -> float:
 
 def conv_gflops(repeats: int = 5) -> float:
     """GFLOP/s of a 3x3 convolution of 64 channels on 56x56 (ResNet's first stage): the whole
-    benchmark's dense-convolution rate, and on its own (repeats=3, ~30 ms on one core) the probe
+    benchmark's dense-convolution rate, and on its own (~50 ms on one core) the probe
     an idle daemon runs to notice that its speed has changed."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 64, 56, 56, generator=gen)

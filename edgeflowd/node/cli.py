@@ -86,8 +86,7 @@ def measure_profile(name: str, config: DaemonConfig, profile: DeviceProfile | No
         print(f"edgeflowd: {exc}", file=sys.stderr)
         return 2
     figures = daemon.measure()
-    threads = config.threads or (profile.threads if profile else 1)
-    print(profile_yaml(name, figures, threads, profile, config.broker), end="")
+    print(profile_yaml(name, figures, int(figures["threads"]), profile, config.broker), end="")
     return 0
 
 

@@ -119,7 +119,7 @@ class Daemon:
     # -- engine --------------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until :meth:`stop`; returns the exit status."""
-        threads = self.config.threads or (self.profile.threads if self.profile else 1)
+        threads = self._threads()
         torch.set_num_threads(threads)
         self.benchmark = self._measured(run_benchmark())
         log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
@@ -155,10 +155,14 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    def _threads(self) -> int:
+        """Torch threads: the setting, else the profile's, else one."""
+        return self.config.threads or (self.profile.threads if self.profile else 1)
+
     def measure(self, connect_s: float = 10.0) -> dict[str, float]:
         """The benchmark and, if the broker answers within ``connect_s``, the link: what
         ``--measure-profile`` prints, without serving."""
-        torch.set_num_threads(self.config.threads or (self.profile.threads if self.profile else 1))
+        torch.set_num_threads(self._threads())
         figures = run_benchmark()
         self.conn.begin()
         try:
@@ -169,13 +173,20 @@ class Daemon:
                     "node=%s: no broker at %s within %g s; link not measured", self.node, self.conn.broker, connect_s
                 )
         finally:
+            offline = encode_control(Status(state="offline", instance=self.instance, session=self._sessions))
+            with contextlib.suppress(EdgeFlowError):  # it was online only to measure: say it is gone
+                if self.conn.connected.is_set():
+                    self.conn.publish_wait(self.topics.node(self.node, "status"), offline, timeout_s=2.0, retain=True)
             self.conn.stop()
         return figures
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Connected):
             if "link_latency_ms" not in self.benchmark:
-                self.benchmark.update(self._measure_link())
+                try:
+                    self.benchmark.update(self._measure_link())
+                except EdgeFlowError as exc:  # the info goes out all the same: the node serves unmeasured
+                    log.warning("node=%s: link not measured: %s", self.node, exc)
             self._publish_info()
             if self.runtime is not None:
                 self.notifier.ready(self._serving())
@@ -272,7 +283,8 @@ class Daemon:
         info, so that the controller plans with what the node can do now. The link is measured
         again with it, and on its own every thirty intervals."""
         interval = self.config.measure_interval_s
-        idle = now - self._last_event >= _IDLE_S and not (self.runtime and self.runtime.slices.pending)
+        quiet = now - self._last_event >= _IDLE_S
+        idle = quiet and not self.workers.busy and not (self.runtime and self.runtime.slices.pending)
         if interval <= 0 or not idle or not self.conn.connected.is_set() or now - self._last_probe < interval:
             return
         self._last_probe = now
@@ -296,7 +308,7 @@ class Daemon:
             self.conn.publish(self._echo_topic, payload)
         else:
             send()
-        deadline = start + _ECHO_WAIT_S
+        deadline = start + _ECHO_WAIT_S + len(payload) * 8 / 1e6  # 1 Mbit/s at worst
         while (left := deadline - time.perf_counter()) > 0:
             try:
                 if self._echoes.get(timeout=left) == payload:
@@ -333,15 +345,23 @@ class Daemon:
         self._last_link = self.clock()
         while not self._echoes.empty():
             self._echoes.get_nowait()
-        if not self.conn.subscribe_wait([self._echo_topic], qos=0):
-            return {}
-        pings = [t for i in range(5) if (t := self._echo(i.to_bytes(4, "big") * (LINK_PING_BYTES // 4))) is not None]
-        self.conn.unsubscribe(self._echo_topic)
+        try:
+            if not self.conn.subscribe_wait([self._echo_topic], qos=0):
+                return {}
+            pings: list[float] = []
+            for i in range(5):  # one lost echo ends it: an ACL may refuse the topic without a word
+                took = self._echo(i.to_bytes(4, "big") * (LINK_PING_BYTES // 4))
+                if took is None:
+                    break
+                pings.append(took)
+        finally:
+            self.conn.unsubscribe(self._echo_topic)  # the uploads below must not come back down
         if not pings:
             log.warning("node=%s: no echo from the broker on %s; link not measured", self.node, self._echo_topic)
             return {}
         chunk = min(LINK_CHUNK, self.conn.max_packet - 1024)  # the broker may take less than we would send
         small, large = LINK_SIZES
+        up = down = (0.0, 0.0, 0.0, 0.0)
         try:
             up = (
                 float(small * chunk),
@@ -353,8 +373,8 @@ class Daemon:
             down = (float(chunk), self._download_s(chunk), float(size), self._download_s(size) if size > chunk else 0.0)
         except (EdgeFlowError, RuntimeError, ValueError) as exc:  # not acknowledged, disconnected
             log.warning("node=%s: link measurement failed: %s", self.node, exc)
-            up = down = (0.0, 0.0, 0.0, 0.0)
         finally:
+            self.conn.unsubscribe(self._echo_topic)
             self.conn.publish(self._echo_topic, b"", qos=1, retain=True)  # clear the retained probe
         figures = fit_link(pings, up, down)
         log.info("node=%s link: %s", self.node, figures)

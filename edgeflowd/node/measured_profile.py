@@ -55,7 +55,8 @@ def profile_yaml(
             "# from acknowledged publishes, the downlink from retained messages, 256 KiB against 1 MiB.\n"
         )
     else:
-        link_note = f"# link: NOT measured (no broker answered at {broker}); {'declared' if fallback else 'a guess'}.\n"
+        why = "its rates could not be fitted" if latency else "no broker answered"
+        link_note = f"# link: NOT measured ({why} at {broker}); {'declared' if fallback else 'a guess'}.\n"
     header = (
         f"# Measured by `edgeflowd --measure-profile` on {when}, {threads} torch thread(s) (measure an idle board).\n"
         "# gflops: a 3x3 convolution of 64 channels on 56x56; per_kind: depthwise convolution and matrix\n"

@@ -41,6 +41,8 @@ class Workers:
         self.clock = clock
         self.current = current
         self.times = UnitTimes()
+        self._busy = 0  # work chains submitted and not finished: the node is not idle while any runs
+        self._busy_lock = threading.Lock()
         self.buffers = threading.Lock()  # guards the runtime's slice buffer and frame assembler
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix=f"edgeflowd[{node}].worker")
 
@@ -49,6 +51,8 @@ class Workers:
         thread-safe in paho)."""
         for action in actions:
             if isinstance(action, Compute):
+                with self._busy_lock:
+                    self._busy += 1
                 self.pool.submit(self._run, runtime, action)
             elif isinstance(action, Publish):
                 self.conn.publish(action.topic, action.payload)
@@ -74,6 +78,18 @@ class Workers:
     def _run(self, runtime: NodeRuntime, first: Compute) -> None:
         """Worker thread: run a unit, send what its forwarding table names, and run the units its
         local slices complete."""
+        try:
+            self._chain(runtime, first)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    @property
+    def busy(self) -> bool:
+        with self._busy_lock:
+            return self._busy > 0
+
+    def _chain(self, runtime: NodeRuntime, first: Compute) -> None:
         work: deque[Compute] = deque([first])
         while work and runtime is self.current():  # a replaced plan's work stops here
             unit = work.popleft()
