@@ -8,9 +8,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from edgeflowd.net.mqtt import Connection
+from controller.control.deploy import held_generations
+from controller.control.deployment import make_deployment
+from controller.graph.trace import trace_model
+from controller.planner.methods import plan_model
+from controller.zoo import build_model
+from edgeflowd.net.mqtt import Connection, listen
 from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.profiles.devices import load_cluster
+from edgeflowd.wire.messages import AssignmentReport, encode_control
+from edgeflowd.wire.topics import Topics
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
 
 pytestmark = pytest.mark.integration
@@ -104,3 +113,36 @@ def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pyt
         if daemon is not None:
             daemon.terminate()
         shutil.rmtree(store, ignore_errors=True)
+
+
+def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Path) -> None:
+    """A controller stopped in the middle of a rollout leaves retained assignments of a
+    generation that no plan summary names; the next deploy must go above it, or the nodes would
+    keep the first one's units under the second one's name."""
+    model, shape = build_model("small_dag", None, 0)
+    graph = trace_model(model, torch.zeros(shape), "small_dag")
+    planned = plan_model(graph, load_cluster("local-3"), "equal")
+    nodes = ["node-a", "node-b", "node-c"]
+    topics = Topics("stale")
+    with mosquitto_broker(tmp_path) as broker:
+        conn = Connection(broker.settings, "stale-writer", lambda t, p: None)
+        conn.start()
+        try:
+            live = make_deployment(planned.plan, graph, nodes, 3, "equal", 1 << 20)
+            conn.publish_wait(topics.controller("plan"), encode_control(live.info), retain=True)
+            report = AssignmentReport(5, "ready", units=[], instance="x")
+            conn.publish_wait(topics.node("node-b", "assignment/reported"), encode_control(report), retain=True)
+            stopped = make_deployment(planned.plan, graph, nodes, 7, "equal", 1 << 20)  # never completed
+            conn.publish_wait(
+                topics.node("node-c", "assignment"), stopped.assignments["node-c"].to_bytes(), retain=True
+            )
+        finally:
+            conn.stop()
+        feeds = [topics.controller("plan"), topics.reports, topics.node_filter("assignment")]
+        reader, messages = listen(broker.settings, "stale-reader", feeds)
+        try:
+            plan, newest = held_generations(topics, messages, wait_s=1.5)
+        finally:
+            reader.stop()
+    assert plan is not None and plan.generation == 3
+    assert newest == 7

@@ -20,10 +20,12 @@ from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen, received
 from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.wire.assignment import AssignmentDoc
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, decode_control
-from edgeflowd.wire.topics import NodeTopic, Topics
+from edgeflowd.wire.schema import decode
+from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
 
-__all__ = ["DeployError", "current_plan", "deploy_plan", "publish_deployment"]
+__all__ = ["DeployError", "current_plan", "deploy_plan", "held_generations", "publish_deployment"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,11 @@ def deploy_plan(
     """Connect, pick the next generation, publish ``planned`` to ``nodes`` under topic root
     ``cluster`` and wait until it is live; returns the published plan summary."""
     topics = Topics(cluster)
-    conn, messages = listen(broker, "edgeflow-deploy", [topics.controller("plan"), topics.reports])
+    feeds = [topics.controller("plan"), topics.reports, topics.node_filter("assignment")]
+    conn, messages = listen(broker, "edgeflow-deploy", feeds)
     try:
-        previous = current_plan(topics, messages, wait_s=1.0)
-        generation = previous.generation + 1 if previous else 1
+        previous, newest = held_generations(topics, messages, wait_s=1.0)
+        generation = newest + 1
         deployment = make_deployment(
             planned.plan,
             graph,
@@ -62,6 +65,30 @@ def deploy_plan(
     finally:
         conn.stop()
     return deployment.info
+
+
+def held_generations(topics: Topics, messages: MessageQueue, wait_s: float) -> tuple[PlanInfo | None, int]:
+    """The retained plan summary, and the newest generation the broker holds anywhere: in the
+    plan, in a node's assignment or in its report. A rollout that never completed (a controller
+    stopped in the middle of one) leaves assignments of a generation no plan summary names; a
+    generation must never be handed out twice, or a node keeps the first one's units under the
+    second one's name."""
+    plan, newest = None, 0
+    for topic, payload in received(messages, wait_s):
+        if not payload:
+            continue
+        try:
+            about = topics.parse(topic)
+            if about == ControllerTopic("plan"):
+                plan = decode_control(payload, topic, PlanInfo)
+                newest = max(newest, plan.generation)
+            elif isinstance(about, NodeTopic) and about.leaf == "assignment/reported":
+                newest = max(newest, decode_control(payload, topic, AssignmentReport).generation)
+            elif isinstance(about, NodeTopic) and about.leaf == "assignment":
+                newest = max(newest, decode(payload, AssignmentDoc, topic).generation)
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+    return plan, newest
 
 
 def current_plan(topics: Topics, messages: MessageQueue, wait_s: float) -> PlanInfo | None:

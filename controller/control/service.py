@@ -346,7 +346,8 @@ class ControllerService:
             self._publish_costs()
             return
         try:
-            generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1)
+            reported = max((v.report.generation for v in self.registry.views.values() if v.report), default=0)
+            generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1, reported + 1)
             part_bytes = self.conn.max_packet - FRAME_HEADER_BYTES
             deployment = make_deployment(
                 planned.plan, self.graph, live_nodes, generation, planned.method, part_bytes, planned.latency_s * 1e3
