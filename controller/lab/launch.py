@@ -30,6 +30,7 @@ __all__ = [
     "free_port",
     "local_broker",
     "mosquitto_broker",
+    "stop_process",
     "unwind_on_signals",
     "wait_online",
 ]
@@ -101,6 +102,16 @@ def mosquitto_broker(
         yield Broker(port, process, tls)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 @contextmanager
 def _serving(
     argv: list[str], port: int, log_path: Path, what: str, env: dict[str, str] | None = None
@@ -120,12 +131,7 @@ def _serving(
                 time.sleep(0.05)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
         log.close()
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from controller.lab.launch import REPO, stop_process
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.profiles.devices import Cluster
 
@@ -42,7 +43,6 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 # The default 100 ms period would run a unit of a few ms at full speed and then pause 90 ms: what
 # each unit takes would say nothing of the device's speed, and the cost model could fit nothing.
 QUOTA_US = 1_000
-_REPO = Path(__file__).resolve().parents[2]
 
 
 class TestbedError(EdgeFlowError):
@@ -242,7 +242,7 @@ class Testbed:
                 "--delay-ms",
                 f"{slot.latency_ms:g}",
             ]
-            relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=_REPO)
+            relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
             self._relays.append(relay)
             assert relay.stdout is not None
             line = relay.stdout.readline().decode()  # its one line, printed once it listens
@@ -260,12 +260,7 @@ class Testbed:
         """Kill what runs in the devices' cgroups, then remove cgroups and namespaces. Idempotent."""
         errors = []
         for relay in self._relays:
-            relay.terminate()
-            try:
-                relay.wait(5)
-            except subprocess.TimeoutExpired:
-                relay.kill()
-                relay.wait(5)
+            stop_process(relay, 5.0)
         self._relays.clear()
         for path in reversed(self._cgroups):
             try:
