@@ -25,11 +25,24 @@ from dataclasses import dataclass, field, replace
 
 from controller.graph.layers import LayerGraph
 from controller.planner.fit import Fit, Sample, fit_factors, fitted_device, unit_terms
+from controller.planner.methods import plan_model
 from controller.planner.plan import Plan
-from edgeflowd.profiles.devices import Device, Link
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.profiles.devices import Cluster, Device, Link
 from edgeflowd.wire.messages import NodeCosts
 
-__all__ = ["PREDICTION_OFF", "SINGLE_MARGIN", "CostLearner", "LatencyBook", "costs_of", "device_of_costs", "verdict"]
+__all__ = [
+    "PREDICTION_OFF",
+    "SINGLE_MARGIN",
+    "CostLearner",
+    "LatencyBook",
+    "best_single",
+    "costs_of",
+    "device_of_costs",
+    "row_shares",
+    "slowdown",
+    "verdict",
+]
 
 _PLANS_KEPT = 3  # generations whose late reports are still matched to their units
 SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
@@ -154,6 +167,32 @@ class LatencyBook:
         """(median ms, reports) of ``generation``; (0, 0) when none came."""
         values = self._ms.get(generation)
         return (statistics.median(values), len(values)) if values else (0.0, 0)
+
+
+def best_single(graph: LayerGraph, cluster: Cluster) -> tuple[str, float]:
+    """The device that runs the whole model fastest by ``cluster``'s cost model, and its
+    predicted ms (("", 0) when none can hold it): what any split must beat."""
+    try:
+        single = plan_model(graph, cluster, "single", schedule="whole")
+    except EdgeFlowError:
+        return "", 0.0
+    device = next((i for i in range(len(cluster)) if single.plan.on_device(i)), 0)
+    return cluster.devices[device].id, single.latency_s * 1e3
+
+
+def slowdown(plan: Plan, graph: LayerGraph, index: int, planned: Device, fitted: Device | None) -> float:
+    """How much longer device ``index``'s units of ``plan`` take as ``fitted`` than as
+    ``planned`` (1 when there is nothing to compare)."""
+    before = sum(map(sum, unit_terms(plan, graph, index, planned).values()))
+    after = sum(map(sum, unit_terms(plan, graph, index, fitted).values())) if fitted else 0.0
+    return after / before if before > 0 and after > 0 else 1.0
+
+
+def row_shares(plan: Plan, nodes: list[str]) -> dict[str, float]:
+    """Each node's share of the plan's rows (``nodes[d]`` runs plan device ``d``)."""
+    rows = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(nodes)}
+    total = sum(rows.values()) or 1
+    return {n: r / total for n, r in rows.items()}
 
 
 def costs_of(device: Device, source: str, fit: Fit | None = None) -> NodeCosts:

@@ -41,6 +41,7 @@ __all__ = [
     "NodeView",
     "Registry",
     "effective_device",
+    "measurements_moved",
     "others_load",
     "reference_device",
 ]
@@ -81,6 +82,25 @@ def others_load(telemetry: Telemetry) -> float:
 def _number(bench: Mapping[str, object], key: str) -> float:
     value = bench.get(key)
     return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
+
+
+_MEASURES = {
+    "conv_gflops": "GFLOP/s",
+    "weights_gbps": "GB/s weight pass",
+    "link_up_mbps": "Mbit/s up",
+    "link_down_mbps": "Mbit/s down",
+}
+
+
+def measurements_moved(before: Mapping[str, object], after: Mapping[str, object], by: float = 0.3) -> str:
+    """What of a node's own measurements (its info's ``benchmark``) moved by more than ``by``
+    ("" if nothing did): a reason to plan again."""
+    changes = []
+    for key, unit in _MEASURES.items():
+        old, new = _number(before, key), _number(after, key)
+        if old and new and abs(new / old - 1) > by:
+            changes.append(f"{new:g} {unit} (was {old:g})")
+    return ", ".join(changes)
 
 
 def reference_device(device: Device, view: NodeView | None) -> Device:

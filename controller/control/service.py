@@ -11,21 +11,11 @@ stale. Nothing in the loop waits for the broker: node messages keep being handle
 generation rolls out, and a planned node going offline fails the rollout at once. Its own status
 is retained with a last will; what it does is published on ``controller/event``.
 
-With measured rates it learns as the model runs (:mod:`controller.control.learning`):
-
-- each node's cost model is fitted to the unit times its telemetry reports; the fitted devices
-  are what the next plan is made with. When a node's fitted time for its units of the live plan
-  differs from what the plan assumed by more than 1.5x, three reports in a row, it re-plans
-  (hysteresis, as for load; a node with a fit is not also re-planned for its load: the fit
-  has it). A node that measured itself again (a new benchmark in its info) starts over.
-- the requesters report each request's latency; retained ``controller/costs`` puts the median
-  beside the plan's prediction, with every node's cost model and the predicted latency of the
-  best single-device plan.
-- once 5 requests of a generation are in, their median is judged: the work of handling a message
-  (what unit times cannot show: controller/planner/fit.py) is fitted to the plans measured so
-  far, and the controller re-plans with it when the prediction was off by more than 20%
-  (event ``prediction-off``) or when a split plan was more than 10% slower than the best single
-  device's predicted latency (event ``slower-than-single``): *never slower than one device*.
+With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits
+each node's cost model to the unit times its telemetry reports and the work of handling a message
+to the latencies the requesters report, publishes both on ``controller/costs``, and re-plans when
+a node's fitted speed drifts, when a plan's median is off its prediction by more than 20% and
+when a split plan is slower than the best single device (docs/partitioning.md has the rules).
 """
 
 from __future__ import annotations
@@ -44,11 +34,26 @@ import msgspec
 import torch
 
 from controller.control.deployment import make_deployment
-from controller.control.learning import CostLearner, LatencyBook, costs_of, verdict
-from controller.control.registry import NODE_FEEDS, LoadWatch, Registry, others_load, reference_device
+from controller.control.learning import (
+    CostLearner,
+    LatencyBook,
+    best_single,
+    costs_of,
+    row_shares,
+    slowdown,
+    verdict,
+)
+from controller.control.registry import (
+    NODE_FEEDS,
+    LoadWatch,
+    Registry,
+    measurements_moved,
+    others_load,
+    reference_device,
+)
 from controller.control.rollout import Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
-from controller.planner.fit import Case, fit_message_work, unit_terms, with_message_work
+from controller.planner.fit import Case, fit_message_work, with_message_work
 from controller.planner.methods import Planned, plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
@@ -184,7 +189,7 @@ class ControllerService:
         before = view.info.benchmark if view and view.info else None
         events = self.registry.on_message(about, payload, topic, self.clock())
         after = view.info.benchmark if view and view.info else None
-        moved = _moved(before, after) if self.measured_rates and before is not None and after is not None else ""
+        moved = measurements_moved(before, after) if self.measured_rates and before and after else ""
         if moved and node in self.planned_nodes:
             self._mark(f"{node} measured itself again: {moved}")
         report = self.registry.views[node].report if node in self.registry.views else None
@@ -213,13 +218,10 @@ class ControllerService:
             return
         if not telemetry.unit_s:
             return
-        index = live.rollout.nodes.index(node)
-        planned = sum(map(sum, unit_terms(live.planned.plan, self.graph, index, live.cluster.devices[index]).values()))
-        fitted_device = self.learner.device(node, now)
-        assert fitted_device is not None
-        now_s = sum(map(sum, unit_terms(live.planned.plan, self.graph, index, fitted_device).values()))
-        if planned > 0 and now_s > 0 and self.speeds.observe(node, math.log(now_s / planned)):
-            self._mark(f"{node} runs its units {now_s / planned:.2f}x the planned time", debounce=False)
+        index, fitted = live.rollout.nodes.index(node), self.learner.device(node, now)
+        ratio = slowdown(live.planned.plan, self.graph, index, live.cluster.devices[index], fitted)
+        if self.speeds.observe(node, math.log(ratio)):
+            self._mark(f"{node} runs its units {ratio:.2f}x the planned time", debounce=False)
         self._publish_costs()
 
     def _on_latency(self, report: Latency) -> None:
@@ -257,7 +259,7 @@ class ControllerService:
         self._cases = {g: c for g, c in self._cases.items() if g in self.learner.plans}
         self.message_flop = fit_message_work(list(self._cases.values()))
         predicted = live.planned.latency_s
-        self._single = self._best_single(with_message_work(base, self.message_flop))
+        self._single = best_single(self.graph, with_message_work(base, self.message_flop))
         node, single_ms = self._single
         said = (
             f"generation {generation} measured {measured_s * 1e3:.0f} ms over {count} requests, predicted "
@@ -281,15 +283,13 @@ class ControllerService:
         if live is None:
             return
         now, info = self.clock(), live.rollout.deployment.info
-        plan, nodes = live.planned.plan, {}
-        rows = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live.rollout.nodes)}
-        total = sum(rows.values()) or 1
+        shares, nodes = row_shares(live.planned.plan, live.rollout.nodes), {}
         cluster = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
         for device in with_message_work(cluster, self.message_flop).devices:
             fit = self.learner.fitted(device.id, now) if self.measured_rates else None
             source = "fitted" if fit else ("benchmark" if self.measured_rates else "declared")
             costs = costs_of(device, source, fit)
-            nodes[device.id] = msgspec.structs.replace(costs, share=round(rows.get(device.id, 0) / total, 4))
+            nodes[device.id] = msgspec.structs.replace(costs, share=round(shares.get(device.id, 0.0), 4))
         measured, count = self.latencies.median(info.generation)
         node, single_ms = self._single
         report = Costs(
@@ -386,13 +386,11 @@ class ControllerService:
         self.live = rolling
         self._baselines(rolling)
         self._publish_costs()
-        plan = rolling.planned.plan
-        shares = {n: sum(len(u.rows) for u in plan.on_device(i)) for i, n in enumerate(live)}
-        total = sum(shares.values()) or 1
+        shares = row_shares(rolling.planned.plan, live)
         detail = (
             f"{rolling.reason}: generation {info.generation} on {len(live)} nodes in "
             f"{self.clock() - rolling.started:.2f} s; "
-            "row shares " + ", ".join(f"{n} {s / total:.0%}" for n, s in shares.items())
+            "row shares " + ", ".join(f"{n} {share:.0%}" for n, share in shares.items())
         )
         self._event("replanned", detail=detail)
 
@@ -401,39 +399,11 @@ class ControllerService:
         planned with."""
         self.loads.planned_with({d.id: d.load for d in live.cluster.devices})
         self.speeds.planned_with(dict.fromkeys(live.rollout.nodes, 0.0))
-        self._single = self._best_single(live.cluster)
-
-    def _best_single(self, cluster: Cluster) -> tuple[str, float]:
-        """The device that runs the whole model fastest by the model ``cluster`` was planned
-        with, and its predicted ms (empty when none can hold it)."""
-        try:
-            single = plan_model(self.graph, cluster, "single", schedule="whole")
-        except EdgeFlowError:
-            return "", 0.0
-        device = next((i for i in range(len(cluster)) if single.plan.on_device(i)), 0)
-        return cluster.devices[device].id, single.latency_s * 1e3
+        self._single = best_single(self.graph, live.cluster)
 
     def _failed(self, reason: str, error: str) -> None:
         self._event("replan-failed", detail=error)
         self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
-
-
-_MEASURES = {
-    "conv_gflops": "GFLOP/s",
-    "weights_gbps": "GB/s weight pass",
-    "link_up_mbps": "Mbit/s up",
-    "link_down_mbps": "Mbit/s down",
-}
-
-
-def _moved(before: dict[str, object], after: dict[str, object], by: float = 0.3) -> str:
-    """What of a node's own measurements moved by more than ``by`` ("" if nothing did)."""
-    changes = []
-    for key, unit in _MEASURES.items():
-        old, new = before.get(key), after.get(key)
-        if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old > 0 and abs(new / old - 1) > by:
-            changes.append(f"{new:g} {unit} (was {old:g})")
-    return ", ".join(changes)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -29,9 +28,10 @@ from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
-from edgeflowd.node.benchmark import LINK_CHUNK, LINK_PING_BYTES, LINK_SIZES, conv_gflops, fit_link, run_benchmark
+from edgeflowd.node.benchmark import conv_gflops, run_benchmark
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
+from edgeflowd.node.linkprobe import LinkProbe
 from edgeflowd.node.notify import Notifier
 from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 _TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
 _IDLE_S = 2.0  # no message for this long: the node is idle, and may measure itself
 _DRIFT = 0.3  # a probe this far from the published conv rate: benchmark again
-_ECHO_WAIT_S = 5.0
 
 
 class Daemon:
@@ -77,7 +76,6 @@ class Daemon:
         self._sessions = 0
         self.benchmark: dict[str, float] = {}
         self._echo_topic = self.topics.node(self.node, "echo")
-        self._echoes: queue.Queue[bytes] = queue.Queue(maxsize=64)
         self._last_event = self._last_probe = self._last_link = clock()
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
@@ -89,13 +87,13 @@ class Daemon:
             on_connect=self._on_connect,
             packet_bytes=config.packet_bytes,
         )
+        self.probe = LinkProbe(self.conn, self._echo_topic, self.node)
         self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, lambda: self.runtime)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
     def _on_wire(self, topic: str, payload: bytes) -> None:
         if topic == self._echo_topic:  # the link probe's own echo: the engine is waiting for it
-            with contextlib.suppress(queue.Full):
-                self._echoes.put_nowait(payload)
+            self.probe.heard(payload)
         else:
             self._enqueue(Message(topic, payload))
 
@@ -300,85 +298,9 @@ class Daemon:
         self._publish_info()
         self._last_event = self._last_probe = self.clock()  # what the measuring took is not idleness
 
-    def _echo(self, payload: bytes, send: Callable[[], object] | None = None) -> float | None:
-        """Seconds until ``payload`` arrives on the echo topic after ``send`` (default: publishing
-        it there); None when it did not, in time."""
-        start = time.perf_counter()
-        if send is None:
-            self.conn.publish(self._echo_topic, payload)
-        else:
-            send()
-        deadline = start + _ECHO_WAIT_S + len(payload) * 8 / 1e6  # 1 Mbit/s at worst
-        while (left := deadline - time.perf_counter()) > 0:
-            try:
-                if self._echoes.get(timeout=left) == payload:
-                    return time.perf_counter() - start
-            except queue.Empty:
-                break
-        return None
-
-    def _upload_s(self, count: int, chunk: int) -> float:
-        """Seconds to publish ``count`` chunks at QoS 1, to the broker's last acknowledgement
-        (nobody subscribed: nothing comes back down meanwhile); 0 when one was not acknowledged."""
-        start = time.perf_counter()
-        sent = [self.conn.publish(self._echo_topic, os.urandom(chunk), qos=1) for _ in range(count)]
-        for info in sent:
-            info.wait_for_publish(_ECHO_WAIT_S)
-            if not info.is_published():
-                return 0.0
-        return time.perf_counter() - start
-
-    def _download_s(self, size: int) -> float:
-        """Seconds from subscribing to the arrival of a retained message of ``size`` bytes (the
-        upload of it done before); 0 when it did not come."""
-        payload = os.urandom(size)
-        self.conn.publish_wait(self._echo_topic, payload, timeout_s=_ECHO_WAIT_S + size * 8 / 1e6, retain=True)
-        time.sleep(0.2)  # let a shaper's bucket fill again, as before the smaller transfer
-        took = self._echo(payload, lambda: self.conn.subscribe(self._echo_topic, qos=0))
-        self.conn.unsubscribe(self._echo_topic)
-        return took or 0.0
-
     def _measure_link(self) -> dict[str, float]:
-        """Echoes through the broker (its own ``echo`` topic, never any other address), in the
-        phases of :data:`~edgeflowd.node.benchmark.LINK_SIZES`. Empty when the broker did not echo
-        (not connected, or an ACL that forbids it)."""
         self._last_link = self.clock()
-        while not self._echoes.empty():
-            self._echoes.get_nowait()
-        try:
-            if not self.conn.subscribe_wait([self._echo_topic], qos=0):
-                return {}
-            pings: list[float] = []
-            for i in range(5):  # one lost echo ends it: an ACL may refuse the topic without a word
-                took = self._echo(i.to_bytes(4, "big") * (LINK_PING_BYTES // 4))
-                if took is None:
-                    break
-                pings.append(took)
-        finally:
-            self.conn.unsubscribe(self._echo_topic)  # the uploads below must not come back down
-        if not pings:
-            log.warning("node=%s: no echo from the broker on %s; link not measured", self.node, self._echo_topic)
-            return {}
-        chunk = min(LINK_CHUNK, self.conn.max_packet - 1024)  # the broker may take less than we would send
-        small, large = LINK_SIZES
-        up = down = (0.0, 0.0, 0.0, 0.0)
-        try:
-            up = (
-                float(small * chunk),
-                self._upload_s(small, chunk),
-                float(large * chunk),
-                self._upload_s(large, chunk),
-            )
-            size = min(4 * chunk, self.conn.max_packet - 1024)
-            down = (float(chunk), self._download_s(chunk), float(size), self._download_s(size) if size > chunk else 0.0)
-        except (EdgeFlowError, RuntimeError, ValueError) as exc:  # not acknowledged, disconnected
-            log.warning("node=%s: link measurement failed: %s", self.node, exc)
-        finally:
-            self.conn.unsubscribe(self._echo_topic)
-            self.conn.publish(self._echo_topic, b"", qos=1, retain=True)  # clear the retained probe
-        figures = fit_link(pings, up, down)
-        log.info("node=%s link: %s", self.node, figures)
-        return figures
+        return self.probe.measure()
 
     # -- periodic and shutdown -----------------------------------------------------------------
     def _publish_telemetry(self) -> None:
