@@ -21,15 +21,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from controller.graph.layers import LayerGraph
 from controller.planner.fit import Fit, Sample, fit_factors, fitted_device, unit_terms
-from controller.planner.methods import plan_model
+from controller.planner.methods import Planned, plan_model
 from controller.planner.plan import Plan
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.profiles.devices import Cluster, Device, Link
-from edgeflowd.wire.messages import NodeCosts
+from edgeflowd.wire.messages import Costs, NodeCosts
 
 __all__ = [
     "PREDICTION_OFF",
@@ -38,6 +39,7 @@ __all__ = [
     "LatencyBook",
     "best_single",
     "costs_of",
+    "costs_report",
     "device_of_costs",
     "row_shares",
     "slowdown",
@@ -195,7 +197,37 @@ def row_shares(plan: Plan, nodes: list[str]) -> dict[str, float]:
     return {n: r / total for n, r in rows.items()}
 
 
-def costs_of(device: Device, source: str, fit: Fit | None = None) -> NodeCosts:
+def costs_report(
+    generation: int,
+    planned: Planned,
+    cluster: Cluster,
+    fits: Mapping[str, Fit | None],
+    unfitted: str,
+    shares: Mapping[str, float],
+    measured: tuple[float, int],
+    single: tuple[str, float],
+    message_flop: float,
+) -> Costs:
+    """The retained ``controller/costs`` document: each node of ``cluster`` as it is planned
+    (``fitted`` where ``fits`` has a fit, else ``unfitted``), the plan's predicted latency beside
+    the ``(median ms, requests)`` measured, the best single device ``(node, ms)``, the message work."""
+    nodes = {
+        d.id: costs_of(d, "fitted" if fits.get(d.id) else unfitted, fits.get(d.id), shares.get(d.id, 0.0))
+        for d in cluster.devices
+    }
+    return Costs(
+        generation,
+        round(planned.latency_s * 1e3, 2),
+        nodes,
+        round(measured[0], 2),
+        measured[1],
+        round(single[1], 2),
+        single[0],
+        round(message_flop / 1e6, 4),
+    )
+
+
+def costs_of(device: Device, source: str, fit: Fit | None = None, share: float = 0.0) -> NodeCosts:
     """How ``device`` is published: its profile's figures and its load apart (a fitted device
     has none: the load is in its rates)."""
     p = device.profile
@@ -209,6 +241,7 @@ def costs_of(device: Device, source: str, fit: Fit | None = None) -> NodeCosts:
         down_mbps=round(p.link.down_mbps, 2),
         latency_ms=round(p.link.latency_ms, 3),
         load=round(device.load, 3),
+        share=round(share, 4),
         units=fit.units if fit else 0,
         runs=round(fit.runs, 1) if fit else 0.0,
         error_before=round(fit.error_before, 4) if fit else 0.0,

@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.control.deployment import Deployment
+from controller.planner.methods import Planned
+from edgeflowd.profiles.devices import Cluster
 from edgeflowd.wire.assignment import split_blob
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, encode_control
 from edgeflowd.wire.topics import Topics
 
-__all__ = ["Publication", "Rollout", "completion_messages", "rollout_messages"]
+__all__ = ["Publication", "Rolling", "Rollout", "completion_messages", "rollout_messages"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,15 @@ class Rollout:
         if not lines:
             return ""
         return f"generation {self.generation} is not ready on every node:\n  " + "\n  ".join(lines)
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """A generation being rolled out (or live), with what it was planned on and why."""
+
+    rollout: Rollout
+    reason: str
+    cluster: Cluster
+    planned: Planned
+    started: float  # when the re-plan began: its event reports planning and rollout together
+    base: Cluster  # ``cluster`` without the fitted message work

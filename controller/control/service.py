@@ -28,9 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import msgspec
 import torch
 
 from controller.control.deployment import make_deployment
@@ -38,7 +36,7 @@ from controller.control.learning import (
     CostLearner,
     LatencyBook,
     best_single,
-    costs_of,
+    costs_report,
     row_shares,
     slowdown,
     verdict,
@@ -51,10 +49,10 @@ from controller.control.registry import (
     others_load,
     reference_device,
 )
-from controller.control.rollout import Rollout, completion_messages, rollout_messages
+from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
 from controller.planner.fit import Case, fit_message_work, with_message_work
-from controller.planner.methods import Planned, plan_model
+from controller.planner.methods import plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
@@ -63,7 +61,6 @@ from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
 from edgeflowd.wire.messages import (
     ControllerEvent,
-    Costs,
     Latency,
     PlanInfo,
     Status,
@@ -110,7 +107,7 @@ class ControllerService:
         self.latencies = LatencyBook()
         self.message_flop = 0.0  # what handling a message costs (controller/planner/fit.py)
         self._cases: dict[int, Case] = {}  # measured generations, for that fit
-        self.live: _Rolling | None = None  # the deployed generation, as it was planned
+        self.live: Rolling | None = None  # the deployed generation, as it was planned
         self._single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
         self._judged = -1  # the generation last judged against the single device
         self._published = -1  # the generation whose assignments were published last (failed or not)
@@ -120,7 +117,7 @@ class ControllerService:
         self.planned_nodes: list[str] = []
         self.generation = -1
         self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
-        self.rolling: _Rolling | None = None
+        self.rolling: Rolling | None = None
         self._next_generation = 1
         self._dirty_since: float | None = None
         self._reason = "start"
@@ -238,13 +235,13 @@ class ControllerService:
             self._judge(live, measured / 1e3, count)
         self._publish_costs()
 
-    def _all_fitted(self, live: _Rolling) -> bool:
+    def _all_fitted(self, live: Rolling) -> bool:
         """Every node with work in the live plan has a fit of its unit times: only then can the
         rest of what a request takes be put down to messages."""
         fitted = self._fitted()
         return all(n in fitted for i, n in enumerate(live.rollout.nodes) if live.planned.plan.on_device(i))
 
-    def _judge(self, live: _Rolling, measured_s: float, count: int) -> None:
+    def _judge(self, live: Rolling, measured_s: float, count: int) -> None:
         """The live plan's measured median against its prediction and against the best single
         device: fit the message work to the plans measured so far, and re-plan with it when the
         prediction was off by more than 20%, or when a split lost to one device."""
@@ -283,24 +280,18 @@ class ControllerService:
         if live is None:
             return
         now, info = self.clock(), live.rollout.deployment.info
-        shares, nodes = row_shares(live.planned.plan, live.rollout.nodes), {}
         cluster = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
-        for device in with_message_work(cluster, self.message_flop).devices:
-            fit = self.learner.fitted(device.id, now) if self.measured_rates else None
-            source = "fitted" if fit else ("benchmark" if self.measured_rates else "declared")
-            costs = costs_of(device, source, fit)
-            nodes[device.id] = msgspec.structs.replace(costs, share=round(shares.get(device.id, 0.0), 4))
-        measured, count = self.latencies.median(info.generation)
-        node, single_ms = self._single
-        report = Costs(
+        fits = {d.id: self.learner.fitted(d.id, now) if self.measured_rates else None for d in cluster.devices}
+        report = costs_report(
             info.generation,
-            round(live.planned.latency_s * 1e3, 2),
-            nodes,
-            round(measured, 2),
-            count,
-            round(single_ms, 2),
-            node,
-            round(self.message_flop / 1e6, 4),
+            live.planned,
+            with_message_work(cluster, self.message_flop),
+            fits,
+            "benchmark" if self.measured_rates else "declared",
+            row_shares(live.planned.plan, live.rollout.nodes),
+            self.latencies.median(info.generation),
+            self._single,
+            self.message_flop,
         )
         self.conn.publish(self.topics.controller("costs"), encode_control(report), qos=1, retain=True)
 
@@ -360,7 +351,7 @@ class ControllerService:
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         self._published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
-        self.rolling = _Rolling(rollout, reason, cluster, planned, start, base)
+        self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
 
     def _check_rollout(self) -> None:
         rolling = self.rolling
@@ -394,7 +385,7 @@ class ControllerService:
         )
         self._event("replanned", detail=detail)
 
-    def _baselines(self, live: _Rolling) -> None:
+    def _baselines(self, live: Rolling) -> None:
         """What the watches and the safeguard compare with from now on: the model ``live`` was
         planned with."""
         self.loads.planned_with({d.id: d.load for d in live.cluster.devices})
@@ -404,15 +395,3 @@ class ControllerService:
     def _failed(self, reason: str, error: str) -> None:
         self._event("replan-failed", detail=error)
         self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
-
-
-@dataclass(frozen=True)
-class _Rolling:
-    """A generation being rolled out, with what its completion reports."""
-
-    rollout: Rollout
-    reason: str
-    cluster: Cluster
-    planned: Planned
-    started: float  # when the re-plan began: its event reports planning and rollout together
-    base: Cluster  # ``cluster`` without the fitted message work
