@@ -59,7 +59,7 @@ def test_a_unit_only_carries_the_weights_it_names(yolo: Yolo) -> None:
     plan, deployment, _ = yolo
     unit = plan.unit("model_0_conv@d1")
     weights = deployment.assignments["n1"].weights
-    assert set(unit.const_names()) <= set(weights) and "model.0.conv.weight" in weights
+    assert set(unit.const_names()) <= set(weights) and "model.0.conv.folded_weight" in weights
     assert set(weights) == {n for u in plan.on_device(1) for n in u.const_names()}
 
 

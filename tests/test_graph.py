@@ -44,9 +44,30 @@ def test_conv_bn_activation_fuse_into_one_layer() -> None:
     model, shape = build_model("resnet18")
     graph, _ = _graph(model, shape)
     conv1 = graph["conv1"]
-    assert [op.target for op in conv1.ops] == ["F.conv2d", "F.batch_norm", "F.relu"]
+    assert [op.target for op in conv1.ops] == ["F.conv2d", "F.relu"]  # the normalisation folded in
     assert conv1.rules == (RowRule("window", span=7, stride=2, pad=3),)
     assert conv1.kind == "conv" and conv1.splittable
+
+
+def test_batch_norm_folds_into_the_convolution_before_it() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    bn = nn.BatchNorm2d(8)
+    bn.running_mean = torch.empty(8).uniform_(-2, 2)  # statistics far from the identity: a wrong fold shows
+    bn.running_var = torch.empty(8).uniform_(0.1, 4)
+    with torch.no_grad():
+        bn.weight.uniform_(-2, 2)
+        bn.bias.uniform_(-1, 1)
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4, affine=False))
+    graph, x = _graph(model, (1, 3, 12, 10))
+    assert [[op.target for op in layer.ops] for layer in graph.compute_layers] == [
+        ["F.conv2d", "F.relu"],
+        ["F.conv2d"],  # no bias and no affine part: folded all the same
+    ]
+    folded = graph.compute_layers[0].ops[0].kwargs["weight"].name
+    assert folded == "0.folded_weight" and not torch.equal(graph.tensors[folded], conv.weight)
+    want = reference_outputs(model, x)
+    assert check_partition("even", graph, even_partition(graph, 2), x, want).relative <= 1e-6
 
 
 def test_rule_per_op_kind_in_yolov5s() -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from controller.graph.convert import canonical_window, function_name, method_name, module_call
 from controller.graph.flops import op_flops
+from controller.graph.fold import fold_batch_norm
 from controller.graph.layers import Layer, LayerGraph
 from controller.graph.rowmap import classify, row_local
 from edgeflowd.core.ops import Const, In, OpCall, Prev, method_caller
@@ -189,8 +190,12 @@ class _Builder:
             alone = classify(self.op_call(node, standalone), [layer["out_shape"]], tuple(value.shape), self.tensors)
             if alone.splittable:
                 return False
-        layer["ops"].append(call)
-        layer["flops"] += op_flops(call, [layer["out_shape"]], tuple(value.shape), self.tensors)
+        folded = fold_batch_norm(layer["ops"][-1], call, self.tensors) if len(layer["ops"]) == 1 else None
+        if folded is not None:  # the normalisation costs nothing any more
+            layer["ops"][-1] = folded
+        else:
+            layer["ops"].append(call)
+            layer["flops"] += op_flops(call, [layer["out_shape"]], tuple(value.shape), self.tensors)
         layer["out_shape"] = tuple(value.shape)
         self.layer_of[node] = layer["name"]
         return True

@@ -112,8 +112,9 @@ def _window(
     top, bottom = _pads(needed, have)
     kw = call.kwargs
     if call.target == "F.conv2d":
-        x = F.pad(x, (0, 0, top, bottom)) if top or bottom else x
-        conv: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=(0, kw["padding"][1]))
+        if top != bottom:  # a convolution pads both sides alike: the uneven case needs a padded copy
+            x, top = F.pad(x, (0, 0, top, bottom)), 0
+        conv: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=(top, kw["padding"][1]))
         return conv
     if call.target == "F.avg_pool2d":
         # Only planned when no window is partial, so the divisor is kernel area everywhere.
@@ -144,7 +145,12 @@ def run_layer_rows(
     """Rows ``out`` of a layer whose first op reads ``inputs`` (input k holds rows ``have[k]``
     of its producer, the clipped part of ``needed[k]``); the remaining ops are row-local."""
     first, patterns = ops[0], {rule.pattern for rule in rules}
-    if "window" in patterns and first.target in WINDOW_TARGETS:
+    whole = len(out_shape) == 4 and len(out) == out_shape[2]
+    if "window" in patterns and first.target in WINDOW_TARGETS and whole:
+        # All the rows: the input is all of its producer's, and the op pads it as the model does,
+        # with no padded copy of it.
+        result = run_call(first, inputs, None, tensors, resolve)
+    elif "window" in patterns and first.target in WINDOW_TARGETS:
         result = _window(first, inputs[0], needed[0], have[0], int(out_shape[3]), tensors, resolve)
     elif "upsample" in patterns and first.target == "F.interpolate":
         factors = (float(rules[0].factor), float(out_shape[3] // inputs[0].shape[3]))

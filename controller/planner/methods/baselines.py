@@ -47,7 +47,17 @@ def single(graph: LayerGraph, cluster: Cluster) -> Partition:
     fits = [d for d, dev in enumerate(cluster.devices) if dev.profile.memory_mb * 2**20 >= need]
     if not fits:
         raise PlanError(f"single: no device can hold the whole model ({need / 2**20:.1f} MiB)")
-    options = [single_on(graph, cluster, d) for d in fits]
+    # One device's plan has no contention to simulate: the input, every layer, the outputs. That
+    # ranks the devices; the simulator judges the two best (a simulation costs a plan's build).
+    in_bytes = sum(graph[s.name].out_bytes for s in graph.sources)
+    out_bytes = sum(graph[o].out_bytes for o in graph.outputs)
+
+    def estimate(d: int) -> float:
+        dev = cluster.devices[d]
+        run = sum(compute_s(layer, layer.height, dev) for layer in graph.compute_layers)
+        return transfer_s(in_bytes, cluster.client, dev.link) + run + transfer_s(out_bytes, dev.link, cluster.client)
+
+    options = [single_on(graph, cluster, d) for d in sorted(fits, key=lambda d: (estimate(d), d))[:2]]
     return min(options, key=lambda p: predicted_latency(graph, cluster, p))
 
 

@@ -26,11 +26,17 @@ unsplittable layers go to the device that finishes them first. Finally the pass 
 devices (and, on small clusters, on each fastest subset) and the plan the simulator predicts
 fastest wins, the best single device included: when distributing does not pay, the result
 degrades to one device or a subset, never below it.
+
+Fused blocks (EdgeFlow's pass; the paper's ``progressive`` goes one layer a step): from each
+layer on, the pass also tries runs of the next 2, 4 and 8 splittable layers fused
+(:mod:`controller.planner.methods.blocks`), their outputs split as the block's entry reads; a block
+and the best single-layer candidate are rolled out to the same layer, and the earlier finish is
+committed, all of the block's layers at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import numpy as np
@@ -39,6 +45,7 @@ from scipy.optimize import linprog
 from controller.graph.layers import Layer, LayerGraph
 from controller.planner.costmodel import comm_s_per_byte, compute_s, per_row_s, row_bytes, unit_fixed_s
 from controller.planner.methods.baselines import chain, coedge, equal, ftp, single
+from controller.planner.methods.blocks import BLOCK_LENGTHS, block_placements, fusable_run
 from controller.planner.methods.evaluate import fits_memory, predicted_latency
 from controller.planner.methods.state import Placement, PlanState
 from controller.planner.partitions import Partition, split_rows
@@ -218,14 +225,17 @@ def _rollout(
     state: PlanState,
     layers: list[Layer],
     i: int,
-    placement: Placement,
+    placements: list[Placement],
     allowed: list[int],
-    horizon: list[int],
+    stop: int,
 ) -> float:
+    """The end of layer ``stop - 1`` when ``placements`` place ``layers[i:]`` and every layer
+    after them follows its producer's split."""
     trial = state.fork()
-    trial.commit(layers[i], placement)
-    end = placement.end
-    for layer in layers[i + 1 : horizon[i]]:
+    for layer, placement in zip(layers[i:], placements, strict=False):
+        trial.commit(layer, placement)
+    end = placements[-1].end
+    for layer in layers[i + len(placements) : stop]:
         if layer.splittable and layer.height > 1:
             shares = _stable_shares(trial, layer, allowed)[-1]
             nxt = trial.evaluate(layer, split_rows(layer.height, shares))
@@ -237,12 +247,33 @@ def _rollout(
     return end
 
 
-def progressive_pass(graph: LayerGraph, cluster: Cluster, allowed: list[int]) -> Partition:
-    """One progressive pass that places rows only on ``allowed`` devices (where memory permits)."""
+def _blocks(
+    state: PlanState, layers: list[Layer], i: int, eligible: list[int], users: Mapping[str, list[str]]
+) -> list[list[Placement]]:
+    """Fused blocks starting at ``layers[i]``, of every length in :data:`BLOCK_LENGTHS` that the
+    run of splittable layers allows, their outputs split as ``layers[i]``'s producer is."""
+    run = fusable_run(layers, i)
+    shares = _stable_shares(state, layers[i], eligible)[-1]  # the block keeps its entry's boundaries
+    found = []
+    for k in BLOCK_LENGTHS:
+        if k > run:
+            break
+        placed = block_placements(state, state.graph, layers[i : i + k], shares, users, eligible)
+        if placed is not None:
+            found.append(placed)
+    return found
+
+
+def progressive_pass(graph: LayerGraph, cluster: Cluster, allowed: list[int], blocks: bool = True) -> Partition:
+    """One progressive pass that places rows only on ``allowed`` devices (where memory permits);
+    with ``blocks``, each step may place a fused block (:mod:`.blocks`) instead of one layer."""
     state = PlanState(graph, cluster)
     layers = graph.compute_layers
     horizon = rollout_horizons(graph)
-    for i, layer in enumerate(layers):
+    users = graph.consumers()
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
         fits = state.eligible(layer)
         eligible = [d for d in fits if d in allowed] or fits
         candidates = [state.evaluate(layer, state.single(layer, d)) for d in _single_candidates(state, layer, eligible)]
@@ -256,8 +287,14 @@ def progressive_pass(graph: LayerGraph, cluster: Cluster, allowed: list[int]) ->
         # Roll out the stable splits and the few that finish this layer first: a split far
         # behind now rarely catches up, a stable one often does.
         shortlist = stable + sorted(candidates, key=lambda p: p.end)[:SHORTLIST]
-        best = min(shortlist, key=lambda p: _rollout(state, layers, i, p, eligible, horizon))
-        state.commit(layer, best)
+        best = [min(shortlist, key=lambda p: _rollout(state, layers, i, [p], eligible, horizon[i]))]
+        fused = _blocks(state, layers, i, eligible, users) if blocks and stable and len(best[0].finish) > 1 else []
+        if fused:  # a fused block against the best layer-by-layer split, both rolled out as far
+            stop = max(horizon[i + len(b) - 1] for b in fused)
+            best = min([best, *fused], key=lambda b: _rollout(state, layers, i, b, eligible, stop))
+        for layer, placement in zip(layers[i:], best, strict=False):
+            state.commit(layer, placement)
+        i += len(best)
     return Partition(len(cluster), {layer.name: state.rows[layer.name] for layer in layers})
 
 
@@ -288,23 +325,24 @@ def _best(graph: LayerGraph, cluster: Cluster, makers: list[Callable[[], Partiti
     return best[2]
 
 
-def _passes(graph: LayerGraph, cluster: Cluster) -> list[Callable[[], Partition]]:
+def _passes(graph: LayerGraph, cluster: Cluster, blocks: bool) -> list[Callable[[], Partition]]:
     n = len(cluster)
     order = sorted(range(n), key=lambda d: (-cluster.devices[d].rate("conv"), d))
-    return [partial(progressive_pass, graph, cluster, order[:k]) for k in subset_sizes(n) if k > 1 or n == 1]
+    return [partial(progressive_pass, graph, cluster, order[:k], blocks) for k in subset_sizes(n) if k > 1 or n == 1]
 
 
 def progressive_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
-    """The progressive LP on its own: the best of the passes over all devices (and, on
-    clusters of up to 4, over the fastest half) and of the best single device, so that it is
-    never predicted slower than one device."""
-    return _best(graph, cluster, [partial(single, graph, cluster), *_passes(graph, cluster)])
+    """The paper's progressive LP on its own, one layer per step (no fused blocks): the best of
+    the passes over all devices (and, on clusters of up to 4, over the fastest half) and of the
+    best single device, so that it is never predicted slower than one device."""
+    return _best(graph, cluster, [partial(single, graph, cluster), *_passes(graph, cluster, blocks=False)])
 
 
 def edgeflow_partition(graph: LayerGraph, cluster: Cluster) -> Partition:
-    """EdgeFlow's plan: the best, by the simulator, of the progressive passes and the classic
-    strategies (one device, equal and capacity-proportional splits, fused tiles, chain). The
+    """EdgeFlow's plan: the best, by the simulator, of the progressive passes over fused blocks
+    and layers, and of the classic strategies (one device, equal and capacity-proportional
+    splits, fused tiles, chain). The
     cost model decides, per model and cluster, which structure wins; where a progressive plan
     is best (the benchmark reports how often), EdgeFlow is strictly faster than all of them."""
     seeds = [partial(f, graph, cluster) for f in (single, coedge, equal, ftp, chain)]
-    return _best(graph, cluster, [*seeds, *_passes(graph, cluster)])
+    return _best(graph, cluster, [*seeds, *_passes(graph, cluster, blocks=True)])

@@ -88,6 +88,10 @@ class PlanState:
         for producer, rule in zip(layer.inputs, layer.rules, strict=True):
             p = self.graph[producer]
             lo, hi = rule.needed_clipped(rows.start, rows.stop, p.height)
+            own = self.rows[producer][device] if self.rows[producer] else None
+            if own is not None and own.start <= lo and hi <= own.stop:  # all on this device: no message
+                ready = max(ready, self.finish[producer][device]) if lo < hi else ready
+                continue
             missing = [(lo, hi)] if lo < hi else []
             for holder, held in self.holders(producer, first=device):
                 still: list[tuple[int, int]] = []
