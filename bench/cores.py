@@ -8,8 +8,10 @@ Mosquitto, against the same model in one process on 1 and on N torch threads, al
 For each model, N and method it reports the median latency at 1 request in flight and the
 throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / one thread,
 ``x_nthreads``: daemons / N threads; below 1 is faster), and the worst relative error of every
-output. Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference is
-measured in the same run, just before its daemons, because this machine's speed drifts.
+output. Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
+the same rounds as the requests (each request follows the same input through the model here, on
+1 and N threads), and each ratio is the median of the rounds' ratios: this machine's speed drifts
+by tens of percent within minutes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from local_daemons import measure, single_process_ms  # bench/local_daemons.py, beside this script
+from local_daemons import measure  # bench/local_daemons.py, beside this script
 from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
@@ -59,9 +61,8 @@ def _run_model(
     model: str, cores: list[int], methods: list[str], schedules: list[str], requests: int, tmp: Path
 ) -> dict[str, Any]:
     n_max = len(cores)
-    reference = {str(t): single_process_ms(model, t, 10) for t in sorted({1, n_max})}
-    print(f"{model}: one process {reference} ms")
-    result: dict[str, Any] = {"one_process_ms": reference, "daemons": {}}
+    threads = tuple(sorted({1, n_max}))
+    result: dict[str, Any] = {"one_process_ms": {}, "daemons": {}}
     for n in range(1, n_max + 1):
         cluster = cluster_file(tmp, n)
         with mosquitto_broker(tmp) as broker:
@@ -74,18 +75,18 @@ def _run_model(
                     deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
                     if edgeflow([*deploy, "--method", method, "--schedule", schedule, "--timeout", "120"]) != 0:
                         raise SystemExit(f"{model}: deploy with {method} ({schedule}) on {n} daemons failed")
-                    got = measure(broker.url, model, requests, f"cores-{n}")
-                    one = got["in_flight_1"]
-                    one["x_1thread"] = one["p50_ms"] / reference["1"]
-                    one["x_nthreads"] = one["p50_ms"] / reference[str(n_max)]
-                    four = got["in_flight_4"]
+                    got = measure(broker.url, model, requests, f"cores-{n}", threads)
+                    reference = got.pop("one_process_ms")  # measured in the same rounds as the requests
+                    result["one_process_ms"][key] = reference
+                    one, four = got["in_flight_1"], got["in_flight_4"]
+                    one["x_nthreads"] = one[f"x_{n_max}thread"]
                     four["x_1thread_rps"] = four["throughput_rps"] * reference["1"] / 1e3
                     four["x_nthreads_rps"] = four["throughput_rps"] * reference[str(n_max)] / 1e3
                     result["daemons"][key] = got
                     print(
                         f"  {key:<18} p50 {one['p50_ms']:7.1f} ms = {one['x_1thread']:.2f}x one thread,"
-                        f" {one['x_nthreads']:.2f}x {n_max} threads; {four['throughput_rps']:.2f} req/s at 4 in flight;"
-                        f" error {one['max_relative_error']:.1e}"
+                        f" {one['x_nthreads']:.2f}x {n_max} threads (one process: {reference} ms);"
+                        f" {four['throughput_rps']:.2f} req/s at 4 in flight; error {one['max_relative_error']:.1e}"
                     )
             finally:
                 for daemon in daemons:
@@ -112,8 +113,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
             width,
             label=key.replace("/", " daemon(s), ", 1).replace("/", ", "),
         )
+    last = keys[-1]  # the reference measured in the rounds of the last variant (n_max daemons)
     threads = [
-        report["models"][m]["one_process_ms"][str(n_max)] / report["models"][m]["one_process_ms"]["1"] for m in models
+        report["models"][m]["one_process_ms"][last][str(n_max)] / report["models"][m]["one_process_ms"][last]["1"]
+        for m in models
     ]
     ax.bar(
         [i + len(keys) * width for i in range(len(models))],

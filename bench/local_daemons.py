@@ -39,26 +39,33 @@ NODES = ("node-a", "node-b", "node-c")
 
 
 def single_process_ms(model_spec: str, threads: int, runs: int) -> float:
+    """Median ms of the model in this process on ``threads`` torch threads."""
     model, shape = build_model(model_spec, None, 0)
     x = torch.randn(shape)
+    _forward_ms(model, x, threads)
+    return statistics.median(_forward_ms(model, x, threads) for _ in range(runs))
+
+
+def _forward_ms(model: torch.nn.Module, x: torch.Tensor, threads: int) -> float:
     torch.set_num_threads(threads)
-    times = []
     with torch.no_grad():
+        t0 = time.perf_counter()
         model(x)
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        return (time.perf_counter() - t0) * 1e3
 
 
-def measure(broker: str, model_spec: str, requests: int, cluster: str = "local-3") -> dict[str, Any]:
+def measure(
+    broker: str, model_spec: str, requests: int, cluster: str = "local-3", threads: tuple[int, ...] = (1, 2)
+) -> dict[str, Any]:
     """Latency at 1 request in flight and throughput at 4, the broker traffic, and the worst
     relative error of every output against the local model.
 
-    Timed requests run untapped: a tap receives and decodes every frame between the nodes, which
-    loads the broker and the cores the nodes run on. The traffic is counted in a separate tapped
-    pass of a few requests."""
+    This machine's speed drifts by tens of percent within minutes, so the reference runs in the
+    same rounds: each timed request is preceded by the same input through the model in this
+    process on each of ``threads`` torch threads (the daemons idle meanwhile), and the ratios are
+    per round (``x_<t>thread``, median over rounds). Timed requests run untapped: a tap receives
+    and decodes every frame between the nodes, which loads the broker and the cores the nodes run
+    on. The traffic is counted in a separate tapped pass of a few requests."""
     model, shape = build_model(model_spec, None, 0)
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(requests)]
     out: dict[str, Any] = {}
@@ -69,24 +76,44 @@ def measure(broker: str, model_spec: str, requests: int, cluster: str = "local-3
     finally:
         tapped.close()
     out["predicted_ms"] = tapped.info.predicted_ms
-    for concurrency in (1, 4):
-        client = InferenceClient.connect(settings, cluster, model_spec)
-        try:
-            m = client.measure(inputs, concurrency, warmup=2)
-        finally:
-            client.close()
-        pairs = [(r.outputs, x) for r, x in zip(m.results, inputs, strict=True) if r.outputs is not None]
-        worst = max(relative_error(got, reference_outputs(model, x))[1] for got, x in pairs)
-        out[f"in_flight_{concurrency}"] = {
-            "succeeded": m.succeeded,
-            "requests": requests,
-            "p50_ms": m.p50_ms,
-            "p90_ms": m.p90_ms,
-            "throughput_rps": m.throughput_rps,
-            "max_relative_error": worst,
-            "messages_per_request": traffic.messages,
-            "mib_per_request": traffic.mib,
-        }
+    client = InferenceClient.connect(settings, cluster, model_spec)
+    try:
+        client.run(iter(inputs[:2]), 1, 60.0)  # warm-up: first-touch allocations on every node
+        for t in threads:
+            _forward_ms(model, inputs[0], t)
+        rounds: list[dict[str, float]] = []
+        results = []
+        for x in inputs:
+            sample = {f"{t}": _forward_ms(model, x, t) for t in threads}
+            (result,) = client.run(iter([x]), 1, 60.0)
+            results.append((result, x))
+            if result.ok:
+                sample["daemons"] = result.latency_s * 1e3
+                rounds.append(sample)
+        four = client.measure(inputs, 4, warmup=0)
+    finally:
+        client.close()
+    pairs = [(r.outputs, x) for r, x in results if r.outputs is not None]
+    pairs += [(r.outputs, x) for r, x in zip(four.results, inputs, strict=True) if r.outputs is not None]
+    worst = max((relative_error(got, reference_outputs(model, x))[1] for got, x in pairs), default=float("inf"))
+    common = {"max_relative_error": worst, "messages_per_request": traffic.messages, "mib_per_request": traffic.mib}
+    out["one_process_ms"] = {f"{t}": statistics.median(r[f"{t}"] for r in rounds) for t in threads} if rounds else {}
+    one: dict[str, Any] = {"succeeded": len(rounds), "requests": requests, **common}
+    if rounds:
+        latencies = sorted(r["daemons"] for r in rounds)
+        one["p50_ms"] = statistics.median(latencies)
+        one["p90_ms"] = latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))]
+        for t in threads:
+            one[f"x_{t}thread"] = statistics.median(r["daemons"] / r[f"{t}"] for r in rounds)
+    out["in_flight_1"] = one
+    out["in_flight_4"] = {
+        "succeeded": four.succeeded,
+        "requests": requests,
+        "p50_ms": four.p50_ms,
+        "p90_ms": four.p90_ms,
+        "throughput_rps": four.throughput_rps,
+        **common,
+    }
     return out
 
 
@@ -122,8 +149,6 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     report: dict[str, Any] = {"model": args.model, "cores": os.cpu_count(), "requests": args.requests, "methods": {}}
-    report["single_process_ms"] = {str(t): single_process_ms(args.model, t, 10) for t in (1, 2)}
-    print(f"one process: {report['single_process_ms']}")
     with tempfile.TemporaryDirectory() as tmp, mosquitto_broker(Path(tmp)) as broker:
         daemons = [DaemonProcess(n, broker.url, "local-3", Path(tmp), "--profile", "local-core") for n in NODES]
         try:
@@ -144,6 +169,7 @@ def main() -> int:
                 if code != 0:
                     raise SystemExit(f"deploy with {method} failed")
                 report["methods"][method] = measure(broker.url, args.model, args.requests)
+                report["single_process_ms"] = report["methods"][method].pop("one_process_ms")  # the latest rounds'
                 print(method, json.dumps(report["methods"][method], indent=1))
         finally:
             for daemon in daemons:

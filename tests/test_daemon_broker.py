@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,10 +16,10 @@ from controller.control.deployment import make_deployment
 from controller.graph.trace import trace_model
 from controller.planner.methods import plan_model
 from controller.zoo import build_model
-from edgeflowd.net.mqtt import Connection, listen
+from edgeflowd.net.mqtt import Connection, listen, received
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import load_cluster
-from edgeflowd.wire.messages import AssignmentReport, encode_control
+from edgeflowd.wire.messages import AssignmentReport, Info, decode_control, encode_control
 from edgeflowd.wire.topics import Topics
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
 
@@ -29,6 +30,47 @@ def test_a_broker_that_is_not_there_is_named(capsys: pytest.CaptureFixture[str])
     code, out = run_cli(capsys, "infer", "--model", "small_dag", "--broker", "mqtt://127.0.0.1:1")
     assert code == 2
     assert "cannot connect to mqtt://127.0.0.1:1" in out
+
+
+def _benchmarks(broker: BrokerSettings, cluster: str, count: int, wait_s: float) -> dict[str, dict[str, Any]]:
+    """The benchmarks in the retained info of ``count`` nodes of ``cluster``."""
+    conn, messages = listen(broker, "test", [Topics(cluster).node_filter("info")])
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        for topic, payload in received(messages, wait_s):
+            info = decode_control(payload, topic, Info)
+            found[info.node] = info.benchmark
+            if len(found) == count and all("conv_gflops" in b for b in found.values()):
+                break
+    finally:
+        conn.stop()
+    assert len(found) == count, found
+    return found
+
+
+def test_deploy_plans_on_what_the_nodes_measured_and_names_one_that_is_silent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file = tmp_path / "pair.yaml"
+    devices = "".join(f"  - {{id: {n}, profile: local-core}}\n" for n in ("p1", "p2"))
+    cluster_file.write_text(f"schema: edgeflow.cluster/1\nname: pair\ndevices:\n{devices}")
+    deploy = ["deploy", "--model", "small_dag", "--cluster", str(cluster_file)]
+    with mosquitto_broker(tmp_path) as broker:
+        daemons = [DaemonProcess("p1", broker.url, "pair", tmp_path)]
+        try:
+            code, out = run_cli(capsys, *deploy, "--broker", broker.url, "--timeout", "15")
+            assert code != 0 and "no measurements from p2 within 15 s" in out and "--rates declared" in out
+            daemons.append(DaemonProcess("p2", broker.url, "pair", tmp_path))
+            before = _benchmarks(broker.settings, "pair", 2, 60.0)
+            code, out = run_cli(capsys, *deploy, "--broker", broker.url, "--timeout", "60")
+            assert code == 0, out
+            after = _benchmarks(broker.settings, "pair", 2, 5.0)
+            for node in ("p1", "p2"):  # planned on each node's own figure (an idle re-measure may move it)
+                figures = {f"{node} {rates[node]['conv_gflops']:.1f} GFLOP/s" for rates in (before, after)}
+                assert any(f in out for f in figures), (figures, out)
+        finally:
+            for daemon in daemons:
+                daemon.terminate()
 
 
 def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(

@@ -19,6 +19,7 @@ from controller.cli.args import (
     positive_int,
 )
 from controller.control.deploy import deploy_plan
+from controller.control.measured import measured_cluster
 from controller.control.requester import InferenceClient, Result
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
@@ -41,6 +42,12 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     model, shape = build_model(args.model, args.input_shape, args.seed)
     graph = trace_model(model, torch.zeros(shape), args.model)
     cluster = load_cluster(args.cluster)
+    if args.rates == "measured":
+        cluster = measured_cluster(broker_settings(args), cluster, args.topic_cluster or cluster.name, args.timeout)
+        print(
+            "planned on what the nodes measured: "
+            + ", ".join(f"{d.id} {d.profile.gflops:.1f} GFLOP/s (others' load {d.load:.0%})" for d in cluster.devices)
+        )
     planned = plan_model(graph, cluster, args.method, schedule=args.schedule)
     nodes = [d.id for d in cluster.devices]
     print(
@@ -181,6 +188,13 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("--input-shape", type=input_shape, default=None)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")
     deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every node")
+    deploy.add_argument(
+        "--rates",
+        choices=["measured", "declared"],
+        default="measured",
+        help="plan with the speeds, load and links the nodes measured (they must be running), or with "
+        "the cluster file's declared figures (a what-if, or nodes not started yet)",
+    )
     deploy.set_defaults(func=_cmd_deploy)
     infer = sub.add_parser(
         "infer",

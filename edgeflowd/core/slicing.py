@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver, run_call
+from edgeflowd.core.ops import Const, OpCall, Resolver, allowed_resolver, run_call
+from edgeflowd.core.packed import conv2d_packed, packed_name
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import ProtocolError
 
@@ -100,6 +101,21 @@ def _pads(needed: RowRange, have: RowRange) -> tuple[int, int]:
     return have.start - needed.start, needed.stop - have.stop
 
 
+def _conv(
+    call: OpCall, x: torch.Tensor, padding: tuple[int, int], tensors: Mapping[str, torch.Tensor], resolve: Resolver
+) -> torch.Tensor:
+    """``F.conv2d`` as ``call`` has it on ``x`` with ``padding``; with the weight the runtime
+    packed for it where there is one (:mod:`edgeflowd.core.packed`)."""
+    kw = call.kwargs
+    weight = kw.get("weight")
+    packed = tensors.get(packed_name(weight.name)) if isinstance(weight, Const) else None
+    if packed is None:
+        conv: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=padding)
+        return conv
+    bias = tensors[kw["bias"].name] if isinstance(kw.get("bias"), Const) else None
+    return conv2d_packed(x, packed, bias, kw["stride"], padding, kw["dilation"], kw["groups"])
+
+
 def _window(
     call: OpCall,
     x: torch.Tensor,
@@ -114,8 +130,7 @@ def _window(
     if call.target == "F.conv2d":
         if top != bottom:  # a convolution pads both sides alike: the uneven case needs a padded copy
             x, top = F.pad(x, (0, 0, top, bottom)), 0
-        conv: torch.Tensor = run_call(call, [x], None, tensors, resolve, padding=(top, kw["padding"][1]))
-        return conv
+        return _conv(call, x, (top, kw["padding"][1]), tensors, resolve)
     if call.target == "F.avg_pool2d":
         # Only planned when no window is partial, so the divisor is kernel area everywhere.
         x = F.pad(x, (0, 0, top, bottom)) if top or bottom else x
@@ -149,7 +164,10 @@ def run_layer_rows(
     if "window" in patterns and first.target in WINDOW_TARGETS and whole:
         # All the rows: the input is all of its producer's, and the op pads it as the model does,
         # with no padded copy of it.
-        result = run_call(first, inputs, None, tensors, resolve)
+        if first.target == "F.conv2d":
+            result = _conv(first, inputs[0], first.kwargs["padding"], tensors, resolve)
+        else:
+            result = run_call(first, inputs, None, tensors, resolve)
     elif "window" in patterns and first.target in WINDOW_TARGETS:
         result = _window(first, inputs[0], needed[0], have[0], int(out_shape[3]), tensors, resolve)
     elif "upsample" in patterns and first.target == "F.interpolate":

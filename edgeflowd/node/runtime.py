@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from edgeflowd.core.ops import Resolver, allowed_resolver
+from edgeflowd.core.packed import pack_convolutions
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import take_rows
+from edgeflowd.core.slicing import rows_shape, take_rows
 from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_first, run_unit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.slices import Need, SliceBuffer, needs_of
@@ -93,7 +94,8 @@ class NodeRuntime:
     """The units of one plan on one node (or a requester's sources and sink), their weights, the
     partial frames and the per-request input buffers. ``outputs`` (a requester's) are what the
     sink reads; ``resolve`` maps op names to functions (the allow-list on a board; ``verify`` may
-    pass the traced model's own, for ops only that process can run)."""
+    pass the traced model's own, for ops only that process can run). With ``timer``, a
+    convolution's weights are packed only where that runs faster here (:mod:`edgeflowd.core.packed`)."""
 
     def __init__(
         self,
@@ -105,11 +107,14 @@ class NodeRuntime:
         ttl_s: float,
         outputs: Sequence[Need] = (),
         resolve: Resolver = allowed_resolver,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self.plan = plan
         self.topics = topics
         self.units = {u.uid: u for u in units}
-        self.tensors = dict(tensors)
+        # Convolution weights reordered once for this plan, not on every call (core.packed).
+        convs = [(u.ops[0], _conv_input(u)) for u in units if u.ops and u.inputs]
+        self.tensors = {**tensors, **pack_convolutions(convs, tensors, timer)}
         self.resolve = resolve
         needs = {uid: needs_of(u) for uid, u in self.units.items() if u.device != CLIENT}
         if outputs:
@@ -250,6 +255,12 @@ class NodeRuntime:
             raise ProtocolError(f"plan {self.plan}: only a requester's runtime (with the source unit) sends")
         self.open(request)
         return self.emit(request, self.source, x, max_packet)
+
+
+def _conv_input(unit: ExecutionUnit) -> tuple[int, ...]:
+    """The shape a unit's first op reads: its first input with the rows its windows reach."""
+    first = unit.inputs[0]
+    return rows_shape(first.shape, first.needed) if len(first.shape) == 4 else first.shape
 
 
 def _rows_of(pieces: Sequence[tuple[RowRange, torch.Tensor]], rows: RowRange) -> torch.Tensor:
