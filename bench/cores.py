@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from controller.lab.launch import DaemonProcess, mosquitto_broker
 from controller.planner.methods import SCHEDULES
 
 MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
+TELEMETRY_S = 1.0
+"""The daemons' telemetry interval: the load they report follows the benchmark's own pauses."""
 
 
 def cluster_file(tmp: Path, n: int) -> Path:
@@ -66,12 +69,15 @@ def _run_model(
     for n in range(1, n_max + 1):
         cluster = cluster_file(tmp, n)
         with mosquitto_broker(tmp) as broker:
+            flags = ["--profile", "local-core", "--telemetry-interval-s", str(TELEMETRY_S)]
             daemons = [
-                DaemonProcess(f"node-{i}", broker.url, f"cores-{n}", tmp, "--profile", "local-core", cpus=[cores[i]])
-                for i in range(n)
+                DaemonProcess(f"node-{i}", broker.url, f"cores-{n}", tmp, *flags, cpus=[cores[i]]) for i in range(n)
             ]
             try:
                 for key, method, schedule in _variants(methods, schedules, n):
+                    # The reference just run here loaded the nodes' cores: let their telemetry say
+                    # they are free again before the plan is made on what they report.
+                    time.sleep(2.5 * TELEMETRY_S)
                     deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
                     if edgeflow([*deploy, "--method", method, "--schedule", schedule, "--timeout", "120"]) != 0:
                         raise SystemExit(f"{model}: deploy with {method} ({schedule}) on {n} daemons failed")

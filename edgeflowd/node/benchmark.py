@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from edgeflowd.core.ops import Const, In, OpCall
+from edgeflowd.core.packed import conv2d_packed, pack_convolutions, packed_name
+
 __all__ = [
     "LINK_CHUNK",
     "LINK_PING_BYTES",
@@ -64,13 +67,23 @@ def weights_gbps(repeats: int = 3) -> float:
 
 
 def conv_gflops(repeats: int = 5) -> float:
-    """GFLOP/s of a 3x3 convolution of 64 channels on 56x56 (ResNet's first stage): the whole
-    benchmark's dense-convolution rate, and on its own (~50 ms on one core) the probe
-    an idle daemon runs to notice that its speed has changed."""
+    """GFLOP/s of a 3x3 convolution of 64 channels on 56x56 (ResNet's first stage), its weights
+    packed as the node's units pack them where this torch can (edgeflowd.core.packed; always,
+    not by timing, so that the figure does not flip between the two with noise): the whole
+    benchmark's dense-convolution rate, and on its own (~50 ms on one core) the probe an idle
+    daemon runs to notice that its speed has changed."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 64, 56, 56, generator=gen)
     w = torch.randn(64, 64, 3, 3, generator=gen)
+    one = (1, 1)
+    kwargs = {"input": In(0), "weight": Const("w"), "bias": None, "stride": one, "padding": one, "dilation": one}
+    call = OpCall("F.conv2d", (), {**kwargs, "groups": 1})
+    packed = pack_convolutions([(call, tuple(x.shape))], {"w": w}).get(packed_name("w"))
     with torch.no_grad():
+        if packed is not None:
+            return _gflops(
+                lambda: conv2d_packed(x, packed, None, one, one, one, 1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats
+            )
         return _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats)
 
 

