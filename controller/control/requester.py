@@ -193,6 +193,8 @@ class InferenceClient:
                 request = self.send(x)
                 started[request] = t0
                 order.append(request)
+            if not more and not started:
+                break  # the last result is in: no wait for a message nobody expects
             try:
                 topic, payload = self.messages.get(timeout=0.05)
             except queue.Empty:

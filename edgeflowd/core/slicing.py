@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from edgeflowd.core.ops import Const, OpCall, Resolver, allowed_resolver, run_call
+from edgeflowd.core.ops import Const, OpCall, Prev, Resolver, allowed_resolver, run_call
 from edgeflowd.core.packed import conv2d_packed, packed_name
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import ProtocolError
@@ -146,6 +146,20 @@ def _window(
     return pooled
 
 
+_IN_PLACE = frozenset(
+    {"F.relu", "F.relu6", "F.silu", "F.hardswish", "F.hardsigmoid", "F.leaky_relu", "F.elu", "F.hardtanh"}
+)
+"""Activations that take ``inplace=True``; the graph always records them out of place."""
+
+
+def _owned(result: object, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether ``result`` is a tensor no input shares memory with (so nobody else reads it)."""
+    if not isinstance(result, torch.Tensor) or result.requires_grad:
+        return False
+    mine = result.untyped_storage().data_ptr()
+    return all(i.untyped_storage().data_ptr() != mine for i in inputs)
+
+
 def run_layer_rows(
     ops: Sequence[OpCall],
     rules: Sequence[RowRule],
@@ -178,7 +192,17 @@ def run_layer_rows(
     else:
         result = run_call(first, inputs, None, tensors, resolve)
     for call in ops[1:]:
-        result = run_call(call, inputs, result, tensors, resolve)
+        if (
+            call.target in _IN_PLACE
+            and len(call.args) == 1
+            and isinstance(call.args[0], Prev)
+            and _owned(result, inputs)
+        ):
+            # The previous op made this tensor here: the activation may overwrite it, sparing an
+            # allocation and a pass over memory (same values bit for bit).
+            result = run_call(call, inputs, result, tensors, resolve, inplace=True)
+        else:
+            result = run_call(call, inputs, result, tensors, resolve)
     if not isinstance(result, torch.Tensor):
         raise ProtocolError(f"layer op {ops[-1].node or ops[-1].target} returned {type(result).__name__}, not a tensor")
     return result
