@@ -28,13 +28,15 @@ from local_daemons import measure, single_process_ms  # bench/local_daemons.py, 
 from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
-from controller.control.verify import run_plan
+from controller.control.verify import plan_runtimes
 from controller.graph.trace import trace_model
 from controller.lab.launch import DaemonProcess, mosquitto_broker
 from controller.planner.partitions import even_partition
 from controller.planner.plan import build_plan
 from controller.zoo import build_model
 from edgeflowd.core.ops import allowed_resolver
+from edgeflowd.core.sizes import PACKET_BYTES
+from edgeflowd.node.in_memory import run_request
 
 MODEL = "tiny_chain"
 
@@ -45,11 +47,12 @@ def in_process_ms(runs: int) -> tuple[float, int]:
     x = torch.randn(shape)
     graph = trace_model(model, x, MODEL)
     plan = build_plan(graph, even_partition(graph, 1))
-    run_plan(plan, x, graph.tensors, allowed_resolver)
+    nodes, requester = plan_runtimes(plan, graph.tensors, allowed_resolver, time.perf_counter)  # once, as a node
+    run_request(nodes, requester, x, PACKET_BYTES)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        run_plan(plan, x, graph.tensors, allowed_resolver)
+        run_request(nodes, requester, x, PACKET_BYTES)
         times.append(time.perf_counter() - t0)
     units = sum(1 for u in plan.units if u.device >= 0)
     return statistics.median(times) * 1e3, units

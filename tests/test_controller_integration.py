@@ -112,11 +112,16 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
             assert _exact(broker.url, 4) == 4
             assert main(["status", "--broker", broker.url, "--cluster", "local-3"]) == 0
             table = capsys.readouterr().out
+            # The controller may have re-planned the three nodes again since, on what it learned of
+            # them (their units run faster or slower than benchmarked): the status shows the latest.
+            shown = re.search(rf"^plan (\S+): {MODEL} with equal on node-a, node-b, node-c", table, re.M)
+            assert shown, table
+            generation = int(shown.group(1).removeprefix("g"))
+            assert generation >= third.generation, table
             for node in NODES:
                 figures_ = r"+[\d.]+ " * 4  # GFLOP/s, unit ms, Mbit/s, message ms
-                row = rf"^{node} +online +\S+ +\S+ +\S+ {figures_}+\S+ +[1-9]\d* +{third.generation} "
+                row = rf"^{node} +online +\S+ +\S+ +\S+ {figures_}+\S+ +[1-9]\d* +{generation} "
                 assert re.search(row, table, re.M), table
-            assert f"plan {third.plan}: {MODEL} with equal on node-a, node-b, node-c" in table
             print("\n".join(figures))  # the note's figures (pytest -s)
 
 

@@ -39,15 +39,15 @@ __all__ = ["add_cluster_commands"]
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    model, shape = build_model(args.model, args.input_shape, args.seed)
-    graph = trace_model(model, torch.zeros(shape), args.model)
     cluster = load_cluster(args.cluster)
-    if args.rates == "measured":
+    if args.rates == "measured":  # before tracing: the nodes' load must not be this process's own
         cluster = measured_cluster(broker_settings(args), cluster, args.topic_cluster or cluster.name, args.timeout)
         print(
             "planned on what the nodes measured: "
             + ", ".join(f"{d.id} {d.profile.gflops:.1f} GFLOP/s (others' load {d.load:.0%})" for d in cluster.devices)
         )
+    model, shape = build_model(args.model, args.input_shape, args.seed)
+    graph = trace_model(model, torch.zeros(shape), args.model)
     planned = plan_model(graph, cluster, args.method, schedule=args.schedule)
     nodes = [d.id for d in cluster.devices]
     print(

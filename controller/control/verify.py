@@ -90,6 +90,23 @@ def check_partition(
     return Check(name, len(plan.units), messages, nbytes, max_abs, rel, clock() - start)
 
 
+def plan_runtimes(
+    plan: Plan, tensors: Mapping[str, torch.Tensor], resolve: Resolver, timer: Callable[[], float] | None = None
+) -> tuple[list[NodeRuntime], NodeRuntime]:
+    """One node runtime per device of ``plan`` and a requester's, as a cluster would hold them
+    (``timer``: packs convolutions only where faster, as a daemon does; without, all of them)."""
+    topics = Topics("verify")
+    devices = sorted({u.device for u in plan.units} - {CLIENT})
+    nodes = [
+        NodeRuntime(_PLAN, topics, plan.on_device(d), tensors, _BUFFER_BYTES, _TTL_S, resolve=resolve, timer=timer)
+        for d in devices
+    ]
+    shapes = {u.layer: u.out_shape for u in plan.units}
+    outputs = output_needs([(layer, shapes[layer]) for layer in plan.outputs])
+    requester = NodeRuntime(_PLAN, topics, plan.on_device(CLIENT), {}, _BUFFER_BYTES, _TTL_S, outputs=outputs)
+    return nodes, requester
+
+
 def run_plan(
     plan: Plan,
     x: torch.Tensor,
@@ -101,14 +118,7 @@ def run_plan(
     exchanging frames no larger than ``max_packet``; with the frames and bytes that took.
     ``verify`` resolves ops through the traced model (``graph.resolve``), so models with ops only
     this process can run verify too; a board resolves them through the allow-list."""
-    topics = Topics("verify")
-    devices = sorted({u.device for u in plan.units} - {CLIENT})
-    nodes = [
-        NodeRuntime(_PLAN, topics, plan.on_device(d), tensors, _BUFFER_BYTES, _TTL_S, resolve=resolve) for d in devices
-    ]
-    shapes = {u.layer: u.out_shape for u in plan.units}
-    outputs = output_needs([(layer, shapes[layer]) for layer in plan.outputs])
-    requester = NodeRuntime(_PLAN, topics, plan.on_device(CLIENT), {}, _BUFFER_BYTES, _TTL_S, outputs=outputs)
+    nodes, requester = plan_runtimes(plan, tensors, resolve)
     got, bus = run_request(nodes, requester, x, max_packet)
     return got, bus.messages, bus.bytes
 

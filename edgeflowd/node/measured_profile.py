@@ -59,7 +59,8 @@ def profile_yaml(
         link_note = f"# link: NOT measured ({why} at {broker}); {'declared' if fallback else 'a guess'}.\n"
     header = (
         f"# Measured by `edgeflowd --measure-profile` on {when}, {threads} torch thread(s) (measure an idle board).\n"
-        "# gflops: a 3x3 convolution of 64 channels on 56x56; per_kind: depthwise convolution and matrix\n"
+        "# gflops: a 3x3 convolution of 64 channels on 56x56 (weights packed where oneDNN can, as units\n"
+        "# run it); per_kind: depthwise convolution and matrix\n"
         "# product rates over it; op_overhead_ms: dispatching a tiny op and framing its output;\n"
         "# weights_gbps: one pass over a layer's weights (a 1x1 convolution with 8 MiB of them, rotating).\n"
         "# memory_mb: half of this board's RAM; lower it if other work needs more.\n"
