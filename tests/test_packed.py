@@ -74,3 +74,20 @@ def test_a_node_keeps_a_packed_weight_only_where_it_runs_faster() -> None:
         clock = _timer(plain_s, packed_s)
         runtime = NodeRuntime("p", Topics("t"), units, graph.tensors, 1 << 30, 10.0, timer=partial(next, clock))
         assert any(name.endswith(PACKED) for name in runtime.tensors) is kept
+
+
+def test_ops_that_pad_themselves_give_the_same_rows_as_the_model() -> None:
+    """A unit runs its window op with the op's own padding only where the rows to synthesise are
+    that padding; strides that leave the last rows unread and ceil-mode pooling stay exact."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=2),  # padding above the stride: the last rows go unread
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.AvgPool2d(2, stride=2, ceil_mode=True),
+    ).eval()
+    x = torch.randn(1, 3, 23, 17)
+    graph = trace_model(model, x, "pads")
+    want = reference_outputs(model, x)
+    for devices in (1, 2, 3):
+        assert check_partition(f"even-{devices}", graph, even_partition(graph, devices), x, want).relative <= 1e-5

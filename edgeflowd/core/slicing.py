@@ -174,15 +174,18 @@ def run_layer_rows(
     """Rows ``out`` of a layer whose first op reads ``inputs`` (input k holds rows ``have[k]``
     of its producer, the clipped part of ``needed[k]``); the remaining ops are row-local."""
     first, patterns = ops[0], {rule.pattern for rule in rules}
-    whole = len(out_shape) == 4 and len(out) == out_shape[2]
-    if "window" in patterns and first.target in WINDOW_TARGETS and whole:
-        # All the rows: the input is all of its producer's, and the op pads it as the model does,
-        # with no padded copy of it.
+    window = "window" in patterns and first.target in WINDOW_TARGETS
+    pad = first.kwargs.get("padding", (None,))[0] if window else None
+    # A pool's ceil_mode may add a row at a slice's end: only a unit of all its rows runs it as is.
+    as_is = first.target == "F.conv2d" or (len(out_shape) == 4 and len(out) == out_shape[2])
+    if window and as_is and _pads(needed[0], have[0]) == (pad, pad):
+        # The rows to synthesise are the op's own padding (all of its input's rows, as a unit of
+        # the whole layer reads them, or none): it pads them itself, with no padded copy.
         if first.target == "F.conv2d":
             result = _conv(first, inputs[0], first.kwargs["padding"], tensors, resolve)
         else:
             result = run_call(first, inputs, None, tensors, resolve)
-    elif "window" in patterns and first.target in WINDOW_TARGETS:
+    elif window:
         result = _window(first, inputs[0], needed[0], have[0], int(out_shape[3]), tensors, resolve)
     elif "upsample" in patterns and first.target == "F.interpolate":
         factors = (float(rules[0].factor), float(out_shape[3] // inputs[0].shape[3]))
