@@ -9,7 +9,15 @@ from controller.zoo import parse_shape
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.config import SECURITY, SETTINGS, add_arguments
 
-__all__ = ["CLUSTER_HELP", "add_broker_arguments", "broker_settings", "input_shape", "positive_float", "positive_int"]
+__all__ = [
+    "CLUSTER_HELP",
+    "add_broker_arguments",
+    "add_rates_argument",
+    "broker_settings",
+    "input_shape",
+    "positive_float",
+    "positive_int",
+]
 
 CLUSTER_HELP = "cluster YAML file, or a name under profiles/clusters/"
 
@@ -57,4 +65,15 @@ def add_schedule_argument(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: units send the rows other devices read first, then compute the rest, where the "
         "cost model predicts it pays; whole: every unit computes its rows in one pass",
+    )
+
+
+def add_rates_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--rates measured|declared`` (default measured), the one way every planning command takes it;
+    ``what`` says what planning on measurements means for that command."""
+    parser.add_argument(
+        "--rates",
+        choices=["measured", "declared"],
+        default="measured",
+        help=f"plan with {what}, or with the cluster file's declared figures",
     )

@@ -12,6 +12,7 @@ import torch
 from controller.cli.args import (
     CLUSTER_HELP,
     add_broker_arguments,
+    add_rates_argument,
     add_schedule_argument,
     broker_settings,
     input_shape,
@@ -188,13 +189,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("--input-shape", type=input_shape, default=None)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")
     deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every node")
-    deploy.add_argument(
-        "--rates",
-        choices=["measured", "declared"],
-        default="measured",
-        help="plan with the speeds, load and links the nodes measured (they must be running), or with "
-        "the cluster file's declared figures (a what-if, or nodes not started yet)",
-    )
+    add_rates_argument(deploy, "the speeds, load and links the nodes measured (they must be running)")
     deploy.set_defaults(func=_cmd_deploy)
     infer = sub.add_parser(
         "infer",

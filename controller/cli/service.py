@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from types import FrameType
 
-from controller.cli.args import CLUSTER_HELP, add_broker_arguments, broker_settings
+from controller.cli.args import CLUSTER_HELP, add_broker_arguments, add_rates_argument, broker_settings
 from controller.control.acl import mosquitto_acl
 from controller.control.registry import NODE_FEEDS, Registry, effective_device, others_load
 from controller.control.service import ControllerService
@@ -148,13 +148,7 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ctl.add_argument("--model", required=True, help=model_help)
     ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
-    ctl.add_argument(
-        "--rates",
-        choices=["measured", "declared"],
-        default="measured",
-        help="plan with each node's measured speed and load (re-planning when the load moves), or "
-        "with the cluster file's declared speeds (emulated devices)",
-    )
+    add_rates_argument(ctl, "each node's measured speed and load (re-planning when the load moves)")
     ctl.set_defaults(func=_cmd_controller)
     status = sub.add_parser("status", help="table of the cluster's nodes and its current plan")
     add_broker_arguments(status)
