@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import load_cluster
 from edgeflowd.wire.messages import AssignmentReport, Info, decode_control, encode_control
 from edgeflowd.wire.topics import Topics
-from tests.cluster import DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
+from tests.cluster import DaemonProcess, Watcher, free_port, mosquitto_broker, node_status, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +31,36 @@ def test_a_broker_that_is_not_there_is_named(capsys: pytest.CaptureFixture[str])
     code, out = run_cli(capsys, "infer", "--model", "small_dag", "--broker", "mqtt://127.0.0.1:1")
     assert code == 2
     assert "cannot connect to mqtt://127.0.0.1:1" in out
+
+
+def test_a_message_published_while_the_broker_is_away_is_delivered_when_it_comes_back(tmp_path: Path) -> None:
+    """A deploy must not fail on a dropped connection: paho keeps a QoS 1 message published
+    while disconnected and sends it after the reconnect, and publish_wait waits for that."""
+    port = free_port()
+    conn = Connection(BrokerSettings(url=f"mqtt://127.0.0.1:{port}"), "publisher", lambda t, p: None)
+    conn.begin()  # nothing listens yet: the network thread keeps retrying
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            conn.publish_wait("t/kept", b"payload", timeout_s=30.0, retain=True)
+        except Exception as exc:  # the test reports it below
+            failures.append(exc)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        with mosquitto_broker(tmp_path, port=port) as broker:
+            publisher.join(40.0)
+            assert not publisher.is_alive() and failures == []
+            reader, messages = listen(broker.settings, "reader", ["t/kept"])
+            try:
+                assert ("t/kept", b"payload") in list(received(messages, 5.0))
+            finally:
+                reader.stop()
+    finally:
+        conn.stop()
+        publisher.join(5.0)
 
 
 def _benchmarks(broker: BrokerSettings, cluster: str, count: int, wait_s: float) -> dict[str, dict[str, Any]]:

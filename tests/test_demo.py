@@ -28,9 +28,10 @@ def _children() -> set[int]:
 def test_demo_compares_methods_and_leaves_nothing_behind(broker: str, capsys: pytest.CaptureFixture[str]) -> None:
     before = _children()  # other tests' processes
     code = main(["demo", "--model", "small_dag", "--requests", "3", "--methods", "single", "--broker", broker])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     print(out)
-    assert code == 0, out
+    assert code == 0, out + captured.err
     assert "controller: plans with EdgeFlow" in out and ("MQTT 3.1.1" in out) == (broker == "embedded")
     assert ("emulated devices: dev-1x 0.1 core, 200 Mbit/s" in out) == (not missing_rights(True))
     for method in ("edgeflow", "single"):

@@ -182,8 +182,12 @@ class Connection:
         return info
 
     def publish_wait(self, topic: str, payload: bytes, timeout_s: float = 30.0, retain: bool = False) -> None:
-        """Publish at QoS 1 and wait for the broker's acknowledgement."""
+        """Publish at QoS 1 and wait for the broker's acknowledgement, across a reconnect."""
         info = self.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == paho.MQTT_ERR_NO_CONN:
+            # Published while the connection is down, paho keeps the message and sends it once it
+            # reconnects; its info still says NO_CONN, which wait_for_publish takes for a failure.
+            info.rc = paho.MQTT_ERR_SUCCESS
         try:
             info.wait_for_publish(timeout_s)
         except (RuntimeError, ValueError) as exc:
