@@ -83,7 +83,11 @@ def _fitted(watcher: Watcher, check: Callable[[Costs], bool], what: str, timeout
             and check(costs)
         )
 
-    watcher.wait_for(what, done, timeout_s=timeout_s)
+    try:
+        watcher.wait_for(what, done, timeout_s=timeout_s)
+    except AssertionError as exc:
+        last = _costs(watcher)
+        raise AssertionError(f"{exc}; {_say('the last costs', last) if last else 'no costs'}") from None
     costs = _costs(watcher)
     assert costs is not None
     return costs
@@ -155,5 +159,8 @@ def test_a_quota_cut_mid_stream_moves_rows_away(tmp_path: Path, capsys: pytest.C
             print()
             print(_say("before the cut", before))
             print(_say(f"after {cut}'s quota was cut to 0.12 core", after))
-    # The wait above fails the test unless rows moved away within 120 s; and it was the fit that moved them:
-    assert after.nodes[cut].gflops < 0.6 * before.nodes[cut].gflops
+    # The wait above fails the test unless rows moved away within 120 s; and it was the fit that
+    # moved them. The controller re-plans once a node's fitted unit times are 1.5x the plan's, and
+    # a node given no rows runs no units, so its fit stays where it stood at that re-plan (the
+    # quota's nominal 0.27x is not reached): below 0.8x is what a fit-driven move guarantees.
+    assert after.nodes[cut].gflops < 0.8 * before.nodes[cut].gflops

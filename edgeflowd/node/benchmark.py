@@ -22,6 +22,7 @@ __all__ = [
     "LINK_CHUNK",
     "LINK_PING_BYTES",
     "LINK_SIZES",
+    "RateDrift",
     "conv_gflops",
     "fit_link",
     "run_benchmark",
@@ -85,6 +86,30 @@ def conv_gflops(repeats: int = 5) -> float:
                 lambda: conv2d_packed(x, packed, None, one, one, one, 1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats
             )
         return _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats)
+
+
+class RateDrift:
+    """Whether an idle node's probes say its conv rate has moved from the one it published: by
+    more than ``threshold`` (relative), on ``probes`` probes in a row. One probe is not enough: the
+    node's own idleness says nothing of its core's, and a probe that met a burst of other work (a
+    controller tracing a model beside it) would publish a rate the node does not have, which the
+    planner, discounting other work by the load telemetry reports, would then count twice."""
+
+    def __init__(self, threshold: float = 0.3, probes: int = 2) -> None:
+        self.threshold, self.probes = threshold, probes
+        self._in_a_row = 0
+
+    def moved(self, published: float, probe: float) -> bool:
+        """Record ``probe`` (GFLOP/s); True when the node should benchmark again (always when it
+        has published no rate)."""
+        if published <= 0:
+            self._in_a_row = 0
+            return True
+        self._in_a_row = self._in_a_row + 1 if abs(probe / published - 1) > self.threshold else 0
+        if self._in_a_row < self.probes:
+            return False
+        self._in_a_row = 0
+        return True
 
 
 def unit_overhead_ms(repeats: int = 200) -> float:

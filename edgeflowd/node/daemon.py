@@ -28,7 +28,7 @@ from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
-from edgeflowd.node.benchmark import conv_gflops, run_benchmark
+from edgeflowd.node.benchmark import RateDrift, conv_gflops, run_benchmark
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
 from edgeflowd.node.linkprobe import LinkProbe
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 _TICK_S = 0.25  # engine wake-up period for expiry, telemetry and the watchdog
 _IDLE_S = 2.0  # no message for this long: the node is idle, and may measure itself
-_DRIFT = 0.3  # a probe this far from the published conv rate: benchmark again
 
 
 class Daemon:
@@ -77,6 +76,7 @@ class Daemon:
         self.benchmark: dict[str, float] = {}
         self._echo_topic = self.topics.node(self.node, "echo")
         self._last_event = self._last_probe = self._last_link = clock()
+        self._drift = RateDrift()
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
@@ -284,10 +284,10 @@ class Daemon:
         return {**figures, "measured_at": round(time.time(), 3)}
 
     def _measure_if_idle(self, now: float) -> None:
-        """Every ``measure_interval_s`` of idleness, probe the conv rate; when it has moved by more
-        than 30% (a new CPU quota, throttling, a governor), benchmark again and re-publish the
-        info, so that the controller plans with what the node can do now. The link is measured
-        again with it, and on its own every thirty intervals."""
+        """Every ``measure_interval_s`` of idleness, probe the conv rate; when it has moved
+        (:class:`RateDrift`: a new CPU quota, throttling, a governor), benchmark again and
+        re-publish the info, so that the controller plans with what the node can do now. The link
+        is measured again with it, and on its own every thirty intervals."""
         interval = self.config.measure_interval_s
         quiet = now - self._last_event >= _IDLE_S
         idle = quiet and not self.workers.busy and not (self.runtime and self.runtime.slices.pending)
@@ -296,7 +296,7 @@ class Daemon:
         self._last_probe = now
         published = self.benchmark.get("conv_gflops", 0.0)
         probe = conv_gflops(repeats=5)
-        moved = published <= 0 or abs(probe / published - 1) > _DRIFT
+        moved = self._drift.moved(published, probe)
         if not moved and now - self._last_link < 30 * interval:
             return
         if moved:

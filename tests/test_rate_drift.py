@@ -1,0 +1,33 @@
+"""When an idle node benchmarks itself again (edgeflowd.node.benchmark.RateDrift): only when its
+conv rate has moved on consecutive probes, so that a burst of other work on its core during one
+probe does not become the rate the planner uses."""
+
+from __future__ import annotations
+
+from edgeflowd.node.benchmark import RateDrift
+
+
+def test_a_node_with_no_published_rate_measures_at_once() -> None:
+    assert RateDrift().moved(0.0, 10.0)
+
+
+def test_one_slow_probe_is_not_a_drift() -> None:
+    drift = RateDrift(threshold=0.3, probes=2)
+    published = 60.0
+    assert not drift.moved(published, 30.0)  # a burst of other work
+    assert not drift.moved(published, 59.0)  # gone: the count starts again
+    assert not drift.moved(published, 30.0)
+
+
+def test_a_rate_moved_on_consecutive_probes_is_measured_again_once() -> None:
+    drift = RateDrift(threshold=0.3, probes=2)
+    published = 60.0
+    assert not drift.moved(published, 20.0)  # a new CPU quota ...
+    assert drift.moved(published, 21.0)  # ... still there one interval later
+    assert not drift.moved(published, 20.0)  # a fresh count after the node measured again
+
+
+def test_within_the_threshold_is_no_drift_either_way() -> None:
+    drift = RateDrift(threshold=0.3, probes=1)
+    assert not drift.moved(60.0, 45.0) and not drift.moved(60.0, 75.0)
+    assert drift.moved(60.0, 90.0) and drift.moved(60.0, 40.0)
