@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controller.control.registry import LoadWatch, NodeView, Registry, effective_device, others_load
-from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
+from edgeflowd.profiles.devices import MEASURED_KINDS, Cluster, Device, DeviceProfile, Link
 from edgeflowd.wire.messages import Info, Status, Telemetry
 
 LINK = Link(100.0, 100.0, 1.0)
@@ -39,6 +39,14 @@ def test_effective_rate_combines_benchmark_factors_and_others_load() -> None:
     assert device.load == pytest.approx(0.5)  # 70% busy, 20% of it the daemon itself
     assert device.rate("conv") == pytest.approx(30e9 * 0.5)
     assert device.rate("dwconv") == pytest.approx(3e9 * 0.5)
+
+
+def test_every_kind_the_benchmark_measures_replaces_its_declared_factor() -> None:
+    bench = {"conv_gflops": 100.0, **{f"{kind}_gflops": float(k + 1) for k, kind in enumerate(MEASURED_KINDS)}}
+    device = effective_device(CLUSTER.devices[0], NodeView("a", info=Info(node="a", version="x", benchmark=bench)))
+    for k, kind in enumerate(MEASURED_KINDS):
+        assert device.rate(kind) == pytest.approx((k + 1) * 1e9), kind
+    assert {"eltwise", "pool", "concat", "upsample"} <= set(MEASURED_KINDS)  # memory-bound kinds are measured
 
 
 def test_effective_rate_falls_back_to_the_profile_and_its_static_load() -> None:

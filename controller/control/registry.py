@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from edgeflowd.profiles.devices import Cluster, Device, Link
+from edgeflowd.profiles.devices import MEASURED_KINDS, Cluster, Device, Link
 from edgeflowd.wire.messages import PROTOCOL_VERSIONS, AssignmentReport, Info, Status, Telemetry, decode_control
 from edgeflowd.wire.topics import NodeTopic
 
@@ -110,7 +110,7 @@ def reference_device(device: Device, view: NodeView | None) -> Device:
     conv = _number(bench, "conv_gflops")
     if conv:
         factors = dict(profile.kind_factors)
-        for kind in ("dwconv", "matmul"):
+        for kind in MEASURED_KINDS:
             if rate := _number(bench, f"{kind}_gflops"):
                 factors[kind] = rate / conv
         profile = replace(profile, gflops=conv, kind_factors=factors)

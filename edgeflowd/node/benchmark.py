@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from edgeflowd.core.ops import Const, In, OpCall
 from edgeflowd.core.packed import conv2d_packed, pack_convolutions, packed_name
+from edgeflowd.core.pooling import max_pool2d
 
 __all__ = [
     "LINK_CHUNK",
@@ -165,17 +166,31 @@ def fit_link(
 
 
 def run_benchmark(repeats: int = 5) -> dict[str, float]:
-    """Median rates of three representative ops and the weight-pass rate (about 0.6 s on one
-    core of a 2020s x86)."""
+    """Median rates of representative ops of every kind the cost model knows (each counted in
+    FLOPs as controller/graph/flops.py counts it: one per element and op for element-wise work,
+    one per window element for pooling, one per output element for a concatenation or an
+    upsampling), the weight-pass rate and a unit's floor (about 0.7 s on one core of a 2020s x86).
+    The cheap ops run four times as often, so that their medians are as steady."""
     gen = torch.Generator().manual_seed(0)
+    many = 4 * repeats
     with torch.no_grad():
         xd = torch.randn(1, 256, 56, 56, generator=gen)
         wd = torch.randn(256, 1, 3, 3, generator=gen)
         a = torch.randn(512, 512, generator=gen)
+        skip = torch.randn(1, 256, 56, 56, generator=gen)
+        stem = torch.randn(1, 64, 112, 112, generator=gen)
+        half = torch.randn(1, 128, 40, 40, generator=gen)
         return {
             "conv_gflops": conv_gflops(repeats),
             "dwconv_gflops": _gflops(lambda: F.conv2d(xd, wd, padding=1, groups=256), 2.0 * 256 * 9 * 56 * 56, repeats),
             "matmul_gflops": _gflops(lambda: a @ a, 2.0 * 512**3, repeats),
+            # A residual add and its ReLU (ResNet's), the 3x3 stride-2 stem pool, YOLO's neck.
+            "eltwise_gflops": _gflops(lambda: torch.relu_(xd + skip), 2.0 * xd.numel(), many),
+            "pool_gflops": _gflops(lambda: max_pool2d(stem, 3, 2, 1), 9.0 * 64 * 56 * 56, many),
+            "concat_gflops": _gflops(lambda: torch.cat([half, half], 1), 2.0 * half.numel(), many),
+            "upsample_gflops": _gflops(
+                lambda: F.interpolate(half, scale_factor=2.0, mode="nearest"), 4.0 * half.numel(), many
+            ),
             "weights_gbps": weights_gbps(),
             "unit_overhead_ms": unit_overhead_ms(),
             "threads": float(torch.get_num_threads()),

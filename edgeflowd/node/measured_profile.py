@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import psutil
 import yaml
 
-from edgeflowd.profiles.devices import DeviceProfile
+from edgeflowd.profiles.devices import MEASURED_KINDS, DeviceProfile
 
 __all__ = ["profile_yaml"]
 
@@ -27,7 +27,7 @@ def profile_yaml(
     """The profile document, with comments saying what was measured, how, and when."""
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     conv = bench["conv_gflops"]
-    per_kind = {k: round(bench[f"{k}_gflops"] / conv, 3) for k in ("dwconv", "matmul") if bench.get(f"{k}_gflops")}
+    per_kind = {k: round(bench[f"{k}_gflops"] / conv, 3) for k in MEASURED_KINDS if bench.get(f"{k}_gflops")}
     up, down = bench.get("link_up_mbps"), bench.get("link_down_mbps")
     latency = bench.get("link_latency_ms")
     fallback = declared.link if declared else None
@@ -60,8 +60,9 @@ def profile_yaml(
     header = (
         f"# Measured by `edgeflowd --measure-profile` on {when}, {threads} torch thread(s) (measure an idle board).\n"
         "# gflops: a 3x3 convolution of 64 channels on 56x56 (weights packed where oneDNN can, as units\n"
-        "# run it); per_kind: depthwise convolution and matrix\n"
-        "# product rates over it; op_overhead_ms: dispatching a tiny op and framing its output;\n"
+        "# run it); per_kind: the rates of the other kinds over it (depthwise convolution, matrix product,\n"
+        "# an add and its ReLU, a 3x3 max pool, a concatenation, a nearest 2x upsampling);\n"
+        "# op_overhead_ms: dispatching a tiny op and framing its output;\n"
         "# weights_gbps: one pass over a layer's weights (a 1x1 convolution with 8 MiB of them, rotating).\n"
         "# memory_mb: half of this board's RAM; lower it if other work needs more.\n"
         + link_note

@@ -19,6 +19,7 @@ from edgeflowd.profiles.yamldoc import YamlDoc, check_keys, number, read_text, r
 
 __all__ = [
     "DEFAULT_KIND_FACTORS",
+    "MEASURED_KINDS",
     "Cluster",
     "Device",
     "DeviceProfile",
@@ -50,6 +51,11 @@ DEFAULT_KIND_FACTORS: dict[str, float] = {
     "reshape": 0.2,
     "unknown": 0.5,
 }
+MEASURED_KINDS = ("dwconv", "matmul", "eltwise", "pool", "concat", "upsample")
+"""The kinds a node's benchmark measures a rate of (``<kind>_gflops``), whose factors relative to
+dense convolution then replace the declared ones: on this project's test machine the declared
+element-wise factor was 8x too fast (an add over 256x56x56 runs ~3 GFLOP/s, not a fifth of a
+130 GFLOP/s convolution) and the pooling one 4x."""
 
 
 @dataclass(frozen=True)
