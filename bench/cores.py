@@ -3,7 +3,8 @@ pinned one per core (N = 1 .. this machine's cores), one torch thread each, on a
 Mosquitto, against the same model in one process on 1 and on N torch threads, all in one run.
 
     .venv/bin/python bench/cores.py [--models resnet50 yolov5s inception_v3 mobilenet_v2]
-        [--methods edgeflow equal] [--schedules auto whole] [--requests 20] [--out bench/results]
+        [--methods edgeflow equal] [--schedules auto whole] [--requests 20] [--rates learned|measured]
+        [--out bench/results]
 
 For each model, N and method it reports the median latency at 1 request in flight and the
 throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / one thread,
@@ -12,6 +13,11 @@ output. Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process 
 the same rounds as the requests (each request follows the same input through the model here, on
 1 and N threads), and each ratio is the median of the rounds' ratios: this machine's speed drifts
 by tens of percent within minutes.
+
+Plans rest on measurements only: with ``--rates learned`` (the default) the controller runs while
+warm-up requests flow and fits each node's cost model from its real unit times, and every method
+is planned on that fit (as ``edgeflow demo`` does); ``--rates measured`` plans on the nodes'
+start-up benchmarks alone, as a one-shot ``edgeflow deploy`` does.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch
 from local_daemons import measure  # bench/local_daemons.py, beside this script
 from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
-from controller.lab.launch import DaemonProcess, mosquitto_broker
-from controller.planner.methods import SCHEDULES
+from controller.control.deploy import deploy_plan
+from controller.graph.trace import trace_model
+from controller.lab.launch import Broker, DaemonProcess, controller_process, mosquitto_broker, wait_online
+from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs
+from controller.planner.methods import SCHEDULES, plan_model
+from controller.zoo import build_model
+from edgeflowd.profiles.devices import Cluster, load_cluster
 
 MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
 TELEMETRY_S = 1.0
@@ -60,8 +72,37 @@ def _variants(methods: list[str], schedules: list[str], n: int) -> list[tuple[st
     return out
 
 
+def _learned(broker: Broker, tmp: Path, cluster: Path, model: str, nodes: list[str]) -> Cluster:
+    """The cluster as the controller fitted it from warm-up requests (controller.lab.learn)."""
+    _, shape = build_model(model, None, 0)
+    inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(6)]
+    watch = PlaneWatch(broker, cluster.stem)
+    try:
+        with controller_process(broker, tmp, str(cluster), model, "--method", "edgeflow", "--rates", "measured"):
+            costs = learn_costs(watch, broker, model, inputs, nodes)
+    finally:
+        watch.close()
+    print("  learned: " + ", ".join(f"{n} {c.source} {c.gflops:.1f} GFLOP/s" for n, c in costs.nodes.items()))
+    return fitted_cluster(load_cluster(str(cluster)), costs)
+
+
+def _deploy(broker: Broker, cluster: Path, model: str, method: str, schedule: str, learned: Cluster | None) -> None:
+    """Deploy ``method``'s plan: on ``learned`` when given, else as ``edgeflow deploy`` plans (on
+    what the nodes' start-up benchmarks measured)."""
+    if learned is None:
+        deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
+        if edgeflow([*deploy, "--method", method, "--schedule", schedule, "--timeout", "120"]) != 0:
+            raise SystemExit(f"{model}: deploy with {method} ({schedule}) failed")
+        return
+    net, shape = build_model(model, None, 0)
+    graph = trace_model(net, torch.zeros(shape), model)
+    planned = plan_model(graph, learned, method, schedule=schedule)
+    nodes = [d.id for d in learned.devices]
+    deploy_plan(broker.settings, learned.name, planned, graph, nodes, timeout_s=120.0)
+
+
 def _run_model(
-    model: str, cores: list[int], methods: list[str], schedules: list[str], requests: int, tmp: Path
+    model: str, cores: list[int], methods: list[str], schedules: list[str], requests: int, rates: str, tmp: Path
 ) -> dict[str, Any]:
     n_max = len(cores)
     threads = tuple(sorted({1, n_max}))
@@ -74,13 +115,15 @@ def _run_model(
                 DaemonProcess(f"node-{i}", broker.url, f"cores-{n}", tmp, *flags, cpus=[cores[i]]) for i in range(n)
             ]
             try:
+                wait_online(broker, f"cores-{n}", [d.node for d in daemons], timeout_s=120.0)
+                learned = (
+                    _learned(broker, tmp, cluster, model, [d.node for d in daemons]) if rates == "learned" else None
+                )
                 for key, method, schedule in _variants(methods, schedules, n):
                     # The reference just run here loaded the nodes' cores: let their telemetry say
                     # they are free again before the plan is made on what they report.
                     time.sleep(2.5 * TELEMETRY_S)
-                    deploy = ["deploy", "--model", model, "--cluster", str(cluster), "--broker", broker.url]
-                    if edgeflow([*deploy, "--method", method, "--schedule", schedule, "--timeout", "120"]) != 0:
-                        raise SystemExit(f"{model}: deploy with {method} ({schedule}) on {n} daemons failed")
+                    _deploy(broker, cluster, model, method, schedule, learned)
                     got = measure(broker.url, model, requests, f"cores-{n}", threads)
                     reference = got.pop("one_process_ms")  # measured in the same rounds as the requests
                     result["one_process_ms"][key] = reference
@@ -92,6 +135,7 @@ def _run_model(
                     print(
                         f"  {key:<18} p50 {one['p50_ms']:7.1f} ms = {one['x_1thread']:.2f}x one thread,"
                         f" {one['x_nthreads']:.2f}x {n_max} threads (one process: {reference} ms);"
+                        f" predicted {got['predicted_ms']:.1f} ms;"
                         f" {four['throughput_rps']:.2f} req/s at 4 in flight; error {one['max_relative_error']:.1e}"
                     )
             finally:
@@ -148,6 +192,13 @@ def main() -> int:
         "--schedules", nargs="+", choices=SCHEDULES, default=["auto"], help="the first is each method's own figure"
     )
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument(
+        "--rates",
+        choices=["learned", "measured"],
+        default="learned",
+        help="plan on the cost model the controller fits from warm-up requests (default), or on the "
+        "nodes' start-up benchmarks alone (as `edgeflow deploy` does)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
@@ -156,11 +207,14 @@ def main() -> int:
         "requests": args.requests,
         "methods": args.methods,
         "schedules": args.schedules,
+        "rates": args.rates,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
-            report["models"][model] = _run_model(model, cores, args.methods, args.schedules, args.requests, Path(tmp))
+            report["models"][model] = _run_model(
+                model, cores, args.methods, args.schedules, args.requests, args.rates, Path(tmp)
+            )
     print(
         json.dumps(
             {

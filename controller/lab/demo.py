@@ -21,22 +21,19 @@ from pathlib import Path
 import torch
 
 from controller.control.deploy import deploy_plan
-from controller.control.learning import device_of_costs
 from controller.control.requester import InferenceClient
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.lab.launch import Broker, DaemonProcess, controller_process, local_broker, wait_online
+from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs
 from controller.lab.testbed import Testbed, missing_rights, slots_for
 from controller.planner.methods import plan_model
 from controller.terminal import progress_bar
 from controller.zoo import build_model
-from edgeflowd.errors import EdgeFlowError, ProtocolError
-from edgeflowd.net.mqtt import listen, received
-from edgeflowd.profiles.devices import Cluster, load_cluster
-from edgeflowd.wire.messages import Costs, Info, PlanInfo, decode_control
-from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
+from edgeflowd.errors import EdgeFlowError
+from edgeflowd.profiles.devices import load_cluster
 
-__all__ = ["DEFAULT_BASELINES", "DemoRow", "demo_table", "fitted_cluster", "run_demo"]
+__all__ = ["DEFAULT_BASELINES", "DemoRow", "demo_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -59,75 +56,6 @@ class DemoRow:
     relative_error: float
 
 
-class _Watch:
-    """The demo's view of the control plane: the nodes' retained info, the deployed plan and
-    the controller's published cost model, as they change."""
-
-    def __init__(self, broker: Broker, cluster: str) -> None:
-        self.topics = Topics(cluster)
-        feeds = [self.topics.node_filter("info"), self.topics.controller("plan"), self.topics.controller("costs")]
-        self.conn, self.messages = listen(broker.settings, "edgeflow-demo", feeds)
-        self.infos: dict[str, Info] = {}
-        self.plan: PlanInfo | None = None
-        self.plan_at = 0.0
-        self.costs: Costs | None = None
-
-    def close(self) -> None:
-        self.conn.stop()
-
-    def poll(self, wait_s: float) -> None:
-        for topic, payload in received(self.messages, wait_s):
-            if not payload:
-                continue
-            try:
-                about = self.topics.parse(topic)
-                if isinstance(about, NodeTopic) and about.leaf == "info":
-                    self.infos[about.node] = decode_control(payload, topic, Info)
-                elif about == ControllerTopic("plan"):
-                    self.plan, self.plan_at = decode_control(payload, topic, PlanInfo), time.monotonic()
-                elif about == ControllerTopic("costs"):
-                    self.costs = decode_control(payload, topic, Costs)
-            except ProtocolError as exc:  # not the demo's to fail on: the controller and nodes judge
-                log.warning("ignored: %s", exc)
-
-    def until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise EdgeFlowError(f"{what} did not happen within {timeout_s:g} s")
-            self.poll(0.2)
-
-    def measured_since(self, nodes: Sequence[str], since: float) -> bool:
-        """Every node has published measurements taken after ``since`` (wall clock)."""
-        return all(n in self.infos and float(self.infos[n].benchmark.get("measured_at", 0.0)) > since for n in nodes)
-
-    def settled(self, nodes: Sequence[str], quiet_s: float) -> bool:
-        """A plan covers ``nodes`` and none has replaced it for ``quiet_s``."""
-        plan = self.plan
-        return plan is not None and set(plan.nodes) == set(nodes) and time.monotonic() - self.plan_at >= quiet_s
-
-
-def _learn(watch: _Watch, broker: Broker, model_spec: str, inputs: list[torch.Tensor], nodes: Sequence[str]) -> None:
-    """Warm-up rounds while the controller runs: their unit times are what it fits the nodes'
-    cost models to, and it re-plans when they differ from its plan. Until a round passes with no
-    new plan and the published costs are fitted for the plan's nodes (at most six rounds)."""
-    for _ in range(6):
-        watch.until(lambda: watch.settled(nodes, 3.0), 300.0, "a settled plan on every node")
-        assert watch.plan is not None
-        generation = watch.plan.generation
-        client = InferenceClient.connect(broker.settings, watch.topics.cluster, model_spec)
-        try:
-            client.run(iter(inputs[:6]), 1, timeout_s=120.0)
-        finally:
-            client.close()
-        watch.poll(2.5)  # a telemetry report of every node, and a re-plan if the fit asks for one
-        costs, plan = watch.costs, watch.plan
-        if plan is None or costs is None or plan.generation != generation or costs.generation != generation:
-            continue
-        if all(c.source == "fitted" for c in costs.nodes.values() if c.share > 0):
-            return
-
-
 def _measure(
     broker: Broker,
     cluster: str,
@@ -147,13 +75,6 @@ def _measure(
     error = relative_error(first, want)[1] if first is not None else float("nan")
     return DemoRow(
         method, client.info.predicted_ms, m.p50_ms, m.p90_ms, m.succeeded, len(inputs), m.messages, m.mib, error
-    )
-
-
-def fitted_cluster(cluster: Cluster, costs: Costs) -> Cluster:
-    """``cluster`` with the controller's published cost model for every node it has one for."""
-    return cluster.with_devices(
-        tuple(device_of_costs(d, costs.nodes[d.id]) if d.id in costs.nodes else d for d in cluster.devices)
     )
 
 
@@ -212,17 +133,14 @@ def run_demo(
         throttled = time.time()
         if bed is not None:
             bed.throttle()  # from here on each device runs at its share
-        watch = _Watch(broker, cluster.name)
+        watch = PlaneWatch(broker, cluster.name)
         stack.callback(watch.close)
         with controller_process(broker, tmp, cluster_spec, model_spec, "--method", "edgeflow", "--rates", "measured"):
             say("controller: plans with EdgeFlow on what the nodes measure, and deploys as they come online")
             t0 = time.perf_counter()
             watch.until(lambda: watch.measured_since(nodes, throttled), 120.0, "every node measuring itself")
             say(f"every node measured itself as emulated after {time.perf_counter() - t0:.1f} s; warm-up requests")
-            _learn(watch, broker, model_spec, inputs, nodes)
-            costs = watch.costs
-            if costs is None:
-                raise EdgeFlowError("the controller published no cost model")
+            costs = learn_costs(watch, broker, model_spec, inputs, nodes)
             say(
                 f"learned in {time.perf_counter() - t0:.1f} s: "
                 + ", ".join(f"{n} {c.source} {c.gflops:.1f} GFLOP/s" for n, c in costs.nodes.items())
