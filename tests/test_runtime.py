@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,8 +18,11 @@ from controller.graph.trace import trace_model
 from controller.planner.partitions import random_partition
 from controller.planner.plan import build_plan
 from controller.zoo import build_model
+from edgeflowd.core.ops import Const, OpCall, Prev
 from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import run_layer_rows
 from edgeflowd.errors import ProtocolError
+from edgeflowd.node.assignments import Activate, Assignments, Report
 from edgeflowd.node.in_memory import run_request
 from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, output_needs
@@ -128,6 +132,13 @@ def test_weight_cache_is_used_only_while_it_matches_its_hash(tmp_path: Path) -> 
         (lambda d: d.update(device=5), "belongs to device"),
         (lambda d: next(iter(d["weights"].values())).update(sha256="xyz"), "64 lower-case hex"),
         (lambda d: next(iter(d["weights"].values())).update(parts=0), "parts for"),
+        (
+            lambda d: d["units"][0]["ops"][0].update(target="local.module.evil"),
+            "'local.module.evil' is not allow-listed",
+        ),
+        (lambda d: d["units"][0]["ops"][-1]["kwargs"].update(inplace=True), r"writes in place \(inplace=True\)"),
+        (lambda d: d["units"][0]["ops"][-1]["kwargs"].update(out={"$t": next(iter(d["weights"]))}), "writes in place"),
+        (lambda d: d["units"][0].update(ops=[]), "has no ops"),
     ],
 )
 def test_assignments_round_trip_and_name_the_bad_field(change: object, message: str) -> None:
@@ -219,3 +230,56 @@ def test_blob_refs_validate_their_fields() -> None:
         Assignment.from_bytes(doc.replace(b'"dtype":"float32",', b""), "t")
     with pytest.raises(ProtocolError, match=r"sha256 must be 64 lower-case hex digits, got 'xyz' - at `\$.weights"):
         Assignment.from_bytes(doc.replace(ref.sha256.encode(), b"xyz"), "t")
+
+
+def _forged(assignment: Assignment, generation: int, change: object) -> bytes:
+    data = json.loads(assignment.to_bytes())
+    data["generation"] = generation
+    change(data)  # type: ignore[operator]
+    return json.dumps(data).encode()
+
+
+def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_were() -> None:
+    """The attack of an op that writes into a weight (``F.relu(<weight>, inplace=True)``), then
+    the original assignment again: refused at load, it never runs, the weights the node serves
+    with stay as they were, and the report says what happened without claiming the refused plan."""
+    deployment, _, _ = _small_deployment(devices=2)
+    good = deployment.assignments["n0"]
+    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
+    actions = machine.on_assignment(good.to_bytes(), topic, 0.0)
+    for sha in good.weights.values():
+        ref, raw = deployment.blobs[sha.sha256]
+        for part, chunk in enumerate(split_blob(raw, ref)):
+            actions += machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+    activated = [a for a in actions if isinstance(a, Activate)]
+    assert activated and machine.current == good
+    weights = {name: t.clone() for name, t in activated[0].tensors.items()}
+    weight = next(iter(good.weights))
+
+    def writes_a_weight(d: dict[str, Any]) -> None:
+        op = {"target": "F.relu", "args": {"$tuple": [{"$t": weight}]}, "kwargs": {"inplace": True}, "node": "evil"}
+        d["units"][0]["ops"].append(op)
+
+    refused = machine.on_assignment(_forged(good, good.generation + 1, writes_a_weight), topic, 1.0)
+    assert not any(isinstance(a, Activate) for a in refused)
+    (report,) = [a for a in refused if isinstance(a, Report)]
+    assert (report.generation, report.state) == (good.generation + 1, "error")
+    assert "writes in place" in report.error and f"still serving generation {good.generation}" in report.error
+    assert machine.current == good
+    again = machine.on_assignment(good.to_bytes(), topic, 2.0)  # the original, retained again
+    assert [(a.generation, a.state) for a in again if isinstance(a, Report)] == [(good.generation, "ready")]
+    assert all(torch.equal(activated[0].tensors[n], weights[n]) for n in weights)  # nothing wrote to them
+    # Bytes that are no assignment at all (nor name a generation) change nothing in the report.
+    noise = machine.on_assignment(b"{]", topic, 3.0)
+    assert [(a.generation, a.state) for a in noise if isinstance(a, Report)] == [(good.generation, "ready")]
+
+
+def test_an_activation_never_overwrites_a_weight_an_op_returned_as_it_is() -> None:
+    """The runtime applies activations in place to results it made; an op may hand back one of
+    the unit's weights itself (``contiguous`` of a contiguous tensor), which it must not touch."""
+    w = torch.randn(1, 2, 3, 3)
+    before = w.clone()
+    ops = [OpCall("method.contiguous", (Const("w"),)), OpCall("F.relu", (Prev(),))]
+    out = run_layer_rows(ops, [], [], [], [], RowRange(0, 3), (1, 2, 3, 3), {"w": w})
+    assert torch.equal(out, torch.relu(before)) and torch.equal(w, before)

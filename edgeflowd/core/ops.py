@@ -28,6 +28,7 @@ __all__ = [
     "OpCall",
     "Prev",
     "Resolver",
+    "check_call",
     "method_caller",
     "run_call",
 ]
@@ -145,6 +146,29 @@ def _walk_consts(value: Any, out: list[str]) -> None:
     elif isinstance(value, dict):
         for item in value.values():
             _walk_consts(item, out)
+
+
+_WRITES = ("inplace", "out")
+"""Keyword arguments with which a call writes into a tensor it was given."""
+
+
+def check_call(call: OpCall, where: str) -> None:
+    """Refuse, when an assignment arrives, a call a node will not run: an op outside the
+    allow-list, or one that writes in place. Nothing from the wire may write: an input slice may
+    be another unit's too, and a weight is shared by every later request (and by any later
+    assignment naming the same blob), so one such op would corrupt answers still reported right.
+    The runtime's own in-place activations write only results it has just made."""
+    if call.target not in ALLOWED:
+        raise ProtocolError(
+            f"{where}: op {call.target!r} is not allow-listed on this node (a model-local op runs only "
+            "where the model itself is loaded)"
+        )
+    for name in _WRITES:
+        if call.kwargs.get(name) not in (None, False):
+            raise ProtocolError(
+                f"{where}: op {call.target} writes in place ({name}={call.kwargs[name]!r}): "
+                "a unit may not write to its inputs or weights"
+            )
 
 
 def allowed_resolver(name: str) -> Callable[..., Any]:

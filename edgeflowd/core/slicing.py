@@ -153,7 +153,8 @@ _IN_PLACE = frozenset(
 
 
 def _owned(result: object, inputs: Sequence[torch.Tensor]) -> bool:
-    """Whether ``result`` is a tensor no input shares memory with (so nobody else reads it)."""
+    """Whether ``result`` is a tensor none of ``inputs`` (the unit's inputs and the weights its
+    ops name: an op may return one of them as it is) shares memory with, so nobody else reads it."""
     if not isinstance(result, torch.Tensor) or result.requires_grad:
         return False
     mine = result.untyped_storage().data_ptr()
@@ -199,7 +200,7 @@ def run_layer_rows(
             call.target in _IN_PLACE
             and len(call.args) == 1
             and isinstance(call.args[0], Prev)
-            and _owned(result, inputs)
+            and _owned(result, [*inputs, *(tensors[n] for op in ops for n in op.const_names() if n in tensors)])
         ):
             # The previous op made this tensor here: the activation may overwrite it, sparing an
             # allocation and a pass over memory (same values bit for bit).

@@ -18,7 +18,8 @@ import torch
 
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.node.weights import WeightFetch, WeightStore
-from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.assignment import Assignment, AssignmentDoc
+from edgeflowd.wire.schema import decode
 from edgeflowd.wire.topics import Topics
 
 __all__ = ["Activate", "AssignmentAction", "Assignments", "Refuse", "Report", "Say", "Subscribe", "Unsubscribe"]
@@ -91,7 +92,7 @@ class Assignments:
             if assignment.node != self.node:
                 raise ProtocolError(f"{topic}: assignment is for node {assignment.node!r}, not {self.node!r}")
         except ProtocolError as exc:
-            return [Report(-1, "error", str(exc)), Refuse(str(exc))]
+            return [*self._refused(payload, topic, str(exc)), Refuse(str(exc))]
         current = self.current
         if current is not None and (assignment.generation, assignment.plan) == (current.generation, current.plan):
             return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
@@ -114,6 +115,21 @@ class Assignments:
         actions.append(Say(f"fetching weights for generation {assignment.generation}"))
         actions += [Subscribe(self.topics.blob_parts(sha)) for sha in sorted(fetch.missing)]
         return actions + self._activate_if_fetched()
+
+    def _refused(self, payload: bytes, topic: str, reason: str) -> list[AssignmentAction]:
+        """The report for an assignment refused at load. The node serves on what it served: when
+        the refused one names its generation (its envelope decodes), that generation failed, for
+        ``deploy`` to hear at once; otherwise the report keeps saying what is served, so that a
+        stray message cannot make a serving node look broken."""
+        current = self.current
+        serving = f"; still serving generation {current.generation}" if current else ""
+        try:
+            generation = decode(payload, AssignmentDoc, topic).generation
+        except ProtocolError:
+            generation = -1
+        if current is not None and generation in (-1, current.generation):
+            return [Report(current.generation, "ready")]
+        return [Report(generation, "error", reason + serving)]
 
     def on_blob(self, sha256: str, part: int, payload: bytes, topic: str) -> list[AssignmentAction]:
         """One part of a weight blob; bytes that do not hash to the name abandon the fetch."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 import torch
 
+from edgeflowd.core.ops import check_call
 from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
@@ -95,11 +96,16 @@ class Assignment:
 
     @classmethod
     def from_bytes(cls, payload: bytes, topic: str) -> Assignment:
-        """Decode and check an assignment: every unit belongs to its device and every weight a
-        unit names has a blob; errors name the topic and the path at fault."""
+        """Decode and check an assignment: every unit has ops, each allow-listed and writing
+        nothing in place (:func:`~edgeflowd.core.ops.check_call`), belongs to its device, and every
+        weight a unit names has a blob; errors name the topic and the path at fault."""
         doc = decode(payload, AssignmentDoc, topic)
         units = tuple(unit_of(u, f"{topic}: $.units[{i}]") for i, u in enumerate(doc.units))
-        for unit in units:
+        for i, unit in enumerate(units):
+            if not unit.ops:
+                raise ProtocolError(f"{topic}: $.units[{i}] ({unit.uid}) has no ops")
+            for k, call in enumerate(unit.ops):
+                check_call(call, f"{topic}: $.units[{i}].ops[{k}] ({unit.uid})")
             if unit.device != doc.device:
                 raise ProtocolError(f"{topic}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
             missing = [n for n in unit.const_names() if n not in doc.weights]
