@@ -1,13 +1,18 @@
-"""`edgeflow verify` exit codes and messages."""
+"""`edgeflow verify` exit codes and messages; one-line errors for model specs; `infer --check` verdicts."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import torch
 
 import controller.control.verify
+from controller.cli.cluster import _check
 from controller.cli.main import main
+from controller.control.requester import Result
 from controller.control.verify import relative_error
+from edgeflowd.wire.messages import PlanInfo
 
 
 def test_verify_reports_every_partition(capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,3 +49,28 @@ def test_relative_error_counts_equal_infinities_as_exact() -> None:
     assert relative_error([want.clone()], [want]) == (0.0, 0.0)
     max_abs, rel = relative_error([torch.tensor([0.0, 1.0, 2.0])], [want])
     assert max_abs == float("inf") and rel == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("os:system", "model 'os:system': calling it failed: TypeError"),
+        ("os:getcwd", "the factory returned str, not a torch.nn.Module"),
+    ],
+)
+def test_a_model_spec_that_gives_no_module_is_one_line(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--model", spec, "--cluster", "testbed-4"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_infer_check_with_no_result_is_a_failure_not_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(model="small_dag", seed=0)
+    info = PlanInfo(1, "g1", "small_dag", "equal", [1, 3, 40, 40], ["n0"], [], [])
+    x = torch.randn(1, 3, 40, 40)
+    failed = [Result("r-1", None, 0.0, "timed out"), Result("r-2", None, 0.0, "timed out")]
+    assert _check(args, info, [x, x], failed) == 1
+    out = capsys.readouterr().out
+    assert "none of 2 results arrived: FAIL" in out and "ok" not in out.split(":")[-1]

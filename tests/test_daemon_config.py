@@ -221,3 +221,11 @@ def test_every_setting_is_a_key_a_variable_and_a_flag(capsys: pytest.CaptureFixt
         report = read_config(None, {}, {s.variable: value})
         assert report.source(s.name) == f"environment {s.variable}"
         assert str(getattr(report.config, s.name)) in (value, "7.0")
+
+
+def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "edgeflowd.yaml"
+    path.write_text("node_id: a\nbuffer_mb: .nan\n")
+    report = read_config(path, {}, {"EDGEFLOWD_TELEMETRY_INTERVAL_S": "inf"})
+    assert f"{path}:2: buffer_mb: expected a positive number, got nan" in report.errors
+    assert "environment EDGEFLOWD_TELEMETRY_INTERVAL_S: expected a finite number, got 'inf'" in report.errors

@@ -55,12 +55,22 @@ link:
             r":4: compute\.weights_gbps: expected a number >= 0.0, got -3",
         ),
         (("link:", "link: ["), r":8: not valid YAML"),  # where the parser notices
+        (("gflops: 7.0", "gflops: .nan"), r":3: compute\.gflops: expected a positive number, got nan"),
+        (("latency_ms: 2.0", "latency_ms: .inf"), r":9: link\.latency_ms: expected a number >= 0.0, got inf"),
+        (("threads: 4", "threads: 4\nmemory_mb: 10"), r":6: memory_mb: repeated key \(first at line 4\)"),
     ],
 )
 def test_device_profile_errors_name_file_line_and_field(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     path = tmp_path / "board.yaml"
     path.write_text(GOOD_DEVICE.replace(*edit))
     with pytest.raises(ProfileError, match=rf"^{path}{message}"):
+        load_device_profile(path)
+
+
+def test_a_profile_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "board.yaml"
+    path.write_bytes(GOOD_DEVICE.replace("link:", "# caf\xe9\nlink:").encode("latin-1"))
+    with pytest.raises(ProfileError, match=rf"^{path}:6: not UTF-8 text \(byte 0xe9\)"):
         load_device_profile(path)
 
 

@@ -140,12 +140,19 @@ def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args
 
 def _check(args: argparse.Namespace, info: PlanInfo, inputs: list[torch.Tensor], results: list[Result]) -> int:
     model, _ = build_model(args.model, tuple(info.input_shape), args.seed)
-    worst = 0.0
+    worst, checked = 0.0, 0
     for x, r in zip(inputs, results, strict=True):
         if r.outputs is not None:
             worst = max(worst, relative_error(r.outputs, reference_outputs(model, x))[1])
+            checked += 1
+    if not checked:  # nothing to compare is no verdict at all, least of all "ok"
+        print(f"max relative error against the local model: none of {len(results)} results arrived: FAIL")
+        return 1
     verdict = "ok" if worst <= TOLERANCE else "FAIL"
-    print(f"max relative error against the local model: {worst:.2e} (tolerance {TOLERANCE:g}): {verdict}")
+    print(
+        f"max relative error against the local model, over {checked} of {len(results)} results: "
+        f"{worst:.2e} (tolerance {TOLERANCE:g}): {verdict}"
+    )
     return 0 if worst <= TOLERANCE else 1
 
 

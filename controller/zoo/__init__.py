@@ -93,7 +93,11 @@ def build_model(
             model: object = ZOO[spec].factory()
             shape = input_shape or ZOO[spec].input_shape
         else:
-            model = _import_factory(spec)()
+            factory = _import_factory(spec)
+            try:
+                model = factory()
+            except Exception as exc:  # a user's factory: its failure is one line naming it, not a traceback
+                raise GraphError(f"model {spec!r}: calling it failed: {type(exc).__name__}: {exc}") from exc
             shape = input_shape or DEFAULT_SHAPE
         if not isinstance(model, nn.Module):
             raise GraphError(f"model {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")

@@ -6,6 +6,7 @@ the variable, or the flag."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -228,8 +229,12 @@ def _from_environment(environ: Mapping[str, str], report: ConfigReport) -> dict[
         kinds = setting.kinds
         try:
             values[key] = float(text) if float in kinds else int(text) if int in kinds else text
+            if isinstance(values[key], float) and not math.isfinite(values[key]):
+                raise ValueError(text)
         except ValueError:
-            report.errors.append(f"environment {name}: expected {kinds[0].__name__}, got {text!r}")
+            values.pop(key, None)
+            wanted = "a finite number" if float in kinds else kinds[0].__name__
+            report.errors.append(f"environment {name}: expected {wanted}, got {text!r}")
             continue
         report.sources[key] = f"environment {name}"
     return values

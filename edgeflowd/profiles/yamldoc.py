@@ -3,6 +3,7 @@ name the file, the line and the field (``pi4.yaml:12: link.up_mbps: expected a p
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,23 @@ class YamlDoc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ProfileError(f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        self._no_duplicate_keys(self.root)
+
+    def _no_duplicate_keys(self, node: yaml.Node | None) -> None:
+        """YAML lets a repeated key silently win; in a profile that hides a typo's twin."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key, value in node.value:
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    raise ProfileError(
+                        f"{self.source}:{line}: {key.value}: repeated key (first at line {seen[key.value]})"
+                    )
+                seen[key.value] = line
+                self._no_duplicate_keys(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                self._no_duplicate_keys(item)
 
     def line(self, path: tuple[str | int, ...]) -> int:
         node = self.root
@@ -56,7 +74,7 @@ def require(doc: YamlDoc, data: Any, path: tuple[str | int, ...], key: str, defa
 
 
 def number(doc: YamlDoc, value: Any, path: tuple[str | int, ...], minimum: float = 0.0, strict: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= minimum if strict else value < minimum):
         kind = "a positive number" if strict and minimum == 0 else f"a number >= {minimum}"
         raise doc.error(path, f"expected {kind}, got {value!r}")
@@ -71,6 +89,11 @@ def check_keys(doc: YamlDoc, data: dict[str, Any], path: tuple[str | int, ...], 
 
 def read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ProfileError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8") from exc
