@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
 
@@ -76,9 +77,18 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
             first = _plan_on(watcher, set(NODES), 120)
             # A stream of requests; node-b dies in the middle of it.
             _, shape = build_model(MODEL, None, 0)
-            inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(60)]
             client = InferenceClient.connect(broker.settings, "local-3", MODEL)
             killed_at: list[float] = []
+
+            def inputs() -> Iterator[torch.Tensor]:
+                """Requests until 20 after the client adopted a newer plan (bounded in count and time:
+                how many pass before the re-plan depends on this machine's speed)."""
+                deadline, after = time.monotonic() + 180, 0
+                for i in range(3000):
+                    if time.monotonic() > deadline or after >= 20:
+                        return
+                    after += client.info.generation > first.generation
+                    yield torch.randn(shape, generator=torch.Generator().manual_seed(i))
 
             def kill() -> None:
                 killed_at.append(time.monotonic())
@@ -87,7 +97,7 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
             timer = threading.Timer(3.0, kill)
             timer.start()
             try:
-                results = client.run(iter(inputs), 2, 10.0)
+                results = client.run(inputs(), 2, 10.0)
             finally:
                 timer.cancel()
                 client.close()

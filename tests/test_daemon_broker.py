@@ -219,3 +219,43 @@ def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Pat
             reader.stop()
     assert plan is not None and plan.generation == 3
     assert newest == 7
+
+
+def test_a_deploy_publishes_only_the_blobs_the_broker_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights are content-addressed and retained: a second deploy of the same weights publishes
+    none of them, other weights are published, and after a broker that lost its state every one
+    is published again (the nodes can fetch them and serve exact results each time)."""
+    cluster_file = tmp_path / "again.yaml"
+    cluster_file.write_text("schema: edgeflow.cluster/1\nname: again\ndevices:\n  - {id: a1, profile: local-core}\n")
+    deploy = ["deploy", "--model", "small_dag", "--cluster", str(cluster_file), "--timeout", "60"]
+    infer = ["infer", "--model", "small_dag", "--cluster", "again", "--repeat", "2", "--check"]
+    blobs = f"{Topics('again').root}/blob/#"
+
+    def published(broker_url: str, *extra: str) -> int:
+        """Blob parts published by one deploy (a subscriber first takes what is retained)."""
+        conn, messages = listen(BrokerSettings(broker_url), "blob-counter", [blobs])
+        try:
+            list(received(messages, 2.0))  # the retained parts, delivered on subscribing
+            code, out = run_cli(capsys, *deploy, "--broker", broker_url, *extra)
+            assert code == 0, out
+            return sum(1 for _ in received(messages, 2.0))
+        finally:
+            conn.stop()
+
+    port = free_port()
+    daemon = None
+    try:
+        with mosquitto_broker(tmp_path, port=port) as broker:
+            daemon = DaemonProcess("a1", broker.url, "again", tmp_path)
+            first = published(broker.url)
+            assert first > 0
+            assert published(broker.url) == 0  # the same weights: all retained already
+            assert run_cli(capsys, *infer, "--broker", broker.url)[0] == 0
+            assert published(broker.url, "--seed", "1") > 0  # other weights
+            assert run_cli(capsys, *infer, "--broker", broker.url, "--seed", "1")[0] == 0
+        with mosquitto_broker(tmp_path, port=port) as broker:  # no persistence: everything lost
+            assert published(broker.url) == first
+            assert run_cli(capsys, *infer, "--broker", broker.url)[0] == 0
+    finally:
+        if daemon is not None:
+            daemon.terminate()

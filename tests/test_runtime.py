@@ -266,6 +266,7 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     (report,) = [a for a in refused if isinstance(a, Report)]
     assert (report.generation, report.state) == (good.generation + 1, "error")
     assert "writes in place" in report.error and f"still serving generation {good.generation}" in report.error
+    assert not report.retain  # heard by deploy; the retained report keeps saying what is served
     assert machine.current == good
     again = machine.on_assignment(good.to_bytes(), topic, 2.0)  # the original, retained again
     assert [(a.generation, a.state) for a in again if isinstance(a, Report)] == [(good.generation, "ready")]
@@ -273,6 +274,11 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     # Bytes that are no assignment at all (nor name a generation) change nothing in the report.
     noise = machine.on_assignment(b"{]", topic, 3.0)
     assert [(a.generation, a.state) for a in noise if isinstance(a, Report)] == [(good.generation, "ready")]
+    # An older generation (a broker that lost its state numbers from 1 again) is refused out loud.
+    older = machine.on_assignment(_forged(good, good.generation - 1, lambda d: None), topic, 4.0)
+    (stale,) = [a for a in older if isinstance(a, Report)]
+    assert (stale.generation, stale.state, stale.retain) == (good.generation - 1, "error", False)
+    assert f"older than generation {good.generation}" in stale.error and machine.current == good
 
 
 def test_an_activation_never_overwrites_a_weight_an_op_returned_as_it_is() -> None:

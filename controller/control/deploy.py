@@ -112,8 +112,13 @@ def publish_deployment(
     """Publish and wait for every node's report. ``reports`` must receive the messages of
     ``node/+/assignment/reported``; raises :class:`DeployError` naming each node that failed."""
     blobs = len(deployment.blobs)
-    progress(f"weights: {blobs} blobs ({deployment.blob_bytes / 2**20:.1f} MiB in all)")
-    for publication in rollout_messages(topics, deployment):
+    kept = sum(1 for sha in deployment.blobs if previous is not None and sha in previous.blobs)
+    progress(
+        f"weights: {blobs} blobs ({deployment.blob_bytes / 2**20:.1f} MiB in all)"
+        + (f", {kept} already on the broker" if kept else "")
+    )
+    held = previous.blobs if previous is not None else {}  # what the broker holds now: read just before
+    for publication in rollout_messages(topics, deployment, held):
         conn.publish_wait(publication.topic, publication.payload, timeout_s=timeout_s, retain=True)
     generation = deployment.info.generation
     progress(f"generation {generation}: assignments published to {len(deployment.assignments)} nodes")

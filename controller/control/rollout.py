@@ -10,7 +10,7 @@ waits for the reports, the service takes them as events in its loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.control.deployment import Deployment
@@ -31,11 +31,18 @@ class Publication:
     payload: bytes
 
 
-def rollout_messages(topics: Topics, deployment: Deployment) -> list[Publication]:
-    """Blobs first, then assignments: a node that reads its assignment finds every blob retained."""
+def rollout_messages(
+    topics: Topics, deployment: Deployment, held: Mapping[str, int] | None = None
+) -> list[Publication]:
+    """Blobs first, then assignments: a node that reads its assignment finds every blob retained.
+    ``held``: the blobs (sha256 -> parts) of the plan summary the broker holds, read from it on
+    this connection; blobs are content-addressed, so those of them the new plan uses (all of
+    them, when a re-plan only moves rows) are not published again."""
+    held = held or {}
     out = [
         Publication(topics.blob(sha, part), payload)
         for sha, (ref, raw) in sorted(deployment.blobs.items())
+        if held.get(sha) != ref.parts
         for part, payload in enumerate(split_blob(raw, ref))
     ]
     out += [Publication(topics.node(n, "assignment"), a.to_bytes()) for n, a in deployment.assignments.items()]

@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 3.0  # after a failed deploy
 _SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
+_CONNECTED = ""  # the queue entry the connection puts after every (re)connect: no topic is empty
 _JUDGE_REQUESTS = 5  # latency reports before either judgement
 
 
@@ -117,6 +118,7 @@ class ControllerService:
         self.planned_nodes: list[str] = []
         self.generation = -1
         self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
+        self._held: dict[str, int] = {}  # blobs of the plan summary the broker holds (as it last said)
         self.rolling: Rolling | None = None
         self._next_generation = 1
         self._dirty_since: float | None = None
@@ -127,6 +129,7 @@ class ControllerService:
             f"edgeflow-controller-{self.instance}",
             lambda t, p: self.messages.put((t, p)),
             will=(self.topics.controller("status"), offline),
+            on_connect=lambda: self.messages.put((_CONNECTED, b"")),
         )
 
     def run(self) -> int:
@@ -170,9 +173,13 @@ class ControllerService:
         self.stop_event.set()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == _CONNECTED:  # a broker that lost its state holds no blob; one that kept it
+            self._held = {}  # re-sends the retained plan summary, which says which it holds
+            return
         about = self.topics.parse(topic)
         if about == ControllerTopic("plan"):
             info = decode_control(payload, topic, PlanInfo) if payload else None
+            self._held = dict(info.blobs) if info is not None else {}
             if info is not None and (self.deployed is None or info.generation > self.deployed.generation):
                 self.deployed = info  # retained from before this controller started
             return
@@ -347,7 +354,7 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment):
+        for publication in rollout_messages(self.topics, deployment, self._held):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         self._published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published

@@ -39,11 +39,14 @@ class Unsubscribe:
 
 @dataclass(frozen=True)
 class Report:
-    """Publish ``assignment/reported``: ``generation`` is ready, or failed with ``error``."""
+    """Publish ``assignment/reported``: ``generation`` is ready, or failed with ``error``.
+    ``retain``: whether it becomes the retained report, which always says what the node serves;
+    a refusal that leaves the node serving goes to the report's current readers only."""
 
     generation: int
     state: str  # ready | error
     error: str = ""
+    retain: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,12 @@ class Assignments:
         if current is not None and (assignment.generation, assignment.plan) == (current.generation, current.plan):
             return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
         if current is not None and assignment.generation < current.generation:
-            log.warning(
-                "node=%s ignores generation %d: already at %d", self.node, assignment.generation, current.generation
+            reason = (
+                f"generation {assignment.generation} is older than generation {current.generation}, which this "
+                "node serves (a broker that lost its retained state hands out old generations): deploy again"
             )
-            return []
+            log.warning("node=%s ignores %s", self.node, reason)
+            return [Report(assignment.generation, "error", reason, retain=False)]
         actions: list[AssignmentAction] = list(self._cancel())
         fetch = WeightFetch(assignment.weights, self.store, now)
         self.fetch = (assignment, fetch)
@@ -119,8 +124,9 @@ class Assignments:
     def _refused(self, payload: bytes, topic: str, reason: str) -> list[AssignmentAction]:
         """The report for an assignment refused at load. The node serves on what it served: when
         the refused one names its generation (its envelope decodes), that generation failed, for
-        ``deploy`` to hear at once; otherwise the report keeps saying what is served, so that a
-        stray message cannot make a serving node look broken."""
+        ``deploy`` to hear at once (not retained while the node serves: the retained report keeps
+        saying what is served); otherwise nothing changes, so that a stray message cannot make a
+        serving node look broken."""
         current = self.current
         serving = f"; still serving generation {current.generation}" if current else ""
         try:
@@ -129,7 +135,7 @@ class Assignments:
             generation = -1
         if current is not None and generation in (-1, current.generation):
             return [Report(current.generation, "ready")]
-        return [Report(generation, "error", reason + serving)]
+        return [Report(generation, "error", reason + serving, retain=current is None)]
 
     def on_blob(self, sha256: str, part: int, payload: bytes, topic: str) -> list[AssignmentAction]:
         """One part of a weight blob; bytes that do not hash to the name abandon the fetch."""

@@ -185,6 +185,11 @@ class Daemon:
                     self.benchmark.update(self._measure_link())
                 except EdgeFlowError as exc:  # the info goes out all the same: the node serves unmeasured
                     log.warning("node=%s: link not measured: %s", self.node, exc)
+            current = self.assignments.current
+            if current is not None and self.runtime is not None:
+                # Again on every connect: a broker that lost its retained state learns the generation
+                # served here, so that no deploy hands it out again (controller.control.deploy).
+                self._report(a.Report(current.generation, "ready"))
             self._publish_info()
             if self.runtime is not None:
                 self.notifier.ready(self._serving())
@@ -277,7 +282,7 @@ class Daemon:
         if report.error:
             log.error("node=%s generation %d: %s", self.node, report.generation, report.error)
         topic = self.topics.node(self.node, "assignment/reported")
-        self.conn.publish(topic, encode_control(message), qos=1, retain=True)
+        self.conn.publish(topic, encode_control(message), qos=1, retain=report.retain)
 
     # -- measuring itself (engine, when idle) ---------------------------------------------------
     def _measured(self, figures: dict[str, float]) -> dict[str, float]:
