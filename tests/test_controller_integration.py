@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -187,3 +188,29 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
                 {n: f"{s:.0%}" for n, s in after.items()},
             )
             assert after["node-a"] < before["node-a"] / 2
+
+
+def test_a_frozen_node_is_planned_around_in_seconds(tmp_path: Path) -> None:
+    """SIGSTOP: the node's socket stays open, so only the keepalive tells. With the daemon's 5 s
+    keepalive the broker publishes its last will ("offline") 7.5 s after its last word, and the
+    controller plans around it; woken again, it reconnects and is planned back in."""
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
+        daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
+        for daemon in daemons.values():
+            stack.callback(daemon.terminate)
+        with (
+            controller_process(broker, tmp_path, "local-3", MODEL, "--method", "equal"),
+            closing(Watcher(broker.settings, "local-3")) as watcher,
+        ):
+            _plan_on(watcher, set(NODES), 120)
+            frozen = daemons["node-c"].process
+            assert frozen is not None
+            os.kill(frozen.pid, signal.SIGSTOP)
+            stack.callback(os.kill, frozen.pid, signal.SIGCONT)  # before terminate, which runs after it
+            stopped = time.monotonic()
+            _plan_on(watcher, {"node-a", "node-b"}, 30)  # with the old 30 s keepalive: ~50 s
+            around_s = time.monotonic() - stopped
+            assert _exact(broker.url, 2) == 2
+            os.kill(frozen.pid, signal.SIGCONT)
+            _plan_on(watcher, set(NODES), 90)
+            print(f"frozen node planned around {around_s:.1f} s after SIGSTOP")  # the note's figure (pytest -s)

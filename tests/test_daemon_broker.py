@@ -3,9 +3,13 @@ Mosquitto on a free loopback port, real ``edgeflowd`` processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +263,38 @@ def test_a_deploy_publishes_only_the_blobs_the_broker_lacks(tmp_path: Path, caps
     finally:
         if daemon is not None:
             daemon.terminate()
+
+
+def test_connection_problems_are_logged_once_with_what_to_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No broker at the address, or a wrong password: one warning each that says so (paho
+    retries every 1-30 s; the log must not repeat it, nor stay silent)."""
+    files = Path(tempfile.mkdtemp(prefix="edgeflow-passwd-"))  # Mosquitto, run as root, reads as user mosquitto
+    files.chmod(0o755)
+    passwd = files / "passwd"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "alice", "right"], check=True, timeout=30)
+    passwd.chmod(0o644)
+    (tmp_path / "wrong").write_text("wrong\n")
+    caplog.set_level(logging.WARNING, logger="edgeflowd.net.mqtt")
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    with (
+        mosquitto_broker(tmp_path, listener=f"allow_anonymous false\npassword_file {passwd}\n") as broker,
+        contextlib.ExitStack() as cleanup,
+    ):
+        cleanup.callback(shutil.rmtree, files, ignore_errors=True)
+        for version in ("5", "3.1.1"):
+            for settings in (
+                BrokerSettings(closed, mqtt_version=version),
+                BrokerSettings(broker.url, version, username="alice", password_file=str(tmp_path / "wrong")),
+            ):
+                caplog.clear()
+                conn = Connection(settings, f"c-{version}", lambda t, p: None)
+                conn.begin()
+                time.sleep(3.5)  # paho retries after 1 s and 2 s: three attempts
+                conn.stop()
+                said = [r.getMessage() for r in caplog.records]
+                assert len(said) == 1, said
+                if settings.url == closed:
+                    assert f"cannot connect to {closed}" in said[0]
+                else:
+                    assert "refused the connection: Not authorized (check username and password_file)" in said[0]

@@ -82,11 +82,15 @@ class Connection:
             protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
         )
         self.broker = _configure(self.client, settings)
+        self.keepalive_s = settings.keepalive_s
         self.client.on_socket_open = _nodelay
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
         self.client.on_subscribe = self._subscribed
+        self.client.on_connect_fail = self._connect_failed
+        self._complaint = ""  # the connection problem last logged: said once, until it changes
+        self._up = False  # connected (CONNACK accepted) since the last disconnect
         self._waiting: set[int] = set()  # SUBSCRIBE message ids someone waits on; with _acked,
         self._acked: set[int] = set()  # guarded by _ack (ids are reused: only awaited ones are kept)
         self._ack = threading.Condition()
@@ -97,7 +101,7 @@ class Connection:
     def begin(self) -> None:
         """Start connecting in the background; the network thread retries until it succeeds."""
         try:
-            self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+            self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.keepalive_s)
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot connect to {self.broker}: {exc}") from exc
         self.client.loop_start()
@@ -106,7 +110,7 @@ class Connection:
         """Connect and wait for the first CONNACK (for tools that cannot work without a broker):
         a refused or unreachable broker fails at once, not after the timeout."""
         try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.keepalive_s)
         except (OSError, ValueError) as exc:
             raise MqttError(f"cannot connect to {self.broker}: {exc}") from exc
         self.client.loop_start()
@@ -115,12 +119,27 @@ class Connection:
             reason = self._refused or f"no answer within {timeout_s:g} s (is the broker running?)"
             raise MqttError(f"cannot connect to {self.broker}: {reason}")
 
+    def _complain(self, problem: str) -> None:
+        """Log a connection problem once, not at every retry (paho retries every 1-30 s)."""
+        if problem != self._complaint:
+            self._complaint = problem
+            log.warning("%s; retrying", problem)
+
+    def _connect_failed(self, client: paho.Client, userdata: Any) -> None:
+        self._complain(f"cannot connect to {self.broker} (is the broker running, and reachable from here?)")
+
     def _connected(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self._refused = str(reason)
-            log.warning("%s refused the connection: %s", self.broker, reason)
+            words = str(reason).lower()
+            hint = " (check username and password_file)" if "author" in words or "password" in words else ""
+            self._complain(f"{self.broker} refused the connection: {reason}{hint}")
             self.connected.set()  # wake start(), which reports the refusal
             return
+        self._up = True
+        if self._complaint:
+            log.info("connected to %s after: %s", self.broker, self._complaint)
+            self._complaint = ""
         limit = getattr(props, "MaximumPacketSize", None) if self._v5 else None
         if isinstance(limit, int) and limit > 0:
             self.max_packet = min(self.max_packet, limit)
@@ -134,9 +153,10 @@ class Connection:
             self._on_connect()
 
     def _disconnected(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was_up, self._up = self._up, False
         self.connected.clear()
-        if reason.is_failure:
-            log.warning("lost the broker at %s (%s); reconnecting", self.broker, reason)
+        if reason.is_failure and was_up:  # after a refusal the broker hangs up too: the refusal said it
+            self._complain(f"lost the broker at {self.broker} ({reason})")
 
     def _message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._on_message(message.topic, bytes(message.payload))

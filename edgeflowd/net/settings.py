@@ -50,6 +50,10 @@ class BrokerSettings:
     key_file: str | None = None
     username: str | None = None
     password_file: str | None = None
+    keepalive_s: int = 5
+    """MQTT keepalive: a client silent for 1.5x this is dropped by the broker, which publishes its
+    last will (a node's "offline"), so a frozen node is noticed in seconds, not the 45 s of the
+    usual 30 s keepalive."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(setting, message) for every inconsistency; file contents are checked at connect."""
@@ -65,6 +69,8 @@ class BrokerSettings:
                 found.append((name, f"{name} needs TLS: the broker URL {self.url} is not mqtts://"))
         if bool(self.cert_file) != bool(self.key_file):
             found.append(("cert_file", "cert_file and key_file go together (a client certificate needs its key)"))
+        if not 1 <= self.keepalive_s <= 65535:
+            found.append(("keepalive_s", f"keepalive_s must be 1-65535 seconds, got {self.keepalive_s}"))
         if self.password_file and not self.username:
             found.append(("password_file", "password_file needs a username"))
         return found

@@ -62,6 +62,9 @@ class DaemonConfig:
     key_file: str | None = _declare(None, "the client certificate's key", "PEM", path=True)
     username: str | None = _declare(None, "user name at the broker", "NAME")
     password_file: str | None = _declare(None, "file whose first line is the password", "FILE", path=True)
+    keepalive_s: int = _declare(
+        5, "MQTT keepalive: the broker declares a frozen node offline 1.5x this after its last word", "S"
+    )
     packet_bytes: int = _declare(
         PACKET_BYTES, "largest MQTT message sent; capped by the broker's limit under MQTT 5", "BYTES"
     )
@@ -85,6 +88,7 @@ class DaemonConfig:
             self.key_file,
             self.username,
             self.password_file,
+            self.keepalive_s,
         )
 
     def problems(self) -> list[tuple[str, str]]:
