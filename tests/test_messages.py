@@ -76,3 +76,12 @@ def test_deeply_nested_json_is_refused_as_a_protocol_error() -> None:
     payload = b'{"schema": "edgeflow.info/1", "node": "a", "version": "1", "profile": ' + nested + b"}"
     with pytest.raises(ProtocolError, match=f"^{TOPIC}: JSON nested too deeply"):
         decode_control(payload, TOPIC, Info)
+
+
+@pytest.mark.parametrize("value", ["1e999", "1" + "0" * 400, "-3", "1e20"])
+def test_a_measurement_out_of_range_is_refused_never_planned_on(value: str) -> None:
+    body = f'{{"schema":"edgeflow.info/1","node":"a","version":"x","benchmark":{{"conv_gflops":{value}}}}}'
+    with pytest.raises(ProtocolError, match=r"node/a/info: .* - at `\$\.benchmark"):
+        decode_control(body.encode(), "node/a/info", Info)
+    ok = '{"schema":"edgeflow.info/1","node":"a","version":"x","benchmark":{"conv_gflops":12.5,"measured_at":1.8e9}}'
+    assert decode_control(ok.encode(), "node/a/info", Info).benchmark == {"conv_gflops": 12.5, "measured_at": 1.8e9}

@@ -4,7 +4,7 @@ path (``$.load_avg[0]``)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -38,6 +38,11 @@ class Status(Document, frozen=True, tag="edgeflow.status/1"):
     session: int = 0
 
 
+Measure = Annotated[float, msgspec.Meta(ge=0.0, le=1e13)]
+"""A figure a node measured of itself: finite and in range (rates, times, counts, a wall-clock
+time); a value beyond (``1e999``, ``10**400``) is refused with the message, never planned on."""
+
+
 class Info(Document, frozen=True, tag="edgeflow.info/1"):
     """Retained ``node/<id>/info``: who the node is and what it can do."""
 
@@ -45,7 +50,7 @@ class Info(Document, frozen=True, tag="edgeflow.info/1"):
     version: str
     protocol: list[int] = msgspec.field(default_factory=lambda: list(PROTOCOL_VERSIONS))
     profile: dict[str, Any] = msgspec.field(default_factory=dict)
-    benchmark: dict[str, Any] = msgspec.field(default_factory=dict)
+    benchmark: dict[str, Measure] = msgspec.field(default_factory=dict)
 
 
 class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
