@@ -289,3 +289,22 @@ def test_an_activation_never_overwrites_a_weight_an_op_returned_as_it_is() -> No
     ops = [OpCall("method.contiguous", (Const("w"),)), OpCall("F.relu", (Prev(),))]
     out = run_layer_rows(ops, [], [], [], [], RowRange(0, 3), (1, 2, 3, 3), {"w": w})
     assert torch.equal(out, torch.relu(before)) and torch.equal(w, before)
+
+
+def test_an_assignment_under_a_generation_already_served_but_other_content_is_taken_not_claimed() -> None:
+    """A broker that lost its state, and a deploy of other weights under the same generation: the
+    node must not answer "ready" for what it does not run (it did, comparing generations)."""
+    deployment, _, _ = _small_deployment(devices=2)
+    other, _, _ = _small_deployment(devices=2, seed=4)  # other weights, same generation (5)
+    good, changed = deployment.assignments["n0"], other.assignments["n0"]
+    assert good.generation == changed.generation and good.weights != changed.weights
+    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
+    machine.on_assignment(good.to_bytes(), topic, 0.0)
+    for ref, raw in deployment.blobs.values():
+        for part, chunk in enumerate(split_blob(raw, ref)):
+            machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+    assert machine.current == good
+    actions = machine.on_assignment(changed.to_bytes(), topic, 1.0)
+    assert not any(isinstance(a, Report) and a.state == "ready" for a in actions)  # nothing claimed
+    assert machine.fetch is not None and machine.fetch[0] == changed  # the new weights are fetched

@@ -97,8 +97,10 @@ class Assignments:
         except ProtocolError as exc:
             return [*self._refused(payload, topic, str(exc)), Refuse(str(exc))]
         current = self.current
-        if current is not None and (assignment.generation, assignment.plan) == (current.generation, current.plan):
+        if current is not None and assignment == current:
             return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
+        # Compared whole, never by generation alone: a deploy that reused a generation (a broker
+        # that lost its state) with other weights or units is another assignment, and taken as one.
         if current is not None and assignment.generation < current.generation:
             reason = (
                 f"generation {assignment.generation} is older than generation {current.generation}, which this "
