@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,11 @@ from controller.control.acl import mosquitto_acl
 from edgeflowd.errors import MqttError, ProfileError
 from edgeflowd.net.settings import BrokerURL
 from edgeflowd.node.cli import main as edgeflowd_main
-from edgeflowd.node.config import SETTINGS, load_config, read_config
+from edgeflowd.node.config import SETTINGS, DaemonConfig, load_config, read_config
+from edgeflowd.node.daemon import Daemon
 from edgeflowd.node.notify import Notifier
 from edgeflowd.profiles.devices import load_cluster
+from edgeflowd.wire.topics import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,3 +232,18 @@ def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path) -> Non
     report = read_config(path, {}, {"EDGEFLOWD_TELEMETRY_INTERVAL_S": "inf"})
     assert f"{path}:2: buffer_mb: expected a positive number, got nan" in report.errors
     assert "environment EDGEFLOWD_TELEMETRY_INTERVAL_S: expected a finite number, got 'inf'" in report.errors
+
+
+def test_the_inbound_queue_holds_at_most_buffer_mb_of_data_payloads() -> None:
+    """Payloads wait for the engine in a queue that paho's thread fills: bounded in bytes too, so
+    a flood of large data messages cannot take the node's memory (weights are not counted: a new
+    assignment's parts arrive in one retained burst, on topics only the controller writes)."""
+    daemon = Daemon(replace(DaemonConfig(), node_id="n", buffer_mb=4.0))  # built, never connected
+    topics = Topics("default")
+    data = topics.unit_input("g1", "conv@d0")
+    for _ in range(10):
+        daemon._on_wire(data, bytes(1 << 20))
+    assert daemon.events.qsize() == 4 and daemon.counts.snapshot().get("dropped") == 6
+    for part in range(8):
+        daemon._on_wire(topics.blob("a" * 64, part), bytes(1 << 20))
+    assert daemon.events.qsize() == 12

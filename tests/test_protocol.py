@@ -4,6 +4,7 @@ malformed input rejected with the topic and field named."""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 
 import pytest
@@ -84,16 +85,45 @@ def test_duplicate_chunks_are_harmless() -> None:
     assert got[-1] is not None and torch.equal(got[-1], x)
 
 
-def test_partial_slices_expire_and_memory_is_bounded() -> None:
+def test_partial_slices_expire_and_memory_is_bounded_by_what_arrived() -> None:
     x = torch.zeros(1, 4, 8, 64)
     frames = encode_frames("r", "g", "u@d0", "u", RowRange(0, 8), x, max_packet=2048)
     assembler = FrameAssembler(max_bytes=x.numel() * 4, ttl_s=5.0)
-    assembler.add(decode_frame(frames[0]), now=0.0)
+    for frame in frames[:-1]:  # all but the last chunk: nearly the whole budget held
+        assert assembler.add(decode_frame(frame), now=0.0) is None
     other = encode_frames("r2", "g", "u@d0", "u", RowRange(0, 8), x, max_packet=2048)
     with pytest.raises(ProtocolError, match="reassembly budget"):
-        assembler.add(decode_frame(other[0]), now=1.0)
+        assembler.add(decode_frame(other[0]), now=1.0)  # refused: only this slice
+    got = assembler.add(decode_frame(frames[-1]), now=1.0)
+    assert got is not None and torch.equal(got, x) and assembler.held_bytes == 0  # the first completes
+    assert assembler.add(decode_frame(other[0]), now=2.0) is None  # room again
     assert assembler.expire(now=10.0) == 1 and assembler.held_bytes == 0
-    assert assembler.add(decode_frame(other[0]), now=10.0) is None  # room again
+
+
+def test_a_slice_that_announces_more_than_it_sends_holds_only_what_arrived() -> None:
+    """Three small frames announcing a large slice each used to reserve the whole budget, and
+    every real chunked slice was refused until they expired."""
+    big = torch.zeros(1, 4, 8, 64)
+    budget = 4 * big.numel() * 4
+    assembler = FrameAssembler(max_bytes=budget, ttl_s=30.0)
+    for request in ("lie-1", "lie-2", "lie-3"):
+        first = encode_frames(request, "g", "u@d0", "u", RowRange(0, 8), big, max_packet=1024)[0]
+        assert assembler.add(decode_frame(first), now=0.0) is None
+    assert assembler.held_bytes < budget / 10
+    real = encode_frames("ok", "g", "u@d0", "u", RowRange(0, 8), big, max_packet=2048)
+    results = [assembler.add(decode_frame(f), now=1.0) for f in real]
+    assert results[-1] is not None and torch.equal(results[-1], big)
+    huge = torch.zeros(1, 1, 1, 2)
+    lying = encode_frames("lie-4", "g", "u@d0", "u", RowRange(0, 1), huge, max_packet=1024)[0]
+    header = json.loads(lying[8 : 8 + int.from_bytes(lying[4:8], "big")])
+    header.update(shape=[1, 4096, 4096, 64], nbytes=4 * 4096 * 4096 * 64, chunk=[0, 5000])  # 4 GiB announced
+    forged = lying[:4] + len(json.dumps(header)).to_bytes(4, "big") + json.dumps(header).encode()
+    with pytest.raises(ProtocolError, match=r"exceeds the \d+-byte reassembly budget"):
+        assembler.add(decode_frame(forged + b"\0" * 8), now=2.0)
+    header.update(shape=[1, 1, 1, 2], nbytes=0)  # a total that its own shape contradicts
+    forged = lying[:4] + len(json.dumps(header)).to_bytes(4, "big") + json.dumps(header).encode()
+    with pytest.raises(ProtocolError, match="field 'nbytes' is 0; shape \\[1, 1, 1, 2\\] float32 is not that"):
+        decode_frame(forged + b"\0" * 8)
 
 
 def test_inconsistent_chunks_are_refused() -> None:

@@ -77,6 +77,10 @@ class Daemon:
         self._echo_topic = self.topics.node(self.node, "echo")
         self._last_event = self._last_probe = self._last_link = clock()
         self._drift = RateDrift()
+        self._queued_bytes = 0  # payload bytes waiting in ``events``; with _queued_lock
+        self._queued_lock = threading.Lock()
+        self._queue_budget = int(config.buffer_mb * 2**20)
+        self._data_prefix = f"{self.topics.root}/data/"
         self._stop = threading.Event()
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
@@ -98,9 +102,22 @@ class Daemon:
             self._enqueue(Message(topic, payload))
 
     def _enqueue(self, event: Event) -> None:
+        # Data-plane payloads only: the weights of a new assignment arrive in one burst of retained
+        # parts, on topics only the controller may write, and are bounded by the fetch itself.
+        data = isinstance(event, Message) and event.topic.startswith(self._data_prefix)
+        size = len(event.payload) if isinstance(event, Message) and data else 0
+        with self._queued_lock:
+            if size and self._queued_bytes + size > self._queue_budget:
+                # Bounded in bytes as well as in messages: a flood of large payloads cannot take
+                # the node's memory before the engine has judged any of them.
+                self.counts.add("dropped")
+                return
+            self._queued_bytes += size
         try:
             self.events.put_nowait(event)
         except queue.Full:
+            with self._queued_lock:
+                self._queued_bytes -= size
             self.counts.add("dropped")  # never block paho's thread or a worker; the request times out
 
     def _on_connect(self) -> None:
@@ -130,6 +147,9 @@ class Daemon:
                 event: Event | None = self.events.get(timeout=_TICK_S)
             except queue.Empty:
                 event = None
+            if isinstance(event, Message) and event.topic.startswith(self._data_prefix):
+                with self._queued_lock:
+                    self._queued_bytes -= len(event.payload)
             try:
                 now = self.clock()
                 if event is not None:

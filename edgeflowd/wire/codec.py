@@ -12,7 +12,7 @@ import torch
 
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["tensor_bytes", "tensor_from_bytes"]
+__all__ = ["expected_bytes", "tensor_bytes", "tensor_from_bytes"]
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -40,13 +40,20 @@ def tensor_bytes(tensor: torch.Tensor, what: str = "tensor") -> tuple[str, list[
     return _NAMES[t.dtype], list(t.shape), raw
 
 
-def tensor_from_bytes(dtype: object, shape: list[int], data: bytes | memoryview, where: str) -> torch.Tensor:
-    """Inverse of :func:`tensor_bytes`; a wrong dtype, shape or length raises ProtocolError."""
+def expected_bytes(dtype: object, shape: list[int] | tuple[int, ...], where: str) -> int:
+    """Bytes of a tensor of ``shape`` and ``dtype`` (an allow-listed name); ProtocolError otherwise."""
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ProtocolError(f"{where}: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    torch_dtype = _DTYPES[dtype]
-    expected = math.prod(shape) * torch.empty((), dtype=torch_dtype).element_size()
-    if min(shape, default=0) < 0 or len(data) != expected:
+    if min(shape, default=0) < 0:
+        raise ProtocolError(f"{where}: shape {list(shape)} has a negative size")
+    return math.prod(shape) * torch.empty((), dtype=_DTYPES[dtype]).element_size()
+
+
+def tensor_from_bytes(dtype: object, shape: list[int], data: bytes | memoryview, where: str) -> torch.Tensor:
+    """Inverse of :func:`tensor_bytes`; a wrong dtype, shape or length raises ProtocolError."""
+    expected = expected_bytes(dtype, shape, where)
+    torch_dtype = _DTYPES[str(dtype)]
+    if len(data) != expected:
         raise ProtocolError(f"{where}: shape {shape} {dtype} needs {expected} bytes, got {len(data)}")
     if not expected:
         return torch.empty(shape, dtype=torch_dtype)

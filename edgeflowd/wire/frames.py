@@ -18,7 +18,7 @@ import torch
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import ProtocolError
-from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.wire.codec import expected_bytes, tensor_bytes, tensor_from_bytes
 from edgeflowd.wire.schema import Document, decode, encode
 
 __all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "FrameHeader", "decode_frame", "encode_frames"]
@@ -100,6 +100,8 @@ def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
     if not 0 <= index < count or h.nbytes < 0 or min(h.shape, default=0) < 0 or stop < start:
         fields = f"chunk {index} of {count}, nbytes {h.nbytes}, shape {h.shape}, rows {h.rows}"
         raise ProtocolError(f"{topic}: frame {fields} are inconsistent")
+    if h.nbytes != expected_bytes(h.dtype, h.shape, f"{topic}: frame"):  # a total that lies is refused here
+        raise ProtocolError(f"{topic}: frame field 'nbytes' is {h.nbytes}; shape {list(h.shape)} {h.dtype} is not that")
     return Frame(
         h.request,
         h.plan,
@@ -125,8 +127,9 @@ class _Partial:
 
 @dataclass
 class FrameAssembler:
-    """Puts chunked slices back together. Holds at most ``max_bytes`` of partial data (a new
-    slice that would exceed it is refused) and forgets partial slices older than ``ttl_s``.
+    """Puts chunked slices back together. Holds at most ``max_bytes`` of partial data, counted as
+    the chunks that arrived (a chunk that would exceed it is refused with its slice) and forgets
+    partial slices older than ``ttl_s``.
     ``now`` is always passed in: the assembler has no clock of its own."""
 
     max_bytes: int = 256 << 20
@@ -141,12 +144,11 @@ class FrameAssembler:
             return tensor_from_bytes(frame.dtype, list(frame.shape), frame.data, f"{topic}: frame data")
         entry = self._partial.get(frame.key)
         if entry is None:
-            if self.held_bytes + frame.nbytes > self.max_bytes:
+            if frame.nbytes > self.max_bytes:
                 raise ProtocolError(
-                    f"{topic}: {frame.nbytes} more bytes would exceed the {self.max_bytes}-byte reassembly budget"
+                    f"{topic}: a {frame.nbytes}-byte slice exceeds the {self.max_bytes}-byte reassembly budget"
                 )
             entry = self._partial[frame.key] = _Partial(frame, {}, now)
-            self.held_bytes += frame.nbytes
         first = entry.first
         if (frame.chunks, frame.nbytes, frame.shape, frame.dtype, frame.rows) != (
             first.chunks,
@@ -158,11 +160,19 @@ class FrameAssembler:
             self._drop(frame.key)
             raise ProtocolError(f"{topic}: chunk {frame.chunk} disagrees with chunk {first.chunk} of the same slice")
         if frame.chunk not in entry.parts:
+            if entry.size + len(frame.data) > first.nbytes:
+                self._drop(frame.key)
+                raise ProtocolError(f"{topic}: chunks carry more than the announced {first.nbytes} bytes")
+            if self.held_bytes + len(frame.data) > self.max_bytes:
+                # What is held is what arrived (a total announced but never sent holds nothing),
+                # so the slice that finds the budget full is the one refused, and only it.
+                self._drop(frame.key)
+                raise ProtocolError(
+                    f"{topic}: {len(frame.data)} more bytes would exceed the {self.max_bytes}-byte reassembly budget"
+                )
             entry.parts[frame.chunk] = frame.data
             entry.size += len(frame.data)
-        if entry.size > first.nbytes:
-            self._drop(frame.key)
-            raise ProtocolError(f"{topic}: chunks carry more than the announced {first.nbytes} bytes")
+            self.held_bytes += len(frame.data)
         if len(entry.parts) < first.chunks:
             return None
         self._drop(frame.key)
@@ -184,7 +194,7 @@ class FrameAssembler:
     def _drop(self, key: tuple[str, str, str, str]) -> None:
         entry = self._partial.pop(key, None)
         if entry is not None:
-            self.held_bytes -= entry.first.nbytes
+            self.held_bytes -= entry.size
 
     @property
     def pending(self) -> int:
