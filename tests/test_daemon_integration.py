@@ -23,7 +23,7 @@ from edgeflowd.wire.assignment import Assignment, BlobRef
 from edgeflowd.wire.frames import encode_frames
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Telemetry, decode_control
 from edgeflowd.wire.topics import Topics
-from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker, node_status, run_cli
+from tests.cluster import Broker, DaemonProcess, Watcher, free_port, mosquitto_broker, node_status, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -251,8 +251,9 @@ def _notify_messages(sock: socket.socket, until: str, timeout_s: float) -> list[
 
 
 def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.CaptureFixture[str]) -> None:
-    """READY only once assigned, WATCHDOG while serving, STOPPING and an offline status on SIGTERM;
-    this node and its requester speak MQTT 3.1.1."""
+    """READY once started, before any assignment (STATUS says it waits for one), serving once
+    assigned, WATCHDOG while serving, STOPPING and an offline status on SIGTERM; this node and its
+    requester speak MQTT 3.1.1."""
     cluster_file = local.tmp / "solo.yaml"
     cluster_file.write_text("schema: edgeflow.cluster/1\nname: solo\ndevices:\n  - {id: solo, profile: local-core}\n")
     with tempfile.TemporaryDirectory(dir="/tmp") as short:  # AF_UNIX paths are limited to 108 bytes
@@ -263,7 +264,7 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
             daemon = DaemonProcess("solo", local.broker.url, "solo", local.tmp, "--mqtt-version", "3.1.1", env=env)
             try:
                 early = _notify_messages(sock, "waiting for an assignment", 60)
-                assert not any("READY=1" in m for m in early), early
+                assert "READY=1" in early[0] and "STATUS=connecting to" in early[0], early
                 code, out = run_cli(
                     capsys,
                     "deploy",
@@ -277,8 +278,8 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                     "3.1.1",
                 )
                 assert code == 0, out
-                ready = _notify_messages(sock, "READY=1", 30)
-                assert "STATUS=serving small_dag plan" in ready[-1]
+                serving = _notify_messages(sock, "STATUS=serving small_dag plan", 30)
+                assert not any("READY=1" in m for m in serving), serving  # sent once, at start
                 assert "WATCHDOG=1" in "".join(_notify_messages(sock, "WATCHDOG=1", 5))
                 saved = local.tmp / "out.npy"
                 code, out = run_cli(
@@ -317,3 +318,21 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
             finally:
                 if daemon.alive():
                     daemon.kill()
+
+
+def test_a_daemon_without_a_broker_starts_and_says_why_it_waits(tmp_path: Path) -> None:
+    """systemd must see the start complete (READY) even while no broker answers; STATUS and the
+    journal say what is wrong, once, and the daemon keeps retrying."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # AF_UNIX paths are limited to 108 bytes
+        path = f"{short}/notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            closed = f"mqtt://127.0.0.1:{free_port()}"
+            daemon = DaemonProcess("lonely", closed, "none", tmp_path, env={"NOTIFY_SOCKET": path})
+            try:
+                said = _notify_messages(sock, "cannot connect to", 60)
+                assert "READY=1" in said[0], said
+                assert daemon.alive()
+            finally:
+                daemon.terminate()
+            assert daemon.log().count(f"cannot connect to {closed}") == 1

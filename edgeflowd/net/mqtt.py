@@ -125,6 +125,11 @@ class Connection:
             self._complaint = problem
             log.warning("%s; retrying", problem)
 
+    @property
+    def problem(self) -> str:
+        """The connection problem last logged ("" once connected)."""
+        return self._complaint
+
     def _connect_failed(self, client: paho.Client, userdata: Any) -> None:
         self._complain(f"cannot connect to {self.broker} (is the broker running, and reachable from here?)")
 

@@ -140,7 +140,10 @@ class Daemon:
         log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
         self.conn.subscribe(self.topics.node(self.node, "assignment"), qos=1)
         self.conn.begin()
-        self.notifier.status(f"connecting to {self.conn.broker}")
+        # Ready once started, assignment or not, broker or not: a boot (or `apt install`, or
+        # `systemctl restart`) must not wait for a deploy; STATUS says what the node is doing.
+        self.notifier.ready(f"connecting to {self.conn.broker}")
+        said = ""
         last_telemetry = 0.0
         while not self._stop.is_set():
             try:
@@ -166,6 +169,11 @@ class Daemon:
             except Exception:  # the daemon outlives any one bad message or bug in one path
                 self.counts.add("errors")
                 log.exception("node=%s: error while handling %s", self.node, type(event).__name__)
+            problem = "" if self.conn.connected.is_set() else self.conn.problem
+            if problem != said:  # the broker not there, or refusing us: in STATUS as in the journal
+                said = problem
+                if problem:
+                    self.notifier.status(f"{problem}; retrying")
             self.notifier.watchdog_due(self.clock())
         self._shutdown()
         return 0
