@@ -1,4 +1,5 @@
-"""`edgeflow verify` exit codes and messages; one-line errors for model specs; `infer --check` verdicts."""
+"""`edgeflow verify` exit codes and messages; one-line errors for model specs; `infer --check` verdicts;
+`edgeflow status` states."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import torch
 import controller.control.verify
 from controller.cli.cluster import _check
 from controller.cli.main import main
+from controller.cli.service import _Seen, _table
+from controller.control.registry import Registry
 from controller.control.requester import Result
 from controller.control.verify import relative_error
-from edgeflowd.wire.messages import PlanInfo
+from edgeflowd.profiles.devices import Cluster, Device, load_device_profile
+from edgeflowd.wire.messages import PlanInfo, Status
 
 
 def test_verify_reports_every_partition(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,3 +78,14 @@ def test_infer_check_with_no_result_is_a_failure_not_ok(capsys: pytest.CaptureFi
     assert _check(args, info, [x, x], failed) == 1
     out = capsys.readouterr().out
     assert "none of 2 results arrived: FAIL" in out and "ok" not in out.split(":")[-1]
+
+
+def test_status_shows_a_node_never_heard_from_as_unknown_not_offline() -> None:
+    reg = Registry(
+        Cluster("c", (Device("a", load_device_profile("local-core")), Device("b", load_device_profile("local-core"))))
+    )
+    reg.on_status("a", Status("offline", "i1", 1), 5.0)  # its last will: it was there, and left
+    states = {line.split()[0]: line.split()[1] for line in _table(reg, _Seen())[1:3]}
+    assert states == {"a": "offline", "b": "unknown"}
+    reg.on_status("b", Status("online", "i2", 1), 6.0)
+    assert _table(reg, _Seen())[2].split()[1] == "online"
