@@ -195,7 +195,13 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     deploy.add_argument("--topic-cluster", metavar="NAME", help="topic root name (default: the cluster's name)")
     deploy.add_argument("--input-shape", type=input_shape, default=None)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the model's random weights")
-    deploy.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every node")
+    deploy.add_argument(
+        "--timeout",
+        type=float,
+        default=150.0,
+        help="seconds to wait for every node (default 150: longer than a node's own 120 s for its weights, "
+        "so that a node that cannot fetch them says why before the deploy gives up)",
+    )
     add_rates_argument(deploy, "the speeds, load and links the nodes measured (they must be running)")
     deploy.set_defaults(func=_cmd_deploy)
     infer = sub.add_parser(
