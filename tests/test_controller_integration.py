@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from controller.zoo import build_model
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.assignment import Assignment
 from edgeflowd.wire.messages import PlanInfo, decode_control
-from tests.cluster import DaemonProcess, Watcher, mosquitto_broker
+from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,21 @@ def _plan_on(watcher: Watcher, nodes: set[str], timeout_s: float) -> PlanInfo:
     return plan
 
 
+@contextmanager
+def _cluster(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, DaemonProcess], Watcher, ExitStack]]:
+    """Mosquitto, the three local-3 daemons and a controller planning with ``equal``, and a
+    watcher of the control plane; everything stopped on the way out (also what ``stack`` holds)."""
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
+        daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
+        for daemon in daemons.values():
+            stack.callback(daemon.terminate)
+        with (
+            controller_process(broker, tmp_path, "local-3", MODEL, "--method", "equal"),
+            closing(Watcher(broker.settings, "local-3")) as watcher,
+        ):
+            yield broker, daemons, watcher, stack
+
+
 def _exact(url: str, n: int) -> int:
     model, shape = build_model(MODEL, None, 0)
     client = InferenceClient.connect(BrokerSettings(url), "local-3", MODEL)
@@ -67,73 +82,66 @@ def _exact(url: str, n: int) -> int:
 def test_controller_replans_around_a_dead_node_and_grows_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
-        daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
-        for daemon in daemons.values():
-            stack.callback(daemon.terminate)
-        with (
-            controller_process(broker, tmp_path, "local-3", MODEL, "--method", "equal"),
-            closing(Watcher(broker.settings, "local-3")) as watcher,
-        ):
-            first = _plan_on(watcher, set(NODES), 120)
-            # A stream of requests; node-b dies in the middle of it.
-            _, shape = build_model(MODEL, None, 0)
-            client = InferenceClient.connect(broker.settings, "local-3", MODEL)
-            killed_at: list[float] = []
+    with _cluster(tmp_path) as (broker, daemons, watcher, _):
+        first = _plan_on(watcher, set(NODES), 120)
+        # A stream of requests; node-b dies in the middle of it.
+        _, shape = build_model(MODEL, None, 0)
+        client = InferenceClient.connect(broker.settings, "local-3", MODEL)
+        killed_at: list[float] = []
 
-            def inputs() -> Iterator[torch.Tensor]:
-                """Requests until 20 after the client adopted a newer plan (bounded in count and time:
-                how many pass before the re-plan depends on this machine's speed)."""
-                deadline, after = time.monotonic() + 180, 0
-                for i in range(3000):
-                    if time.monotonic() > deadline or after >= 20:
-                        return
-                    after += client.info.generation > first.generation
-                    yield torch.randn(shape, generator=torch.Generator().manual_seed(i))
+        def inputs() -> Iterator[torch.Tensor]:
+            """Requests until 20 after the client adopted a newer plan (bounded in count and time:
+            how many pass before the re-plan depends on this machine's speed)."""
+            deadline, after = time.monotonic() + 180, 0
+            for i in range(3000):
+                if time.monotonic() > deadline or after >= 20:
+                    return
+                after += client.info.generation > first.generation
+                yield torch.randn(shape, generator=torch.Generator().manual_seed(i))
 
-            def kill() -> None:
-                killed_at.append(time.monotonic())
-                daemons["node-b"].kill()
+        def kill() -> None:
+            killed_at.append(time.monotonic())
+            daemons["node-b"].kill()
 
-            timer = threading.Timer(3.0, kill)
-            timer.start()
-            try:
-                results = client.run(inputs(), 2, 10.0)
-            finally:
-                timer.cancel()
-                client.close()
-            second = _plan_on(watcher, {"node-a", "node-c"}, 60)
-            replan_s = watcher.arrived[f"{watcher.root}/controller/plan"] - killed_at[0]
-            assert second.generation > first.generation
-            failed = [r for r in results if not r.ok]
-            assert all("timed out" in r.error or "was replaced by" in r.error for r in failed), failed
-            late = results[-10:]  # well after the re-plan: served by the two-node plan
-            assert all(r.ok for r in late), [r.error for r in late]
-            figures = [
-                f"stream: {len(results) - len(failed)}/{len(results)} requests succeeded across the fault; "
-                f"two-node plan live {replan_s:.1f} s after the kill"
-            ]
-            assert _exact(broker.url, 4) == 4
-            t0 = time.monotonic()
-            daemons["node-b"].start()
-            third = _plan_on(watcher, set(NODES), 90)
-            figures.append(
-                f"three-node plan (generation {third.generation}) live {time.monotonic() - t0:.1f} s after restart"
-            )
-            assert _exact(broker.url, 4) == 4
-            assert main(["status", "--broker", broker.url, "--cluster", "local-3"]) == 0
-            table = capsys.readouterr().out
-            # The controller may have re-planned the three nodes again since, on what it learned of
-            # them (their units run faster or slower than benchmarked): the status shows the latest.
-            shown = re.search(rf"^plan (\S+): {MODEL} with equal on node-a, node-b, node-c", table, re.M)
-            assert shown, table
-            generation = int(shown.group(1).removeprefix("g"))
-            assert generation >= third.generation, table
-            for node in NODES:
-                figures_ = r"+[\d.]+ " * 4  # GFLOP/s, unit ms, Mbit/s, message ms
-                row = rf"^{node} +online +\S+ +\S+ +\S+ {figures_}+\S+ +[1-9]\d* +{generation} "
-                assert re.search(row, table, re.M), table
-            print("\n".join(figures))  # the note's figures (pytest -s)
+        timer = threading.Timer(3.0, kill)
+        timer.start()
+        try:
+            results = client.run(inputs(), 2, 10.0)
+        finally:
+            timer.cancel()
+            client.close()
+        second = _plan_on(watcher, {"node-a", "node-c"}, 60)
+        replan_s = watcher.arrived[f"{watcher.root}/controller/plan"] - killed_at[0]
+        assert second.generation > first.generation
+        failed = [r for r in results if not r.ok]
+        assert all("timed out" in r.error or "was replaced by" in r.error for r in failed), failed
+        late = results[-10:]  # well after the re-plan: served by the two-node plan
+        assert all(r.ok for r in late), [r.error for r in late]
+        figures = [
+            f"stream: {len(results) - len(failed)}/{len(results)} requests succeeded across the fault; "
+            f"two-node plan live {replan_s:.1f} s after the kill"
+        ]
+        assert _exact(broker.url, 4) == 4
+        t0 = time.monotonic()
+        daemons["node-b"].start()
+        third = _plan_on(watcher, set(NODES), 90)
+        figures.append(
+            f"three-node plan (generation {third.generation}) live {time.monotonic() - t0:.1f} s after restart"
+        )
+        assert _exact(broker.url, 4) == 4
+        assert main(["status", "--broker", broker.url, "--cluster", "local-3"]) == 0
+        table = capsys.readouterr().out
+        # The controller may have re-planned the three nodes again since, on what it learned of
+        # them (their units run faster or slower than benchmarked): the status shows the latest.
+        shown = re.search(rf"^plan (\S+): {MODEL} with equal on node-a, node-b, node-c", table, re.M)
+        assert shown, table
+        generation = int(shown.group(1).removeprefix("g"))
+        assert generation >= third.generation, table
+        for node in NODES:
+            figures_ = r"+[\d.]+ " * 4  # GFLOP/s, unit ms, Mbit/s, message ms
+            row = rf"^{node} +online +\S+ +\S+ +\S+ {figures_}+\S+ +[1-9]\d* +{generation} "
+            assert re.search(row, table, re.M), table
+        print("\n".join(figures))  # the note's figures (pytest -s)
 
 
 def _row_shares(watcher: Watcher, generation: int) -> dict[str, float]:
@@ -194,23 +202,16 @@ def test_a_frozen_node_is_planned_around_in_seconds(tmp_path: Path) -> None:
     """SIGSTOP: the node's socket stays open, so only the keepalive tells. With the daemon's 5 s
     keepalive the broker publishes its last will ("offline") 7.5 s after its last word, and the
     controller plans around it; woken again, it reconnects and is planned back in."""
-    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
-        daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
-        for daemon in daemons.values():
-            stack.callback(daemon.terminate)
-        with (
-            controller_process(broker, tmp_path, "local-3", MODEL, "--method", "equal"),
-            closing(Watcher(broker.settings, "local-3")) as watcher,
-        ):
-            _plan_on(watcher, set(NODES), 120)
-            frozen = daemons["node-c"].process
-            assert frozen is not None
-            os.kill(frozen.pid, signal.SIGSTOP)
-            stack.callback(os.kill, frozen.pid, signal.SIGCONT)  # before terminate, which runs after it
-            stopped = time.monotonic()
-            _plan_on(watcher, {"node-a", "node-b"}, 30)  # with the old 30 s keepalive: ~50 s
-            around_s = time.monotonic() - stopped
-            assert _exact(broker.url, 2) == 2
-            os.kill(frozen.pid, signal.SIGCONT)
-            _plan_on(watcher, set(NODES), 90)
-            print(f"frozen node planned around {around_s:.1f} s after SIGSTOP")  # the note's figure (pytest -s)
+    with _cluster(tmp_path) as (broker, daemons, watcher, stack):
+        _plan_on(watcher, set(NODES), 120)
+        frozen = daemons["node-c"].process
+        assert frozen is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        stack.callback(os.kill, frozen.pid, signal.SIGCONT)  # before terminate, which runs after it
+        stopped = time.monotonic()
+        _plan_on(watcher, {"node-a", "node-b"}, 30)  # with the old 30 s keepalive: ~50 s
+        around_s = time.monotonic() - stopped
+        assert _exact(broker.url, 2) == 2
+        os.kill(frozen.pid, signal.SIGCONT)
+        _plan_on(watcher, set(NODES), 90)
+        print(f"frozen node planned around {around_s:.1f} s after SIGSTOP")  # the note's figure (pytest -s)

@@ -12,11 +12,10 @@ generation rolls out, and a planned node going offline fails the rollout at once
 is retained with a last will; what it does is published on ``controller/event``.
 
 With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits
-each node's cost model to the unit times its telemetry reports and the work of handling a message
-to the latencies the requesters report, publishes both on ``controller/costs``, and re-plans when
-a node's fitted speed drifts, when a plan's median is off its prediction by more than 20% and
-when a split plan is slower than the best single device (docs/partitioning.md has the rules).
-"""
+each node's cost model to its units' times and the work of a message to the requesters' reported
+latencies, publishes both on ``controller/costs``, and re-plans when a fitted speed drifts, a
+plan's median is 20% off its prediction, or a split is slower than the best single device (the
+rules: docs/partitioning.md)."""
 
 from __future__ import annotations
 
@@ -76,7 +75,6 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 3.0  # after a failed deploy
 _SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
-_CONNECTED = ""  # the queue entry the connection puts after every (re)connect: no topic is empty
 _JUDGE_REQUESTS = 5  # latency reports before either judgement
 
 
@@ -129,7 +127,9 @@ class ControllerService:
             f"edgeflow-controller-{self.instance}",
             lambda t, p: self.messages.put((t, p)),
             will=(self.topics.controller("status"), offline),
-            on_connect=lambda: self.messages.put((_CONNECTED, b"")),
+            # After every (re)connect, as if the plan summary were gone: a broker that lost its state
+            # holds no blob; one that kept it sends the summary again, which says which it holds.
+            on_connect=lambda: self.messages.put((self.topics.controller("plan"), b"")),
         )
 
     def run(self) -> int:
@@ -173,9 +173,6 @@ class ControllerService:
         self.stop_event.set()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == _CONNECTED:  # a broker that lost its state holds no blob; one that kept it
-            self._held = {}  # re-sends the retained plan summary, which says which it holds
-            return
         about = self.topics.parse(topic)
         if about == ControllerTopic("plan"):
             info = decode_control(payload, topic, PlanInfo) if payload else None
@@ -278,8 +275,7 @@ class ControllerService:
             self._mark("the prediction was off", debounce=False)
 
     def _fitted(self) -> dict[str, Device]:
-        now = self.clock()
-        return {n: d for n in self.registry.live() if (d := self.learner.device(n, now)) is not None}
+        return {n: d for n in self.registry.live() if (d := self.learner.device(n, self.clock())) is not None}
 
     def _publish_costs(self) -> None:
         """Retained ``controller/costs`` (see :class:`~edgeflowd.wire.messages.Costs`)."""
