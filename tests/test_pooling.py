@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from controller.graph.trace import trace_model
 from edgeflowd.core.ops import ALLOWED
 from edgeflowd.core.pooling import max_pool2d
 
@@ -60,3 +61,32 @@ def test_unbatched_maps_indices_dilation_and_integers_run_as_torch_runs_them() -
 
 def test_nodes_run_it_for_max_pooling() -> None:
     assert ALLOWED["F.max_pool2d"] is max_pool2d
+
+
+def test_single_plane_maps_are_pooled_without_touching_the_input() -> None:
+    """One image of one channel: the first strided view of it is already contiguous, and must
+    still be copied before the maxima are folded into it."""
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(1, 1, 7, 9), (1, 1, 1, 9), (1, 7, 9), (1, 1, 5, 1)]:
+        cases: list[tuple[Any, int, int]] = [(1, 1, 0), (5, 1, 2), (3, 2, 1), (2, 2, 0), ((1, 3), 1, 0), ((3, 1), 1, 0)]
+        for kernel, stride, pad in cases:
+            x = torch.randn(*shape, generator=gen)
+            before = x.clone()
+            try:
+                want = F.max_pool2d(x, kernel, stride, pad)
+            except RuntimeError:
+                continue
+            got = max_pool2d(x, kernel, stride, pad)
+            assert torch.equal(got, want) and torch.equal(x, before), (shape, kernel, stride, pad)
+            assert got.data_ptr() != x.data_ptr()
+    with pytest.raises(RuntimeError):
+        max_pool2d(torch.randn(1, 1, 5, 5), (3, 3, 3))  # torch's own refusal
+
+
+def test_a_model_calling_max_pool2d_itself_traces_to_an_op_every_node_runs() -> None:
+    class Pools(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.max_pool2d(x, 3, 2, 1)
+
+    graph = trace_model(Pools(), torch.randn(1, 2, 9, 9), "pools")
+    assert [call.target for layer in graph for call in layer.ops] == ["F.max_pool2d"]

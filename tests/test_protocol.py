@@ -120,9 +120,13 @@ def test_a_slice_that_announces_more_than_it_sends_holds_only_what_arrived() -> 
     forged = lying[:4] + len(json.dumps(header)).to_bytes(4, "big") + json.dumps(header).encode()
     with pytest.raises(ProtocolError, match=r"exceeds the \d+-byte reassembly budget"):
         assembler.add(decode_frame(forged + b"\0" * 8), now=2.0)
-    header.update(shape=[1, 1, 1, 2], nbytes=0)  # a total that its own shape contradicts
+    header.update(shape=[1, 1, 1, 2], nbytes=0)  # 5000 empty chunks: memory held, none counted
     forged = lying[:4] + len(json.dumps(header)).to_bytes(4, "big") + json.dumps(header).encode()
-    with pytest.raises(ProtocolError, match="field 'nbytes' is 0; shape \\[1, 1, 1, 2\\] float32 is not that"):
+    with pytest.raises(ProtocolError, match="announces 5000 chunks of 0 bytes"):
+        decode_frame(forged + b"\0" * 8)
+    header.update(chunk=[0, 1])  # a total that its own shape contradicts
+    forged = lying[:4] + len(json.dumps(header)).to_bytes(4, "big") + json.dumps(header).encode()
+    with pytest.raises(ProtocolError, match=r"field 'nbytes' is 0; shape \[1, 1, 1, 2\] float32 is not that"):
         decode_frame(forged + b"\0" * 8)
 
 

@@ -139,6 +139,12 @@ def test_weight_cache_is_used_only_while_it_matches_its_hash(tmp_path: Path) -> 
         (lambda d: d["units"][0]["ops"][-1]["kwargs"].update(inplace=True), r"writes in place \(inplace=True\)"),
         (lambda d: d["units"][0]["ops"][-1]["kwargs"].update(out={"$t": next(iter(d["weights"]))}), "writes in place"),
         (lambda d: d["units"][0].update(ops=[]), "has no ops"),
+        (
+            lambda d: d["units"][0]["ops"].append(
+                {"target": "F.relu", "args": {"$tuple": [{"$prev": 0}, True]}, "kwargs": {}, "node": "x"}
+            ),
+            r"writes in place \(inplace=True\)",
+        ),
     ],
 )
 def test_assignments_round_trip_and_name_the_bad_field(change: object, message: str) -> None:
@@ -279,6 +285,11 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     (stale,) = [a for a in older if isinstance(a, Report)]
     assert (stale.generation, stale.state, stale.retain) == (good.generation - 1, "error", False)
     assert f"older than generation {good.generation}" in stale.error and machine.current == good
+    # The same generation with a refused content (a broker that lost its state) is not "ready".
+    same = machine.on_assignment(_forged(good, good.generation, writes_a_weight), topic, 5.0)
+    assert [(a.generation, a.state, a.retain) for a in same if isinstance(a, Report)] == [
+        (good.generation, "error", False)
+    ]
 
 
 def test_an_activation_never_overwrites_a_weight_an_op_returned_as_it_is() -> None:

@@ -374,6 +374,7 @@ class ControllerService:
         for publication in completion_messages(self.topics, deployment, self.deployed, others):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         info = self.deployed = deployment.info
+        self._held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         live = rolling.rollout.nodes
         self.generation, self.planned_nodes = info.generation, live
         self.learner.add_plan(info.generation, rolling.planned.plan, self.graph, live)

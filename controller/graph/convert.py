@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeflowd.core.ops import ALLOWED, Const
@@ -22,6 +23,7 @@ __all__ = ["Converted", "canonical_window", "function_name", "method_name", "mod
 _FUNCTIONS: dict[int, str] = {
     id(fn): name for name, fn in ALLOWED.items() if not name.startswith("method.") and name != "identity"
 }
+_FUNCTIONS[id(F.max_pool2d)] = "F.max_pool2d"  # a model's own call; nodes run core.pooling's in its place
 _INPLACE_OPERATORS = {
     operator.iadd: "operator.add",
     operator.imul: "operator.mul",

@@ -9,6 +9,7 @@ them with a clear error.
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,9 @@ def _walk_consts(value: Any, out: list[str]) -> None:
 
 
 _WRITES = ("inplace", "out")
-"""Keyword arguments with which a call writes into a tensor it was given."""
+"""Arguments with which a call writes into a tensor it was given."""
+_UPDATES_STATS = frozenset({"F.batch_norm", "F.instance_norm"})
+"""Ops that, with ``training`` true, update the running statistics they are given (weights)."""
 
 
 def check_call(call: OpCall, where: str) -> None:
@@ -163,10 +166,15 @@ def check_call(call: OpCall, where: str) -> None:
             f"{where}: op {call.target!r} is not allow-listed on this node (a model-local op runs only "
             "where the model itself is loaded)"
         )
-    for name in _WRITES:
-        if call.kwargs.get(name) not in (None, False):
+    try:  # positional or keyword alike: ``F.relu(x, True)`` writes in place too
+        bound = inspect.signature(ALLOWED[call.target]).bind_partial(*call.args, **call.kwargs).arguments
+    except (TypeError, ValueError):  # builtins without a signature have no such parameter
+        bound = dict(call.kwargs)
+    writes = [*_WRITES, *(("training",) if call.target in _UPDATES_STATS else ())]
+    for name in writes:
+        if bound.get(name) not in (None, False):
             raise ProtocolError(
-                f"{where}: op {call.target} writes in place ({name}={call.kwargs[name]!r}): "
+                f"{where}: op {call.target} writes in place ({name}={bound[name]!r}): "
                 "a unit may not write to its inputs or weights"
             )
 

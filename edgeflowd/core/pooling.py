@@ -29,6 +29,8 @@ def _pair(value: _Size) -> tuple[int, int]:
     if isinstance(value, int):
         return value, value
     items = tuple(int(v) for v in value)
+    if len(items) not in (1, 2):
+        raise ValueError(f"expected 1 or 2 sizes, got {len(items)}")
     return (items[0], items[0]) if len(items) == 1 else (items[0], items[1])
 
 
@@ -49,7 +51,9 @@ def _running_max(x: torch.Tensor, dim: int, kernel: int, stride: int, count: int
             (slice(None),) * (dim % x.dim()) + (slice(None, None, stride),)
         ]
 
-    out = shifted(0).contiguous()
+    # A copy whatever the layout: ``contiguous()`` of a view that already is (one plane, one
+    # window along ``dim``) would return the caller's own tensor, which the maxima below overwrite.
+    out = shifted(0).clone(memory_format=torch.contiguous_format)
     for k in range(1, kernel):
         torch.maximum(out, shifted(k), out=out)
     return out
@@ -66,12 +70,16 @@ def max_pool2d(
 ) -> Any:
     """``F.max_pool2d`` with the same arguments and the same result (with ``return_indices``,
     torch's pair)."""
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride) if stride is not None and stride not in ([], ()) else (kh, kw)
-    ph, pw = _pair(padding)
+    try:
+        kh, kw = _pair(kernel_size)
+        sh, sw = _pair(stride) if stride is not None and stride not in ([], ()) else (kh, kw)
+        ph, pw = _pair(padding)
+        dilated = _pair(dilation) != (1, 1)
+    except (TypeError, ValueError):  # sizes torch would refuse: let it, with its own message
+        return _torch_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     usual = (
         not return_indices
-        and _pair(dilation) == (1, 1)
+        and not dilated
         and input.is_floating_point()
         and input.dim() in (3, 4)
         and min(kh, kw, sh, sw) > 0

@@ -135,7 +135,7 @@ class Assignments:
             generation = decode(payload, AssignmentDoc, topic).generation
         except ProtocolError:
             generation = -1
-        if current is not None and generation in (-1, current.generation):
+        if current is not None and generation == -1:
             return [Report(current.generation, "ready")]
         return [Report(generation, "error", reason + serving, retain=current is None)]
 

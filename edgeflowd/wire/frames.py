@@ -100,6 +100,8 @@ def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
     if not 0 <= index < count or h.nbytes < 0 or min(h.shape, default=0) < 0 or stop < start:
         fields = f"chunk {index} of {count}, nbytes {h.nbytes}, shape {h.shape}, rows {h.rows}"
         raise ProtocolError(f"{topic}: frame {fields} are inconsistent")
+    if count > max(1, h.nbytes) or (count > 1 and len(payload) == 8 + size):  # empty chunks hold memory uncounted
+        raise ProtocolError(f"{topic}: frame announces {count} chunks of {h.nbytes} bytes, or carries none")
     if h.nbytes != expected_bytes(h.dtype, h.shape, f"{topic}: frame"):  # a total that lies is refused here
         raise ProtocolError(f"{topic}: frame field 'nbytes' is {h.nbytes}; shape {list(h.shape)} {h.dtype} is not that")
     return Frame(
