@@ -4,6 +4,13 @@ probe does not become the rate the planner uses."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
+from controller.lab.launch import REPO
+from controller.lab.testbed import Slot, Testbed, missing_rights
 from edgeflowd.node.benchmark import RateDrift
 
 
@@ -31,3 +38,20 @@ def test_within_the_threshold_is_no_drift_either_way() -> None:
     drift = RateDrift(threshold=0.3, probes=1)
     assert not drift.moved(60.0, 45.0) and not drift.moved(60.0, 75.0)
     assert drift.moved(60.0, 90.0) and drift.moved(60.0, 40.0)
+
+
+@pytest.mark.skipif(bool(missing_rights(False)), reason="; ".join(missing_rights(False)) or "ok")
+def test_a_node_reads_the_cpu_quota_its_cgroup_sets() -> None:
+    """A new quota is a new speed at once: the daemon benchmarks again when it changes."""
+    slot = Slot(0, "q", 0.25)
+    probe = [sys.executable, "-c", "from edgeflowd.node.benchmark import cpu_quota; print(cpu_quota())"]
+    with Testbed([slot], shape_links=False) as bed:
+        before = subprocess.run(
+            [*bed.command(slot, []), *probe], capture_output=True, text=True, timeout=60, cwd=REPO, check=True
+        )
+        bed.throttle()
+        after = subprocess.run(
+            [*bed.command(slot, []), *probe], capture_output=True, text=True, timeout=60, cwd=REPO, check=True
+        )
+    assert before.stdout.strip() == "None", before.stderr
+    assert float(after.stdout) == pytest.approx(0.25, rel=0.01), after.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ __all__ = [
     "LINK_SIZES",
     "RateDrift",
     "conv_gflops",
+    "cpu_quota",
     "fit_link",
     "run_benchmark",
     "unit_overhead_ms",
@@ -87,6 +89,31 @@ def conv_gflops(repeats: int = 5) -> float:
                 lambda: conv2d_packed(x, packed, None, one, one, one, 1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats
             )
         return _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats)
+
+
+def cpu_quota() -> float | None:
+    """The CPU share this process's cgroup allows, in cores (cgroup v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``, or v2 ``cpu.max``); None when unlimited or unknown. A board's new
+    quota is a new speed at once: the node measures itself again without waiting for its probes
+    to agree (``RateDrift``)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        try:
+            if "cpu" in controllers.split(","):
+                base = Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+                quota = int((base / "cpu.cfs_quota_us").read_text())
+                period = int((base / "cpu.cfs_period_us").read_text())
+                return quota / period if quota > 0 and period > 0 else None
+            if controllers == "":
+                limit, length = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
+                return int(limit) / int(length) if limit != "max" else None
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 class RateDrift:

@@ -28,7 +28,7 @@ from edgeflowd import __version__
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
-from edgeflowd.node.benchmark import RateDrift, conv_gflops, run_benchmark
+from edgeflowd.node.benchmark import RateDrift, conv_gflops, cpu_quota, run_benchmark
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
 from edgeflowd.node.linkprobe import LinkProbe
@@ -77,6 +77,7 @@ class Daemon:
         self._echo_topic = self.topics.node(self.node, "echo")
         self._last_event = self._last_probe = self._last_link = clock()
         self._drift = RateDrift()
+        self._quota = cpu_quota()  # the cgroup's CPU share its benchmark ran under
         self._queued_bytes = 0  # payload bytes waiting in ``events``; with _queued_lock
         self._queued_lock = threading.Lock()
         self._queue_budget = int(config.buffer_mb * 2**20)
@@ -329,7 +330,8 @@ class Daemon:
         self._last_probe = now
         published = self.benchmark.get("conv_gflops", 0.0)
         probe = conv_gflops(repeats=5)
-        moved = self._drift.moved(published, probe)
+        quota, self._quota = self._quota, cpu_quota()
+        moved = self._drift.moved(published, probe) or quota != self._quota
         if not moved and now - self._last_link < 30 * interval:
             return
         if moved:
