@@ -127,8 +127,7 @@ class ControllerService:
             f"edgeflow-controller-{self.instance}",
             lambda t, p: self.messages.put((t, p)),
             will=(self.topics.controller("status"), offline),
-            # After every (re)connect, as if the plan summary were gone: a broker that lost its state
-            # holds no blob; one that kept it sends the summary again, which says which it holds.
+            # At every (re)connect, as if no plan summary: a broker that kept one re-sends it (its blobs).
             on_connect=lambda: self.messages.put((self.topics.controller("plan"), b"")),
         )
 
