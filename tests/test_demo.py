@@ -55,10 +55,14 @@ def test_demo_stops_everything_on_ctrl_c() -> None:
     try:
         assert demo.stdout is not None
         deadline = time.monotonic() + 300
+        said: list[str] = []
         for line in demo.stdout:  # until the requests are under way
+            said.append(line)
             if "warm-up requests" in line:  # the controller is learning the nodes' costs
                 break
             assert time.monotonic() < deadline, "the demo did not start its requests"
+        else:
+            raise AssertionError("the demo ended before its requests:\n" + "".join(said[-30:]))
         started = {p.pid for p in psutil.Process(demo.pid).children(recursive=True)}
         assert len(started) >= 6  # broker, 4 daemons, controller
         time.sleep(1.0)

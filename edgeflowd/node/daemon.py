@@ -76,7 +76,9 @@ class Daemon:
         self.benchmark: dict[str, float] = {}
         self._echo_topic = self.topics.node(self.node, "echo")
         self._last_event = self._last_probe = self._last_link = clock()
-        self._drift = RateDrift()
+        # One probe, as before: with two in a row, throttled demo nodes were left unmeasured past
+        # the demo's 120 s wait (not understood yet; see the stop note). RateDrift keeps the rule.
+        self._drift = RateDrift(probes=1)
         self._quota = cpu_quota()  # the cgroup's CPU share its benchmark ran under
         self._queued_bytes = 0  # payload bytes waiting in ``events``; with _queued_lock
         self._queued_lock = threading.Lock()
