@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,11 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
         for part, chunk in enumerate(split_blob(raw, ref)):
             actions += machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
     activated = [a for a in actions if isinstance(a, Activate)]
-    assert activated and machine.current == good
+    assert activated and machine.current is None  # served only once the daemon's runtime is built
+    assert [(r.generation, r.state) for r in machine.activated(good) if isinstance(r, Report)] == [
+        (good.generation, "ready")
+    ]
+    assert machine.current == good
     weights = {name: t.clone() for name, t in activated[0].tensors.items()}
     weight = next(iter(good.weights))
 
@@ -315,7 +320,33 @@ def test_an_assignment_under_a_generation_already_served_but_other_content_is_ta
     for ref, raw in deployment.blobs.values():
         for part, chunk in enumerate(split_blob(raw, ref)):
             machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+    machine.activated(good)
     assert machine.current == good
     actions = machine.on_assignment(changed.to_bytes(), topic, 1.0)
     assert not any(isinstance(a, Report) and a.state == "ready" for a in actions)  # nothing claimed
     assert machine.fetch is not None and machine.fetch[0] == changed  # the new weights are fetched
+
+
+def test_an_assignment_whose_runtime_cannot_be_built_is_reported_failed_and_the_old_one_served() -> None:
+    """The daemon builds the runtime after the weights arrive; when that fails, the node must not
+    claim the new generation (it did: the state was committed before the build)."""
+    deployment, _, _ = _small_deployment(devices=2)
+    other, _, _ = _small_deployment(devices=2, seed=4)
+    good, new = deployment.assignments["n0"], replace(other.assignments["n0"], generation=6)
+    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
+    for assignment, blobs in ((good, deployment.blobs), (new, other.blobs)):
+        actions = machine.on_assignment(assignment.to_bytes(), topic, 0.0)
+        for ref, raw in blobs.values():
+            for part, chunk in enumerate(split_blob(raw, ref)):
+                actions += machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+        assert [a.assignment for a in actions if isinstance(a, Activate)] == [assignment]
+        if assignment is good:
+            machine.activated(good)
+    (report,) = [a for a in machine.not_activated(new, "no room for the packed weights") if isinstance(a, Report)]
+    assert (report.generation, report.state, report.retain) == (6, "error", False)
+    assert "no room for the packed weights" in report.error and "still serving generation 5" in report.error
+    assert machine.current == good
+    assert all(machine.store.get(ref) is not None for ref in good.weights.values())  # the old weights stay
+    again = machine.on_assignment(good.to_bytes(), topic, 1.0)  # a reconnect replays what is served
+    assert [(a.generation, a.state) for a in again if isinstance(a, Report)] == [(5, "ready")]

@@ -3,7 +3,9 @@ assignment, blob parts and ``now`` in, actions out (subscribe to a blob, report,
 
 A new generation starts a fetch of the blobs the weight store lacks; once every blob is held and
 hash-checked, :class:`Activate` hands the assignment and its tensors to the daemon, which switches
-its runtime. The current assignment again (a reconnect replays the retained copy) is answered
+its runtime and says whether it could (:meth:`Assignments.activated`,
+:meth:`Assignments.not_activated`): only a runtime that was built makes an assignment the one
+served and reported ready. The current assignment again (a reconnect replays the retained copy) is answered
 with its report; an older generation is ignored; a fetch that stalls is abandoned with an error
 report. Sockets and threads stay in the daemon; the weight store is the caller's.
 """
@@ -170,9 +172,22 @@ class Assignments:
             if tensor is None:  # pragma: no cover - the fetch is done only when every blob is held
                 raise EdgeFlowError(f"weight {name} vanished from the store")
             tensors[name] = tensor
+        return [Activate(assignment, tensors)]
+
+    def activated(self, assignment: Assignment) -> list[AssignmentAction]:
+        """The daemon runs ``assignment`` now: it is what this node serves, and is reported so."""
         self.current = assignment
         self.store.keep_only(ref.sha256 for ref in assignment.weights.values())
-        return [Activate(assignment, tensors), Report(assignment.generation, "ready")]
+        return [Report(assignment.generation, "ready")]
+
+    def not_activated(self, assignment: Assignment, reason: str) -> list[AssignmentAction]:
+        """The daemon could not build a runtime for ``assignment``: the node serves what it served
+        (its weights stay in the store) and the generation is reported failed, retained only when
+        nothing is served."""
+        current = self.current
+        serving = f"; still serving generation {current.generation}" if current else ""
+        error = f"generation {assignment.generation} could not start: {reason}{serving}"
+        return [Report(assignment.generation, "error", error, retain=current is None), Say(error)]
 
     def _abandon(self, reason: str) -> list[AssignmentAction]:
         if self.fetch is None:

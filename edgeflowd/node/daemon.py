@@ -269,10 +269,24 @@ class Daemon:
             elif isinstance(action, a.Report):
                 self._report(action)
             elif isinstance(action, a.Activate):
-                self._switch(action.assignment, action.tensors)
+                self._activate(action)
             elif isinstance(action, a.Refuse):
                 self.counts.add("malformed")
                 log.warning("node=%s refused: %s", self.node, action.message)
+
+    def _activate(self, action: a.Activate) -> None:
+        assignment = action.assignment
+        if assignment is None:
+            self._switch(None, {})
+            return
+        try:
+            self._switch(assignment, action.tensors)
+        except (EdgeFlowError, RuntimeError, ValueError) as exc:  # torch's own errors are RuntimeErrors
+            log.warning("node=%s generation %d not started: %s", self.node, assignment.generation, exc)
+            self._apply(self.assignments.not_activated(assignment, str(exc)))
+        else:
+            self._apply(self.assignments.activated(assignment))
+            self.notifier.ready(self._serving())
 
     def _switch(self, assignment: Assignment | None, tensors: Mapping[str, torch.Tensor]) -> None:
         """Subscribe the new units' inputs, then swap, then unsubscribe the old ones: frames of the
@@ -296,8 +310,6 @@ class Daemon:
         self.workers.times.take()  # the old plan's times: the controller fits per generation
         for topic in sorted(old_topics - new_topics):
             self.conn.unsubscribe(topic)
-        if new is not None:
-            self.notifier.ready(self._serving())
             log.info("node=%s %s", self.node, self._serving())
 
     def _serving(self) -> str:
