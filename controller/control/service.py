@@ -363,7 +363,7 @@ class ControllerService:
         failure = rolling.rollout.failure(self.clock(), offline)
         if failure:
             self.rolling = None
-            self._failed(rolling.reason, failure)
+            self._failed(rolling.reason, failure, self.settle_s if offline else _RETRY_S)  # offline: membership
             return
         if not rolling.rollout.ready:
             return
@@ -395,6 +395,6 @@ class ControllerService:
         self.speeds.planned_with(dict.fromkeys(live.rollout.nodes, 0.0))
         self._single = best_single(self.graph, live.cluster)
 
-    def _failed(self, reason: str, error: str) -> None:
+    def _failed(self, reason: str, error: str, retry_s: float = _RETRY_S) -> None:
         self._event("replan-failed", detail=error)
-        self._dirty_since, self._reason = self.clock() - self.settle_s + _RETRY_S, reason
+        self._dirty_since, self._reason = self.clock() - self.settle_s + retry_s, reason

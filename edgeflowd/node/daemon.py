@@ -287,6 +287,7 @@ class Daemon:
         else:
             self._apply(self.assignments.activated(assignment))
             self.notifier.ready(self._serving())
+            log.info("node=%s %s", self.node, self._serving())
 
     def _switch(self, assignment: Assignment | None, tensors: Mapping[str, torch.Tensor]) -> None:
         """Subscribe the new units' inputs, then swap, then unsubscribe the old ones: frames of the
@@ -310,7 +311,6 @@ class Daemon:
         self.workers.times.take()  # the old plan's times: the controller fits per generation
         for topic in sorted(old_topics - new_topics):
             self.conn.unsubscribe(topic)
-            log.info("node=%s %s", self.node, self._serving())
 
     def _serving(self) -> str:
         current = self.assignments.current
