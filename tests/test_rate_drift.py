@@ -11,7 +11,7 @@ import pytest
 
 from controller.lab.launch import REPO
 from controller.lab.testbed import Slot, Testbed, missing_rights
-from edgeflowd.node.benchmark import RateDrift
+from edgeflowd.node.benchmark import RateDrift, fit_link
 
 
 def test_a_node_with_no_published_rate_measures_at_once() -> None:
@@ -55,3 +55,13 @@ def test_a_node_reads_the_cpu_quota_its_cgroup_sets() -> None:
         )
     assert before.stdout.strip() == "None", before.stderr
     assert float(after.stdout) == pytest.approx(0.25, rel=0.01), after.stderr
+
+
+def test_a_link_too_fast_to_fit_falls_back_to_the_larger_transfers_own_rate() -> None:
+    """On loopback the 1 MiB transfer can take no longer than the 256 KiB one (noise): the rate
+    was then left out, and a measured profile said its link was not measured (seen in CI)."""
+    small, large = 256 << 10, 1 << 20
+    fitted = fit_link([0.002], (small, 0.001, large, 0.002), (small, 0.0010, large, 0.0009))
+    assert fitted["link_up_mbps"] == round(8 * (large - small) / 0.001 / 1e6, 2)
+    assert fitted["link_down_mbps"] == round(8 * large / 0.0009 / 1e6, 2)
+    assert "link_down_mbps" not in fit_link([0.002], (small, 0.001, large, 0.002), (0, 0.0, 0, 0.0))

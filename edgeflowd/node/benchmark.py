@@ -181,14 +181,17 @@ def fit_link(
     fastest ping (a slower one waited behind other work on this node: the load's share, which
     the controller plans from telemetry, not the link's); ``link_up_mbps`` and
     ``link_down_mbps`` from ``(bytes, seconds)`` pairs of a small and a large transfer each
-    (``(b1, t1, b2, t2)``). A figure that cannot be fitted (a transfer that failed, a larger one
-    that was not slower) is left out."""
+    (``(b1, t1, b2, t2)``). Where the larger one was not slower (a link so fast that noise hides
+    the difference, as on loopback), the larger one's own rate stands in: it counts the latency
+    too, so it errs low. A figure whose transfers failed is left out."""
     out: dict[str, float] = {}
     if pings_s:
         out["link_latency_ms"] = round(min(pings_s) / 2 * 1e3, 3)
     for key, (b1, t1, b2, t2) in (("link_up_mbps", up), ("link_down_mbps", down)):
         if b2 > b1 and t1 > 0 and t2 > t1:
             out[key] = round(8 * (b2 - b1) / (t2 - t1) / 1e6, 2)
+        elif b2 > b1 and t1 > 0 and t2 > 0:
+            out[key] = round(8 * b2 / t2 / 1e6, 2)
     return out
 
 
