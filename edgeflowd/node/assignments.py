@@ -5,8 +5,8 @@ A new generation starts a fetch of the blobs the weight store lacks; once every 
 hash-checked, :class:`Activate` hands the assignment and its tensors to the daemon, which switches
 its runtime and says whether it could (:meth:`Assignments.activated`,
 :meth:`Assignments.not_activated`): only a runtime that was built makes an assignment the one
-served and reported ready. The current assignment again (a reconnect replays the retained copy) is answered
-with its report; an older generation is ignored; a fetch that stalls is abandoned with an error
+served and reported ready. The current assignment again (a reconnect replays the retained copy)
+is answered with its report; an older generation is ignored; a fetch that stalls is abandoned with an error
 report. Sockets and threads stay in the daemon; the weight store is the caller's.
 """
 
@@ -132,7 +132,7 @@ class Assignments:
         saying what is served); otherwise nothing changes, so that a stray message cannot make a
         serving node look broken."""
         current = self.current
-        serving = f"; still serving generation {current.generation}" if current else ""
+        serving = self._still_serving()
         try:
             generation = decode(payload, AssignmentDoc, topic).generation
         except ProtocolError:
@@ -184,10 +184,12 @@ class Assignments:
         """The daemon could not build a runtime for ``assignment``: the node serves what it served
         (its weights stay in the store) and the generation is reported failed, retained only when
         nothing is served."""
-        current = self.current
-        serving = f"; still serving generation {current.generation}" if current else ""
-        error = f"generation {assignment.generation} could not start: {reason}{serving}"
-        return [Report(assignment.generation, "error", error, retain=current is None), Say(error)]
+        error = f"generation {assignment.generation} could not start: {reason}{self._still_serving()}"
+        return [Report(assignment.generation, "error", error, retain=self.current is None), Say(error)]
+
+    def _still_serving(self) -> str:
+        """What a failure's report adds while an earlier generation keeps being served."""
+        return f"; still serving generation {self.current.generation}" if self.current else ""
 
     def _abandon(self, reason: str) -> list[AssignmentAction]:
         if self.fetch is None:

@@ -282,12 +282,12 @@ class Daemon:
         try:
             self._switch(assignment, action.tensors)
         except (EdgeFlowError, RuntimeError, ValueError) as exc:  # torch's own errors are RuntimeErrors
-            log.warning("node=%s generation %d not started: %s", self.node, assignment.generation, exc)
-            self._apply(self.assignments.not_activated(assignment, str(exc)))
+            self._apply(self.assignments.not_activated(assignment, str(exc)))  # its report is logged
         else:
             self._apply(self.assignments.activated(assignment))
-            self.notifier.ready(self._serving())
-            log.info("node=%s %s", self.node, self._serving())
+            serving = self._serving()
+            self.notifier.ready(serving)
+            log.info("node=%s %s", self.node, serving)
 
     def _switch(self, assignment: Assignment | None, tensors: Mapping[str, torch.Tensor]) -> None:
         """Subscribe the new units' inputs, then swap, then unsubscribe the old ones: frames of the
