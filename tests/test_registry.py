@@ -7,7 +7,7 @@ import pytest
 
 from controller.control.registry import LoadWatch, NodeView, Registry, effective_device, others_load
 from edgeflowd.profiles.devices import MEASURED_KINDS, Cluster, Device, DeviceProfile, Link
-from edgeflowd.wire.messages import AssignmentReport, Info, Status, Telemetry
+from edgeflowd.wire.messages import Info, Status, Telemetry
 
 LINK = Link(100.0, 100.0, 1.0)
 PROFILE = DeviceProfile(
@@ -70,18 +70,6 @@ def test_membership_events_and_live_nodes() -> None:
     assert reg.live() == []
     assert [e.event for e in reg.on_status("a", Status("online", "i2", 1), 3.0)] == ["joined"]
     assert reg.live() == ["a"]
-
-
-def test_the_report_kept_is_the_highest_generation_heard() -> None:
-    """A refusal of an older generation (from a broker that lost its state) comes after the report
-    of what the node serves; the registry must keep the latter (it kept whichever came last)."""
-    reg = Registry(CLUSTER)
-    reg.on_report("a", AssignmentReport(7, "ready"))
-    reg.on_report("a", AssignmentReport(2, "error", "generation 2 is older than generation 7"))
-    assert reg.views["a"].report == AssignmentReport(7, "ready")
-    reg.on_report("a", AssignmentReport(8, "error", "blob missing"))  # a newer one failed: said
-    reg.on_report("a", AssignmentReport(8, "ready"))  # and the same generation's later word wins
-    assert reg.views["a"].report == AssignmentReport(8, "ready")
 
 
 def test_a_node_id_seen_twice_is_an_event_not_silent() -> None:

@@ -190,11 +190,8 @@ class Registry:
             view.telemetry, view.last_seen = telemetry, now
 
     def on_report(self, node: str, report: AssignmentReport) -> None:
-        """Keep the report of the highest generation heard: a refusal of an older one (a deploy
-        from a broker that lost its state) must not hide what the node serves, nor let the next
-        generation be chosen at or below one a node has seen."""
         view = self.views.get(node)
-        if view is not None and (view.report is None or report.generation >= view.report.generation):
+        if view is not None:
             view.report = report
 
     def on_message(self, about: NodeTopic, payload: bytes, topic: str, now: float) -> list[Event]:
