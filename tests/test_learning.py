@@ -9,7 +9,15 @@ import dataclasses
 import pytest
 import torch
 
-from controller.control.learning import CostLearner, LatencyBook, costs_of, device_of_costs, verdict
+from controller.control.learning import (
+    REPLAN_GAIN,
+    CostLearner,
+    LatencyBook,
+    costs_of,
+    device_of_costs,
+    keep_live,
+    verdict,
+)
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.fit import Case, fit_message_work, unit_terms, with_message_work
@@ -151,3 +159,21 @@ def test_a_split_that_lost_to_one_device_is_replanned_away(resnet: tuple[LayerGr
         f"split predicted {split.latency_s * 1e3:.1f} ms, measured {measured * 1e3:.1f}; message work "
         f"{work / 1e6:.1f} MFLOP; re-planned: {replanned.latency_s * 1e3:.1f} ms predicted"
     )
+    assert keep_live(split, replanned, graph, corrected) is None  # it pays for the requests it drops
+
+
+def test_a_replan_that_does_not_pay_keeps_the_live_plan(resnet: tuple[LayerGraph, Cluster, Plan]) -> None:
+    """``equal`` re-planned on a corrected model splits as before, only its schedule may move: the
+    live plan is kept, re-predicted on that model (a CI run lost requests to one new generation
+    per judgement); a plan that is clearly faster on it is not."""
+    graph, cluster, _ = resnet
+    live = plan_model(graph, cluster, "equal")
+    corrected = with_message_work(cluster, 300e6)
+    again = plan_model(graph, corrected, "equal")
+    kept = keep_live(live, again, graph, corrected)
+    assert kept is not None and kept.plan == live.plan
+    assert kept.latency_s == pytest.approx(simulate(live.plan, graph, corrected).latency_s)
+    assert kept.latency_s > live.latency_s  # the model it is judged by now
+    single = plan_model(graph, corrected, "single")
+    assert single.latency_s < kept.latency_s * (1 - REPLAN_GAIN), "fixture: one device must clearly win"
+    assert keep_live(live, single, graph, corrected) is None

@@ -149,18 +149,22 @@ def test_a_quota_cut_mid_stream_moves_rows_away(tmp_path: Path, capsys: pytest.C
         before = _fitted(watcher, lambda c: c.generation >= settled.generation, "the settled plan's costs", 30)
         cut = max(before.nodes, key=lambda n: before.nodes[n].share)  # the node that has the most rows
         bed.set_share(slots[[s.node for s in slots].index(cut)], 0.12)  # mid-stream: a quarter of its speed
+        # The plan that moved rows away because the fit saw the cut: a re-plan on the requesters'
+        # medians alone (their noise moves rows too) is not the one this test is about. The
+        # controller re-plans once a node's fitted unit times are 1.5x the plan's, and a node given
+        # no rows runs no units, so its fit stays where it stood at that re-plan (the quota's
+        # nominal 0.27x is not reached): below 0.8x is what a fit-driven move guarantees.
         after = _fitted(
             watcher,
-            lambda c: c.generation > before.generation and c.nodes[cut].share < before.nodes[cut].share - 0.1,
-            f"a plan with fewer rows on {cut}",
+            lambda c: (
+                c.generation > before.generation
+                and c.nodes[cut].share < before.nodes[cut].share - 0.1
+                and c.nodes[cut].gflops < 0.8 * before.nodes[cut].gflops
+            ),
+            f"a plan with fewer rows on {cut}, whose fit is slower",
             120,
         )
         with capsys.disabled():
             print()
             print(_say("before the cut", before))
             print(_say(f"after {cut}'s quota was cut to 0.12 core", after))
-    # The wait above fails the test unless rows moved away within 120 s; and it was the fit that
-    # moved them. The controller re-plans once a node's fitted unit times are 1.5x the plan's, and
-    # a node given no rows runs no units, so its fit stays where it stood at that re-plan (the
-    # quota's nominal 0.27x is not reached): below 0.8x is what a fit-driven move guarantees.
-    assert after.nodes[cut].gflops < 0.8 * before.nodes[cut].gflops

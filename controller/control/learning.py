@@ -28,12 +28,14 @@ from controller.graph.layers import LayerGraph
 from controller.planner.fit import Fit, Sample, fit_factors, fitted_device, unit_terms
 from controller.planner.methods import Planned, plan_model
 from controller.planner.plan import Plan
+from controller.planner.simulate import simulate
 from edgeflowd.errors import EdgeFlowError
 from edgeflowd.profiles.devices import Cluster, Device, Link
 from edgeflowd.wire.messages import Costs, NodeCosts
 
 __all__ = [
     "PREDICTION_OFF",
+    "REPLAN_GAIN",
     "SINGLE_MARGIN",
     "CostLearner",
     "LatencyBook",
@@ -41,6 +43,7 @@ __all__ = [
     "costs_of",
     "costs_report",
     "device_of_costs",
+    "keep_live",
     "row_shares",
     "slowdown",
     "verdict",
@@ -49,6 +52,7 @@ __all__ = [
 _PLANS_KEPT = 3  # generations whose late reports are still matched to their units
 SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
 PREDICTION_OFF = 0.2  # a measured median this far from the prediction: re-plan with the corrected model
+REPLAN_GAIN = 0.05  # a new plan on the nodes that run the live one must be predicted this much faster
 
 
 def verdict(measured_s: float, predicted_s: float, single_s: float, split: bool) -> str:
@@ -60,6 +64,17 @@ def verdict(measured_s: float, predicted_s: float, single_s: float, split: bool)
     if predicted_s > 0 and abs(measured_s / predicted_s - 1) > PREDICTION_OFF:
         return "prediction-off"
     return ""
+
+
+def keep_live(live: Planned, new: Planned, graph: LayerGraph, cluster: Cluster) -> Planned | None:
+    """``live`` re-predicted on ``cluster`` (the model ``new`` was planned with) when ``new``, on
+    the same nodes, does not beat it by ``REPLAN_GAIN``; None: roll ``new`` out. A new generation
+    drops the requests in flight, and a re-plan that only moves a schedule choice within the
+    model's noise (the ``equal`` method re-planned after ``slower-than-single``) would otherwise
+    repeat once per judgement."""
+    now = replace(live, timeline=simulate(live.plan, graph, cluster))
+    same = new.plan.units == live.plan.units
+    return now if same or new.latency_s > now.latency_s * (1 - REPLAN_GAIN) else None
 
 
 @dataclass

@@ -1,21 +1,19 @@
 """``edgeflow controller``: keeps one model's plan right while the cluster changes.
 
-It watches every node's status, info and telemetry (through :class:`Registry`), and re-plans when
-the set of live nodes changes (a last will, a restart, a new node) or a node's load moves beyond
-the hysteresis of :class:`LoadWatch`. A re-plan waits ``settle_s`` after the last change (so a
-burst of events costs one plan) and rolls a new generation out on the service's own connection
-(:mod:`controller.control.rollout`: blobs, then assignments). The nodes' reports arrive as
-events in the same loop; once every node is ready it publishes the plan summary and clears the
-retained assignment of every other node of the cluster, so that a node coming back runs nothing
-stale. Nothing in the loop waits for the broker: node messages keep being handled while a
-generation rolls out, and a planned node going offline fails the rollout at once. Its own status
-is retained with a last will; what it does is published on ``controller/event``.
+It watches every node's status, info and telemetry (through :class:`Registry`), and re-plans when the set
+of live nodes changes (a last will, a restart, a new node) or a node's load moves beyond the hysteresis
+of :class:`LoadWatch`. A re-plan waits ``settle_s`` after the last change (so a burst of events costs one
+plan) and rolls a new generation out on the service's own connection (:mod:`controller.control.rollout`:
+blobs, then assignments). The nodes' reports arrive as events in the same loop; once every node is ready
+it publishes the plan summary and clears the retained assignment of every other node of the cluster, so
+that a node coming back runs nothing stale. Nothing in the loop waits for the broker: node messages keep
+being handled while a generation rolls out, and a planned node going offline fails the rollout at once.
+Its own status is retained with a last will; what it does is published on ``controller/event``.
 
-With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits
-each node's cost model to its units' times and the work of a message to the requesters' reported
-latencies, publishes both on ``controller/costs``, and re-plans when a fitted speed drifts, a
-plan's median is 20% off its prediction, or a split is slower than the best single device (the
-rules: docs/partitioning.md)."""
+With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits each node's
+cost model to its units' times and the work of a message to the requesters' reported latencies, publishes
+both on ``controller/costs``, and re-plans when a fitted speed drifts, a plan's median is 20% off its
+prediction, or a split is slower than the best single device (the rules: docs/partitioning.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +34,7 @@ from controller.control.learning import (
     LatencyBook,
     best_single,
     costs_report,
+    keep_live,
     row_shares,
     slowdown,
     verdict,
@@ -329,13 +328,14 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         live = self.live
-        same = live is not None and live.rollout.nodes == live_nodes and planned.plan.units == live.planned.plan.units
-        if live is not None and same and self._published == live.rollout.deployment.info.generation:
-            # The plan the nodes run (no failed rollout since): a new generation would only drop
-            # the requests in flight. What changed is the model it is judged by.
-            self.live = dataclasses.replace(live, cluster=cluster, planned=planned, base=base)
+        # The nodes run the live plan (no failed rollout since): a new one must beat it (keep_live).
+        running = live is not None and live.rollout.nodes == live_nodes
+        kept = keep_live(live.planned, planned, self.graph, cluster) if live and running else None
+        if live is not None and kept is not None and self._published == live.rollout.deployment.info.generation:
+            self.live = dataclasses.replace(live, cluster=cluster, planned=kept, base=base)
             self._baselines(self.live)
-            self._event("kept", detail=f"{reason}: the plan is unchanged (predicted {planned.latency_s * 1e3:.1f} ms)")
+            said = f"the live plan is predicted {kept.latency_s * 1e3:.1f} ms, a new one {planned.latency_s * 1e3:.1f}"
+            self._event("kept", detail=f"{reason}: {said}")
             self._publish_costs()
             return
         try:
