@@ -37,6 +37,8 @@ from edgeflowd.wire.messages import PlanInfo
 
 __all__ = ["add_cluster_commands"]
 
+_FAILURES_SHOWN = 10  # a burst refused as busy would print a line per request
+
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
@@ -95,6 +97,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     )
     try:
         inputs = _inputs(args, client.input_shape)
+        admits = client.info.admits
+        if 0 < admits < args.concurrency:
+            print(f"plan {client.info.plan} admits {admits} requests at once: those beyond are refused as busy")
         tick = progress_bar(len(inputs))
         results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=tick)
     finally:
@@ -127,9 +132,12 @@ def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args
     if ok:
         p50, p90, p99 = np.percentile(ok, [50, 90, 99])
         print(f"latency ms: p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  min {min(ok):.1f}  max {max(ok):.1f}")
-    for r in results:
-        if not r.ok:
-            print(f"  failed: {r.error}")
+    failed = [r for r in results if not r.ok]
+    for r in failed[:_FAILURES_SHOWN]:
+        print(f"  failed: {r.error}")
+    if len(failed) > _FAILURES_SHOWN:
+        busy = sum(r.error.startswith("busy: ") for r in failed)
+        print(f"  ... and {len(failed) - _FAILURES_SHOWN} more failed ({busy} of all {len(failed)} refused as busy)")
     if client.traffic is not None and client.traffic.by_request:
         messages, mib = client.traffic.per_request()
         print(

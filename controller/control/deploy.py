@@ -138,6 +138,6 @@ def publish_deployment(
     failure = "" if waiting.ready else waiting.failure(float("inf"))
     if failure:
         raise DeployError(failure)
-    for publication in completion_messages(topics, deployment, previous):
+    for publication in completion_messages(topics, deployment, previous, admits=waiting.admits):
         conn.publish_wait(publication.topic, publication.payload, timeout_s=timeout_s, retain=True)
     return waiting.reports

@@ -28,7 +28,7 @@ from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError, output_needs
 from edgeflowd.wire.frames import decode_frame
-from edgeflowd.wire.messages import Latency, PlanInfo, decode_control, encode_control
+from edgeflowd.wire.messages import Busy, Latency, PlanInfo, decode_control, encode_control
 from edgeflowd.wire.topics import LatencyTopic, ResultTopic, Topics
 from edgeflowd.wire.units import unit_of
 
@@ -94,6 +94,29 @@ class Measurement:
         return self.succeeded / self.wall_s
 
 
+@dataclass
+class _Flight:
+    """The requests of one :meth:`InferenceClient.run`: those in flight (request -> when it was
+    sent) and those ended, in the order they were started."""
+
+    on_result: Callable[[Result], None]
+    started: dict[str, float] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    done: dict[str, Result] = field(default_factory=dict)
+
+    def start(self, request: str, now: float) -> None:
+        self.started[request] = now
+        self.order.append(request)
+
+    def end(self, request: str, outputs: list[torch.Tensor] | None, error: str, now: float) -> Result:
+        result = self.done[request] = Result(request, outputs, now - self.started.pop(request), error)
+        self.on_result(result)
+        return result
+
+    def results(self) -> list[Result]:
+        return [self.done[r] for r in self.order]
+
+
 class InferenceClient:
     def __init__(
         self,
@@ -113,7 +136,7 @@ class InferenceClient:
         self._seq = 0
         self.tap = tap
         self.traffic: Traffic | None = Traffic() if tap else None
-        self._pattern = ""
+        self._patterns: list[str] = []
         self._adopt(info)
 
     def _adopt(self, info: PlanInfo) -> None:
@@ -123,12 +146,14 @@ class InferenceClient:
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # No TTL: a request is given up on by its own timeout (run), which closes it.
         self.runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), outputs=outputs)
-        pattern = self.topics.data_filter(info.plan) if self.tap else self.topics.results(info.plan)
-        if self._pattern:
-            self.conn.unsubscribe(self._pattern)
-        self._pattern = pattern
-        if not self.conn.subscribe_wait([pattern], qos=0):
-            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {pattern}")
+        # The tap's filter holds the refusals too; a plain client adds them to its results.
+        patterns = [self.topics.data_filter(info.plan)] if self.tap else [self.topics.results(info.plan)]
+        patterns += [] if self.tap else [self.topics.busy(info.plan)]
+        for old in self._patterns:
+            self.conn.unsubscribe(old)
+        self._patterns = patterns
+        if not self.conn.subscribe_wait(patterns, qos=0):
+            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {', '.join(patterns)}")
 
     @classmethod
     def connect(
@@ -159,12 +184,15 @@ class InferenceClient:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.info.input_shape)
 
+    def _next_request(self) -> str:
+        self._seq += 1
+        return f"{self.tag}-{self._seq}"
+
     def send(self, x: torch.Tensor) -> str:
         """Publish one input; returns its request id."""
         if tuple(x.shape) != self.input_shape:
             raise EdgeFlowError(f"input has shape {tuple(x.shape)}; plan {self.info.plan} takes {self.input_shape}")
-        self._seq += 1
-        request = f"{self.tag}-{self._seq}"
+        request = self._next_request()
         for action in self.runtime.send(request, x, self.conn.max_packet):
             if isinstance(action, Publish):
                 self.conn.publish(action.topic, action.payload)
@@ -178,51 +206,60 @@ class InferenceClient:
         on_result: Callable[[Result], None] = lambda r: None,
     ) -> list[Result]:
         """Keep ``concurrency`` requests in flight until ``inputs`` is exhausted; results in
-        request order. A request with no complete result after ``timeout_s`` fails."""
-        started: dict[str, float] = {}
-        order: list[str] = []
-        done: dict[str, Result] = {}
+        request order. A request with no complete result after ``timeout_s`` fails. One beyond
+        what the plan admits at once (:attr:`PlanInfo.admits`) fails as busy without being sent,
+        and one that a node refused fails as busy as soon as the refusal comes."""
+        flight = _Flight(on_result)
         more = True
-        while more or started:
-            while more and len(started) < concurrency:
+        while more or flight.started:
+            while more and len(flight.started) < concurrency:
                 x = next(inputs, None)
                 if x is None:
                     more = False
                     break
-                t0 = self.clock()
-                request = self.send(x)
-                started[request] = t0
-                order.append(request)
-            if not more and not started:
-                break  # the last result is in: no wait for a message nobody expects
-            try:
-                topic, payload = self.messages.get(timeout=0.05)
-            except queue.Empty:
-                topic, payload = "", b""
-            finished = None
-            if topic == self.topics.controller("plan"):
-                replaced = self._replaced(payload)
-                for request, t0 in list(started.items()) if replaced else []:
-                    del started[request]
-                    done[request] = Result(request, None, self.clock() - t0, f"request {request}: {replaced}")
-                    on_result(done[request])
-            elif topic:
-                finished = self._on_message(topic, payload, started)
-            if finished is not None:
-                request, outputs = finished
-                done[request] = Result(request, outputs, self.clock() - started.pop(request))
-                self._report(done[request])
-                on_result(done[request])
+                admits = self.info.admits
+                if admits and len(flight.started) >= admits:
+                    said = f"busy: plan {self.info.plan} admits {admits} requests at once, and {admits} are in flight"
+                    request = self._next_request()
+                    flight.start(request, self.clock())
+                    flight.end(request, None, said, self.clock())
+                else:
+                    t0 = self.clock()
+                    flight.start(self.send(x), t0)
+                while self._take(flight, wait_s=0.0):  # what came while sending is timed now, not after
+                    pass
+            if more or flight.started:
+                self._take(flight, wait_s=0.05)
             now = self.clock()
-            for request, t0 in list(started.items()):
+            for request, t0 in list(flight.started.items()):
                 if now - t0 > timeout_s:
-                    del started[request]
                     missing = "; ".join(self.runtime.missing(request)) or "no rows"
                     self.runtime.close(request)
-                    error = f"request {request} timed out after {timeout_s:g} s; missing {missing}"
-                    done[request] = Result(request, None, now - t0, error)
-                    on_result(done[request])
-        return [done[r] for r in order]
+                    flight.end(
+                        request, None, f"request {request} timed out after {timeout_s:g} s; missing {missing}", now
+                    )
+        return flight.results()
+
+    def _take(self, flight: _Flight, wait_s: float) -> bool:
+        """Handle one message (waiting at most ``wait_s`` for it); False when none came."""
+        try:
+            topic, payload = self.messages.get(timeout=wait_s) if wait_s else self.messages.get_nowait()
+        except queue.Empty:
+            return False
+        if topic == self.topics.controller("plan"):
+            replaced = self._replaced(payload)
+            for request in list(flight.started) if replaced else []:
+                flight.end(request, None, f"request {request}: {replaced}", self.clock())
+        elif topic == self.topics.busy(self.info.plan):
+            refused = self._refused(payload, flight.started)
+            if refused:
+                self.runtime.close(refused[0])
+                flight.end(refused[0], None, f"busy: {refused[1]}", self.clock())
+        else:
+            finished = self._on_message(topic, payload, flight.started)
+            if finished is not None:
+                self._report(flight.end(finished[0], finished[1], "", self.clock()))
+        return True
 
     def measure(
         self,
@@ -259,6 +296,15 @@ class InferenceClient:
         old = self.info.plan
         self._adopt(new)
         return f"plan {old} was replaced by {new.plan} while the request was in flight"
+
+    def _refused(self, payload: bytes, started: dict[str, float]) -> tuple[str, str] | None:
+        """(request, why) when a node refused one of the requests in flight (admission control)."""
+        try:
+            busy = decode_control(payload, self.topics.busy(self.info.plan), Busy)
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+            return None
+        return (busy.request, busy.reason) if busy.request in started else None
 
     def _on_message(
         self, topic: str, payload: bytes, started: dict[str, float]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from controller.control.deployment import Deployment
 from controller.planner.methods import Planned
 from edgeflowd.profiles.devices import Cluster
@@ -50,12 +52,13 @@ def rollout_messages(
 
 
 def completion_messages(
-    topics: Topics, deployment: Deployment, previous: PlanInfo | None, others: Sequence[str] = ()
+    topics: Topics, deployment: Deployment, previous: PlanInfo | None, others: Sequence[str] = (), admits: int = 0
 ) -> list[Publication]:
-    """The plan summary, then the retained assignments of ``others`` (nodes of the cluster that the
-    new plan leaves out: one coming back must run nothing stale) and the blobs only ``previous``
-    used (they would otherwise stay retained forever)."""
-    out = [Publication(topics.controller("plan"), encode_control(deployment.info))]
+    """The plan summary (with ``admits``: :attr:`Rollout.admits`), then the retained assignments of
+    ``others`` (nodes of the cluster that the new plan leaves out: one coming back must run nothing
+    stale) and the blobs only ``previous`` used (they would otherwise stay retained forever)."""
+    info = msgspec.structs.replace(deployment.info, admits=admits)
+    out = [Publication(topics.controller("plan"), encode_control(info))]
     out += [Publication(topics.node(n, "assignment"), b"") for n in others if n not in deployment.assignments]
     if previous is not None:
         for sha, parts in sorted(previous.blobs.items()):
@@ -85,6 +88,12 @@ class Rollout:
     def on_report(self, node: str, report: AssignmentReport) -> None:
         if node in self.deployment.assignments and report.generation == self.generation:
             self.reports[node] = report
+
+    @property
+    def admits(self) -> int:
+        """The fewest requests any node said it holds at once (0: some node did not say)."""
+        said = [self.reports[n].admits if n in self.reports else 0 for n in self.nodes]
+        return min(said) if said and min(said) > 0 else 0
 
     @property
     def ready(self) -> bool:

@@ -370,7 +370,7 @@ class ControllerService:
         self.rolling = None
         deployment = rolling.rollout.deployment
         others = [d.id for d in self.cluster.devices]
-        for publication in completion_messages(self.topics, deployment, self.deployed, others):
+        for publication in completion_messages(self.topics, deployment, self.deployed, others, rolling.rollout.admits):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         info = self.deployed = deployment.info
         self._held = dict(info.blobs)  # what the broker holds now, before its echo of the summary

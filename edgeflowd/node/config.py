@@ -70,6 +70,7 @@ class DaemonConfig:
     )
     request_ttl_s: float = _declare(30.0, "a request's partial inputs are dropped after this", "S")
     buffer_mb: float = _declare(256.0, "partial inputs held for all requests together", "MIB")
+    max_requests: int = _declare(8, "requests held at once; a new one beyond is refused as busy", "N")
     queue_messages: int = _declare(10000, "inbound messages waiting for the engine; more are dropped", "N")
     telemetry_interval_s: float = _declare(5.0, "seconds between telemetry messages", "S")
     measure_interval_s: float = _declare(
@@ -96,7 +97,7 @@ class DaemonConfig:
         found: list[tuple[str, str]] = []
         if not self.node_id or any(c in self.node_id for c in "/#+"):
             found.append(("node_id", f"node_id must be set and contain no '/', '#', '+' (got {self.node_id!r})"))
-        for name in ("workers", "packet_bytes", "queue_messages"):
+        for name in ("workers", "packet_bytes", "queue_messages", "max_requests"):
             if getattr(self, name) < 1:
                 found.append((name, f"{name} must be at least 1, got {getattr(self, name)}"))
         if self.threads is not None and self.threads < 1:

@@ -41,7 +41,7 @@ from edgeflowd.node.workers import Workers
 from edgeflowd.profiles.devices import DeviceProfile
 from edgeflowd.wire.assignment import Assignment
 from edgeflowd.wire.messages import AssignmentReport, Info, Status, encode_control
-from edgeflowd.wire.topics import BlobTopic, NodeTopic, Topics, UnitInputTopic
+from edgeflowd.wire.topics import BlobTopic, BusyTopic, NodeTopic, Topics, UnitInputTopic
 
 __all__ = ["Daemon"]
 
@@ -240,6 +240,10 @@ class Daemon:
             if not any(isinstance(action, Dropped) for action in actions):
                 self.counts.add("frames_in")
             self.workers.act(self.runtime, actions)
+        elif isinstance(about, BusyTopic):
+            if self.runtime is not None:
+                with self.workers.buffers:
+                    self.runtime.refused(about, payload, self.clock(), topic)
         elif isinstance(about, BlobTopic):
             self._apply(self.assignments.on_blob(about.sha256, about.part, payload, topic))
         elif about == NodeTopic(self.node, "assignment"):
@@ -303,6 +307,8 @@ class Daemon:
                 limit,
                 self.config.request_ttl_s,
                 timer=time.perf_counter,  # packs a convolution's weights where that runs faster here
+                admit=self.config.max_requests,
+                node=self.node,
             )
         new_topics, old_topics = (r.input_topics() if r else set() for r in (new, old))
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):
@@ -321,7 +327,8 @@ class Daemon:
 
     def _report(self, report: a.Report) -> None:
         units = sorted(self.runtime.units) if self.runtime and report.state == "ready" else []
-        message = AssignmentReport(report.generation, report.state, report.error, units, self.instance)
+        admits = self.config.max_requests if units else 0
+        message = AssignmentReport(report.generation, report.state, report.error, units, self.instance, admits)
         if report.error:
             log.error("node=%s generation %d: %s", self.node, report.generation, report.error)
         topic = self.topics.node(self.node, "assignment/reported")

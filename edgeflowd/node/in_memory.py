@@ -11,16 +11,19 @@ import torch
 from edgeflowd.errors import PlanError, ProtocolError
 from edgeflowd.net.memory import MemoryBus
 from edgeflowd.node.runtime import Complete, NodeRuntime, carry_out
-from edgeflowd.wire.topics import ResultTopic, UnitInputTopic
+from edgeflowd.wire.topics import BusyTopic, ResultTopic, UnitInputTopic
 
-__all__ = ["run_request"]
+__all__ = ["run_request", "subscribe"]
 
 _MAX_MESSAGES = 1_000_000  # a plan of the zoo passes a few thousand frames; more means a loop
 
 
-def _subscribe(bus: MemoryBus, runtime: NodeRuntime, max_packet: int, done: list[Complete]) -> None:
+def subscribe(bus: MemoryBus, runtime: NodeRuntime, max_packet: int, done: list[Complete]) -> None:
     def serve(topic: str, payload: bytes) -> None:
         about = runtime.topics.parse(topic)
+        if isinstance(about, BusyTopic):  # as the daemon does: the request is dropped here too
+            runtime.refused(about, payload, 0.0, topic)
+            return
         if not isinstance(about, UnitInputTopic | ResultTopic):
             raise ProtocolError(f"{topic}: not a data-plane topic")
         actions = runtime.receive(about, payload, 0.0, topic)
@@ -38,7 +41,7 @@ def run_request(
     bus = MemoryBus()
     done: list[Complete] = []
     for runtime in [*nodes, requester]:
-        _subscribe(bus, runtime, max_packet, done)
+        subscribe(bus, runtime, max_packet, done)
     request = "r1"
     done += carry_out(requester, requester.send(request, x, max_packet), bus.publish, 0.0, max_packet)
     bus.run(_MAX_MESSAGES)

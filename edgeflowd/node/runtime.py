@@ -25,9 +25,11 @@ from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import rows_shape, take_rows
 from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_first, run_unit
 from edgeflowd.errors import ProtocolError
-from edgeflowd.node.slices import Need, SliceBuffer, needs_of
+from edgeflowd.node.admission import Admission, Verdict
+from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, needs_of
 from edgeflowd.wire.frames import FrameAssembler, decode_frame, encode_frames
-from edgeflowd.wire.topics import DataTopic, ResultTopic, Topics
+from edgeflowd.wire.messages import Busy, decode_control, encode_control
+from edgeflowd.wire.topics import BusyTopic, DataTopic, ResultTopic, Topics
 
 __all__ = [
     "Action",
@@ -80,8 +82,9 @@ class Complete:
 
 @dataclass(frozen=True)
 class Dropped:
-    """A valid frame nobody here wants: ``why`` is ``stale`` (another plan) or ``foreign`` (a
-    request this requester did not open, or gave up on)."""
+    """A valid frame nobody here wants: ``why`` is ``stale`` (another plan), ``foreign`` (a
+    request this requester did not open, or gave up on), ``dropped`` (a request this node refused,
+    gave up on or finished) or ``refused`` (the frame of a request this node refuses now)."""
 
     why: str
     topic: str
@@ -108,8 +111,11 @@ class NodeRuntime:
         outputs: Sequence[Need] = (),
         resolve: Resolver = allowed_resolver,
         timer: Callable[[], float] | None = None,
+        admit: int = 0,
+        node: str = "",
     ) -> None:
         self.plan = plan
+        self.node = node
         self.topics = topics
         self.units = {u.uid: u for u in units}
         # Convolution weights reordered once for this plan, not on every call (core.packed).
@@ -127,13 +133,18 @@ class NodeRuntime:
         if outputs and len(sources) != 1:
             raise ProtocolError(f"plan {plan} has {len(sources)} inputs; requests carry exactly one")
         self.source = sources[0] if outputs else None
+        # A node's runtime admits at most ``admit`` requests at once (0: every request: verify, tests).
+        own = len(self.units) - len(sources)
+        self.admission = Admission(admit, own, ttl_s) if admit and not outputs else None
 
     def input_topics(self) -> set[str]:
-        """What to subscribe to: every topic this runtime receives on."""
-        return {
+        """What to subscribe to: every topic this runtime receives on (with admission control,
+        the plan's refusals too)."""
+        topics = {
             self.topics.results(self.plan) if uid == SINK else self.topics.unit_input(self.plan, uid)
             for uid in self.slices.needs
         }
+        return topics | {self.topics.busy(self.plan)} if self.admission else topics
 
     # -- the engine's side: one thread owns the buffers ------------------------------------------
     def receive(self, topic: DataTopic, payload: bytes, now: float, where: str) -> list[Action]:
@@ -154,10 +165,45 @@ class NodeRuntime:
             )
         if self._open is not None and frame.request not in self._open:
             return [Dropped("foreign", where)]
-        tensor = self.frames.add(frame, now, where)
-        if tensor is None:
+        if self.admission is not None:
+            verdict = self.admission.admit(frame.request, now)
+            if verdict is Verdict.GONE:
+                return [Dropped("dropped", where)]
+            if verdict is Verdict.REFUSED:
+                return self._refusal(frame.request, f"holds {self.admission.limit} requests, as many as it admits")
+        try:
+            tensor = self.frames.add(frame, now, where)
+            if tensor is None:
+                return []
+            return self.deliver(Deliver(frame.request, consumer, frame.layer, frame.rows, tensor), now, where)
+        except BufferFullError as exc:
+            if self.admission is None:
+                raise
+            return self.give_up(frame.request, f"had no room for its rows ({exc})", now)
+
+    def give_up(self, request: str, reason: str, now: float) -> list[Action]:
+        """Drop all of ``request`` here and publish why: every node of the plan drops it too, and
+        its requester fails it (admission control; without it, the request just times out)."""
+        if self.admission is None:
             return []
-        return self.deliver(Deliver(frame.request, consumer, frame.layer, frame.rows, tensor), now, where)
+        self._forget(request, now)
+        return self._refusal(request, reason)
+
+    def _forget(self, request: str, now: float) -> None:
+        assert self.admission is not None
+        self.admission.drop(request, now)
+        self.slices.forget(request)
+        self.frames.forget(request)
+
+    def _refusal(self, request: str, reason: str) -> list[Action]:
+        busy = Busy(request, self.node, f"node {self.node} {reason}")
+        return [Publish(self.topics.busy(self.plan), encode_control(busy)), Dropped("refused", request)]
+
+    def refused(self, topic: BusyTopic, payload: bytes, now: float, where: str) -> None:
+        """A refusal published on the plan's busy topic (by any node, this one too): drop the request."""
+        if topic.plan != self.plan or self.admission is None:
+            return
+        self._forget(decode_control(payload, where, Busy).request, now)
 
     def deliver(self, slice_: Deliver, now: float, where: str = "local") -> list[Action]:
         """Buffer one whole slice; the unit (or the sink) it completes, if any."""
@@ -169,6 +215,8 @@ class NodeRuntime:
         if slice_.consumer == SINK:
             self.close(slice_.request)
             return [Complete(slice_.request, inputs)]
+        if self.admission is not None:
+            self.admission.ran(slice_.request, now)
         return [Compute(slice_.request, self.units[slice_.consumer], inputs)]
 
     def open(self, request: str) -> None:
@@ -184,8 +232,14 @@ class NodeRuntime:
         self.frames.forget(request)
 
     def expire(self, now: float) -> tuple[int, list[tuple[str, str]]]:
-        """Drop what is older than the TTL: (partial slices dropped, (request, unit) buffers dropped)."""
-        return self.frames.expire(now), self.slices.expire(now)
+        """Drop what is older than the TTL: (partial slices dropped, (request, unit) buffers dropped).
+        A request with an expired buffer cannot complete, nor one admitted longer ago: its place
+        is freed."""
+        partial, buffers = self.frames.expire(now), self.slices.expire(now)
+        if self.admission is not None:
+            for request in {request for request, _ in buffers} | set(self.admission.expire(now)):
+                self._forget(request, now)  # nobody waits for it any more: no refusal
+        return partial, buffers
 
     def missing(self, request: str) -> list[str]:
         """The output rows ``request`` still lacks (a requester's runtime), for timeout messages."""

@@ -69,8 +69,15 @@ class Workers:
         try:
             with self.buffers:
                 ready = runtime.deliver(local, self.clock())
-        except (ProtocolError, BufferFullError) as exc:
-            self.counts.add("malformed" if isinstance(exc, ProtocolError) else "dropped")
+        except BufferFullError as exc:  # the request is given up on whole, and its requester told
+            self.counts.add("dropped")
+            log.warning("node=%s refused: %s", self.node, exc)
+            with self.buffers:
+                refusal = runtime.give_up(local.request, f"had no room for its rows ({exc})", self.clock())
+            self.act(runtime, refusal)
+            return
+        except ProtocolError as exc:
+            self.counts.add("malformed")
             log.warning("node=%s refused: %s", self.node, exc)
             return
         work.extend(a for a in ready if isinstance(a, Compute))

@@ -14,6 +14,7 @@ from edgeflowd.wire.units import UnitDoc
 __all__ = [
     "PROTOCOL_VERSIONS",
     "AssignmentReport",
+    "Busy",
     "ControllerEvent",
     "Costs",
     "Info",
@@ -56,7 +57,8 @@ class Info(Document, frozen=True, tag="edgeflow.info/1"):
 class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     """Periodic ``node/<id>/telemetry``: load as psutil reports it, and the node's counters since
     it started (``malformed``: messages refused as invalid; ``dropped``: valid data it could not
-    keep: queue or buffer full, expired; ``stale``: frames of another plan generation).
+    keep: queue or buffer full, expired, of a request given up on; ``stale``: frames of another
+    plan generation; ``refused``: requests refused as busy by admission control).
     ``cpu_percent`` covers only the CPUs the daemon may run on (its affinity), so a node pinned to
     some cores of a shared machine reports their load."""
 
@@ -68,6 +70,7 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     dropped: int = 0
     stale: int = 0
     errors: int = 0
+    refused: int = 0
     units_run: int = 0
     frames_in: int = 0
     frames_out: int = 0
@@ -88,6 +91,7 @@ class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"
     error: str = ""
     units: list[str] = msgspec.field(default_factory=list)
     instance: str = ""  # the reporting process (retained reports outlive it)
+    admits: int = 0  # requests the node holds at once (its max_requests; 0: not said)
 
 
 class Output(msgspec.Struct, frozen=True):
@@ -112,6 +116,9 @@ class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
     outputs: list[Output]
     predicted_ms: float = 0.0
     blobs: dict[str, Any] = msgspec.field(default_factory=dict)  # sha256 -> parts, to clear them later
+    admits: int = 0
+    """Requests the plan holds at once: the fewest any of its nodes admits (0: not known). A
+    requester sends no more than this at once, and refuses the rest as busy without sending them."""
 
 
 class ControllerEvent(Document, frozen=True, tag="edgeflow.event/1"):
@@ -130,6 +137,15 @@ class Latency(Document, frozen=True, tag="edgeflow.latency/1"):
     generation: int
     request: str
     ms: float
+
+
+class Busy(Document, frozen=True, tag="edgeflow.busy/1"):
+    """``data/<plan>/busy``: ``node`` refused ``request`` whole (it holds as many requests as it
+    admits, or had no room for its rows); ``reason`` says which."""
+
+    request: str
+    node: str
+    reason: str
 
 
 class NodeCosts(msgspec.Struct, frozen=True):

@@ -13,6 +13,7 @@ __all__ = [
     "CONTROLLER_LEAVES",
     "NODE_LEAVES",
     "BlobTopic",
+    "BusyTopic",
     "ControllerTopic",
     "DataTopic",
     "LatencyTopic",
@@ -73,6 +74,14 @@ class LatencyTopic:
 
 
 @dataclass(frozen=True)
+class BusyTopic:
+    """``data/<plan>/busy``: a node refused a request (admission control): every node of the plan
+    drops it, its requester fails it at once."""
+
+    plan: str
+
+
+@dataclass(frozen=True)
 class BlobTopic:
     """``blob/<sha256>/<part>``: one retained part of a content-addressed weight blob."""
 
@@ -80,7 +89,7 @@ class BlobTopic:
     part: int
 
 
-Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | LatencyTopic | BlobTopic
+Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | LatencyTopic | BusyTopic | BlobTopic
 DataTopic = UnitInputTopic | ResultTopic
 
 
@@ -119,6 +128,9 @@ class Topics:
 
     def latency(self, plan: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/latency"
+
+    def busy(self, plan: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/busy"
 
     @property
     def latencies(self) -> str:
@@ -176,6 +188,8 @@ class Topics:
             return ResultTopic(parts[1], parts[3])
         if parts[0] == "data" and len(parts) == 3 and parts[2] == "latency":
             return LatencyTopic(parts[1])
+        if parts[0] == "data" and len(parts) == 3 and parts[2] == "busy":
+            return BusyTopic(parts[1])
         if parts[0] == "blob" and len(parts) == 3 and parts[2].isdigit():
             return BlobTopic(parts[1], int(parts[2]))
         raise ProtocolError(f"topic {topic!r}: unknown topic")
