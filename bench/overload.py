@@ -157,19 +157,19 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     runs = report["runs"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     capacity = runs[0]["capacity"]
     levels = list(capacity)
-    left.bar([f"{c} in flight" for c in levels], [capacity[c]["rps"] for c in levels], color="#4c72b0")
+    left.bar([f"{c}\nin flight" for c in levels], [capacity[c]["rps"] for c in levels], color="#4c72b0")
     bursts = [(run, k) for run in runs for k in ("burst", "burst_greedy") if k in run]
     for run, key in bursts:
         b = run[key]
         rate = b["completed"] / b["wall_s"] if b["wall_s"] else 0.0
-        who = "nodes refuse" if key == "burst_greedy" else "requester too"
-        label = f"{b['requests']} at once\nadmit {run['max_requests']}\n({who})"
+        who = "nodes\nrefuse" if key == "burst_greedy" else "requester\nrefuses"
+        label = f"burst,\n{who}" if run["max_requests"] < report["flood"] else "burst, no\nadmission"
         left.bar([label], [rate], color="#c44e52" if run["max_requests"] >= report["flood"] else "#dd8452")
     left.set_ylabel("completed requests / s")
-    left.set_title(f"{report['model']}: capacity, and a burst of {report['flood']}")
+    left.set_title(f"{report['model']}: capacity, and {report['flood']} requests at once (3 daemons)", fontsize=10)
     names = list(runs[0]["peak_rss_mib"])
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
@@ -179,7 +179,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(names))], names)
     right.set_ylabel("peak RSS, MiB")
     right.set_title("daemon memory during the run")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -20,6 +20,7 @@ from edgeflowd.node.admission import Admission, Verdict
 from edgeflowd.node.in_memory import subscribe
 from edgeflowd.node.runtime import Complete, Dropped, NodeRuntime, Publish, carry_out
 from edgeflowd.node.slices import output_needs
+from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.messages import Busy, decode_control
 from edgeflowd.wire.topics import Topics, UnitInputTopic
 from edgeflowd.wire.units import unit_of
@@ -64,13 +65,16 @@ def _two_nodes(
     deployment = make_deployment(plan, graph, ["n0", "n1"], generation=5, method="random", part_bytes=4096)
     topics, tensors = Topics("mem"), dict(model.state_dict())
     nodes = [
-        NodeRuntime(a.plan, topics, a.units, {k: tensors[k] for k in a.weights}, max_bytes, 30.0, admit=admit, node=n)
+        NodeRuntime(
+            a.plan, topics, a.units, {k: tensors[k] for k in a.weights}, max_bytes, 30.0, a.keys, admit=admit, node=n
+        )
         for n, a in deployment.assignments.items()
     ]
     info = deployment.info
     sources = [unit_of(u, "plan") for u in info.sources]
     outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
-    requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
+    keys = FrameKeys(None, bytes.fromhex(info.request_key), sources[0].uid)
+    requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, keys, outputs=outputs)
     return nodes, requester, model, shape
 
 

@@ -20,7 +20,7 @@ from controller.lab.launch import REPO
 from edgeflowd.errors import MqttError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.wire.messages import Status, decode_control, encode_control
+from edgeflowd.wire.messages import PlanInfo, Status, decode_control, encode_control
 from edgeflowd.wire.topics import Topics
 from tests.cluster import DaemonProcess, Watcher, free_port, mosquitto_broker
 
@@ -241,6 +241,20 @@ def test_daemons_deploy_and_infer_through_tls_with_acls(
             "sec-a's own write", lambda last: last.get(topics.node("sec-a", "info")) == b"positive control"
         )
         assert _online(watcher, "sec-b") == b_before, "a node overwrote another node's status"
+
+        # A requester forges a result for a request and writes a latency report: the broker drops
+        # the first (ACL: requesters read results, nodes write them) and delivers the second.
+        plan = decode_control(watcher.last[topics.controller("plan")], "plan", PlanInfo).plan
+        assert watcher.conn.subscribe_wait([topics.all_data], qos=1)
+        forger = Connection(secured.as_user("client"), "forger", lambda t, p: None)
+        forger.start()
+        try:
+            forger.publish(topics.result(plan, "victim-1"), b"zeros", qos=1).wait_for_publish(10)
+            forger.publish_wait(topics.latency(plan), b"positive control")
+        finally:
+            forger.stop()
+        watcher.wait_for("the requester's latency report", lambda last: topics.latency(plan) in last)
+        assert topics.result(plan, "victim-1") not in watcher.last, "a requester wrote a result"
     finally:
         watcher.close()
         a.terminate()

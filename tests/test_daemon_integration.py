@@ -140,9 +140,10 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
     good = torch.zeros(need.slice_shape())
     wrong_shape = torch.zeros((*need.slice_shape()[:-1], need.slice_shape()[-1] + 1))
     topic = topics.unit_input(info.plan, unit.uid)
+    key = assignment.keys.plan or b""  # what a node holds: frames that pass the tag, to test the rest
 
     def frames(tensor: torch.Tensor, rows: RowRange = need.rows, packet: int = 1 << 20) -> list[bytes]:
-        return encode_frames("bad-1", info.plan, "x@d9", need.producer, rows, tensor, packet)
+        return encode_frames("bad-1", info.plan, "x@d9", need.producer, rows, tensor, packet, key)
 
     before = _telemetry(local, "node-a").malformed if local.watcher.payload("node-a", "telemetry") else 0
     bad = [
@@ -153,7 +154,11 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
         (topic, frames(good)[0][:-5]),  # truncated chunk
         (topic, frames(good, RowRange(need.rows.start, need.rows.stop + 50))[0]),  # rows it does not read
         (topics.unit_input(info.plan, "conv_nowhere@d0"), frames(good)[0]),  # unknown unit (not subscribed)
-        (topic, encode_frames("bad-2", "g0", "x@d9", need.producer, need.rows, good, 1 << 20)[0]),  # another plan
+        (topic, encode_frames("bad-2", "g0", "x@d9", need.producer, need.rows, good, 1 << 20, key)[0]),  # another plan
+        (
+            topic,
+            encode_frames("bad-3", info.plan, "x@d9", need.producer, need.rows, good, 1 << 20, bytes(32))[0],
+        ),  # forged
         (topics.node("node-a", "assignment"), b"{not json"),  # garbage assignment (not retained)
         (topics.node("node-a", "assignment"), json.dumps({"schema": "edgeflow.assignment/1"}).encode()),
     ]
@@ -179,7 +184,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
         assert report is not None and report.state == "error" and "do not hash" in report.error
     finally:
         local.watcher.conn.publish_wait(topics.blob(fake_sha, 0), b"", retain=True)
-    refused = 9  # the frames and assignments above that reach node-a's engine and are invalid
+    refused = 10  # the frames and assignments above that reach node-a's engine and are invalid
     local.watcher.wait_for(
         "telemetry counting the refused messages",
         lambda last: (

@@ -23,6 +23,7 @@ from edgeflowd.core.slicing import take_rows
 from edgeflowd.core.units import ExecutionUnit, halo_first, run_unit
 from edgeflowd.node.runtime import Compute, Deliver, NodeRuntime, Publish
 from edgeflowd.profiles.devices import load_cluster
+from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.topics import Topics
 
 
@@ -129,7 +130,9 @@ def test_the_runtime_publishes_the_halo_before_it_computes_the_interior() -> Non
         calls.append(name)
         return allowed_resolver(name)
 
-    runtime = NodeRuntime("g1", Topics("mem"), mine, graph.tensors, 1 << 24, 30.0, resolve=counting)
+    runtime = NodeRuntime(
+        "g1", Topics("mem"), mine, graph.tensors, 1 << 24, 30.0, FrameKeys.fresh("x@client"), resolve=counting
+    )
     device_of = {u.uid: u.device for u in plan.units}
     unit = next(u for u in mine if halo_first(u, runtime.is_local)[1] and len(u.ops) >= 1)
     first_publish_after: int | None = None

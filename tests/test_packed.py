@@ -17,6 +17,7 @@ from controller.planner.partitions import even_partition
 from controller.planner.plan import build_plan
 from edgeflowd.core.packed import PACKED, conv2d_packed, pack_convolutions, packed_name
 from edgeflowd.node.runtime import NodeRuntime
+from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.topics import Topics
 
 pytestmark = pytest.mark.skipif(
@@ -72,7 +73,16 @@ def test_a_node_keeps_a_packed_weight_only_where_it_runs_faster() -> None:
     units = plan.on_device(0)
     for plain_s, packed_s, kept in ((1.0, 2.0, False), (2.0, 1.0, True)):
         clock = _timer(plain_s, packed_s)
-        runtime = NodeRuntime("p", Topics("t"), units, graph.tensors, 1 << 30, 10.0, timer=partial(next, clock))
+        runtime = NodeRuntime(
+            "p",
+            Topics("t"),
+            units,
+            graph.tensors,
+            1 << 30,
+            10.0,
+            FrameKeys.fresh("x@client"),
+            timer=partial(next, clock),
+        )
         assert any(name.endswith(PACKED) for name in runtime.tensors) is kept
 
 

@@ -29,7 +29,8 @@ from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, output_needs
 from edgeflowd.node.weights import WeightFetch, WeightStore
 from edgeflowd.wire.assignment import Assignment, blob_of, split_blob
-from edgeflowd.wire.frames import encode_frames
+from edgeflowd.wire.frames import FrameKeys, encode_frames
+from edgeflowd.wire.messages import PlanInfo
 from edgeflowd.wire.topics import ResultTopic, Topics, UnitInputTopic
 from edgeflowd.wire.units import unit_of
 
@@ -158,6 +159,11 @@ def test_assignments_round_trip_and_name_the_bad_field(change: object, message: 
         Assignment.from_bytes(json.dumps(data).encode(), "edgeflow/v1/x/node/n0/assignment")
 
 
+def _requester_keys(info: PlanInfo) -> FrameKeys:
+    """What a requester holds: the request key of the plan summary, no plan key."""
+    return FrameKeys(None, bytes.fromhex(info.request_key), unit_of(info.sources[0], "plan").uid)
+
+
 def _small_deployment(
     devices: int, seed: int = 3, part_bytes: int = 4096
 ) -> tuple[Deployment, nn.Module, torch.Tensor]:
@@ -187,11 +193,11 @@ def test_node_runtimes_exchanging_only_frames_reproduce_the_model(seed: int) -> 
             assert got is not None
             store.put(*got)
         tensors = {name: store.get(ref) for name, ref in decoded.weights.items()}
-        nodes.append(NodeRuntime(decoded.plan, topics, decoded.units, tensors, 1 << 24, 30.0))  # type: ignore[arg-type]
+        nodes.append(NodeRuntime(decoded.plan, topics, decoded.units, tensors, 1 << 24, 30.0, decoded.keys))  # type: ignore[arg-type]
     info = deployment.info
     sources = [unit_of(u, "plan") for u in info.sources]
     outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
-    requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
+    requester = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, _requester_keys(info), outputs=outputs)
     outputs_got, bus = run_request(nodes, requester, x, max_packet=700)
     _, rel = relative_error(outputs_got, reference_outputs(model, x))
     assert rel <= TOLERANCE
@@ -205,10 +211,11 @@ def test_a_requester_buffers_only_the_requests_it_opened() -> None:
     topics = Topics("mem")
     sources = [unit_of(u, "plan") for u in info.sources]
     outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
-    mine = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, outputs=outputs)
+    mine = NodeRuntime(info.plan, topics, sources, {}, 1 << 24, 30.0, _requester_keys(info), outputs=outputs)
     layer, shape = info.outputs[0].layer, info.outputs[0].shape
     rows = RowRange(0, shape[2])
-    frame = encode_frames("other-1", info.plan, "x@d0", layer, rows, torch.zeros(shape), 1 << 20)[0]
+    key = bytes.fromhex(info.request_key)
+    frame = encode_frames("other-1", info.plan, "x@d0", layer, rows, torch.zeros(shape), 1 << 20, key)[0]
     result = ResultTopic(info.plan, "other-1")
     assert mine.receive(result, frame, 0.0, "t") == [Dropped("foreign", "t")]
     assert mine.slices.pending == 0
@@ -225,14 +232,14 @@ def test_a_requester_buffers_only_the_requests_it_opened() -> None:
 def test_a_node_refuses_frames_for_units_it_does_not_run() -> None:
     deployment, _, _ = _small_deployment(devices=2)
     assignment = deployment.assignments["n0"]
-    runtime = NodeRuntime(assignment.plan, Topics("mem"), assignment.units, {}, 1 << 20, 30.0)
+    runtime = NodeRuntime(assignment.plan, Topics("mem"), assignment.units, {}, 1 << 20, 30.0, assignment.keys)
     with pytest.raises(ProtocolError, match="no unit 'nobody@d7' here"):
         runtime.receive(UnitInputTopic(assignment.plan, "nobody@d7"), b"", 0.0, "t")
 
 
 def test_blob_refs_validate_their_fields() -> None:
     ref, _ = blob_of(torch.zeros(3), 1 << 20)
-    doc = Assignment(1, "g1", "m", "n0", 0, (), {"w": ref}).to_bytes()
+    doc = Assignment(1, "g1", "m", "n0", 0, (), {"w": ref}, FrameKeys.fresh("x@client")).to_bytes()
     with pytest.raises(ProtocolError, match=r"Object missing required field `dtype` - at `\$.weights\[...\]`"):
         Assignment.from_bytes(doc.replace(b'"dtype":"float32",', b""), "t")
     with pytest.raises(ProtocolError, match=r"sha256 must be 64 lower-case hex digits, got 'xyz' - at `\$.weights"):

@@ -1,7 +1,9 @@
 """A Mosquitto ACL for one cluster: each node, logged in with its node id as username, may write
 only its own ``node/<id>/`` leaves and the data plane; it reads its assignment, the weight blobs and
-the data plane. The controller, requesters and dashboards get their own users. Pure text: the
-topics come from :class:`Topics`, so the ACL follows the protocol."""
+the data plane. A requester may write only where requests enter (unit inputs, which only take the
+model input from it: :class:`~edgeflowd.wire.frames.FrameKeys`) and its latency reports, and read
+results and refusals. The controller and dashboards get their own users. Pure text: the topics
+come from :class:`Topics`, so the ACL follows the protocol."""
 
 from __future__ import annotations
 
@@ -38,12 +40,17 @@ def mosquitto_acl(
             "",
         ]
     lines += ["# plans, deploys and watches every node", f"user {controller}", f"topic readwrite {topics.root}/#", ""]
+    data = f"{topics.root}/data/+"
     for client in clients:
         lines += [
-            "# sends requests: reads the plan, writes inputs, reads results",
+            "# sends requests: reads the plan (and its request key), writes inputs and its latencies,",
+            "# reads results and refusals; never writes a result, nor reads the frames between nodes",
             f"user {client}",
             f"topic read {topics.controller('plan')}",
-            f"topic readwrite {topics.all_data}",
+            f"topic write {data}/+/in",
+            f"topic write {data}/latency",
+            f"topic read {data}/result/+",
+            f"topic read {data}/busy",
             "",
         ]
     for dashboard in dashboards:

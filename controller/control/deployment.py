@@ -12,6 +12,7 @@ from controller.planner.plan import Plan
 from edgeflowd.core.units import CLIENT
 from edgeflowd.errors import PlanError
 from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of
+from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.messages import Output, PlanInfo
 from edgeflowd.wire.units import unit_doc
 
@@ -55,12 +56,16 @@ def make_deployment(
         ref, raw = blob_of(graph.tensors[name], part_bytes, name)
         refs[name] = ref
         blobs.setdefault(ref.sha256, (ref, raw))
+    clients = plan.on_device(CLIENT)
+    if len(clients) != 1:
+        raise PlanError(f"plan has {len(clients)} inputs; requests carry exactly one")
+    keys = FrameKeys.fresh(clients[0].uid)  # every deployment its own: a new generation, new keys
     assignments = {}
     for device, node in enumerate(nodes):
         units = tuple(plan.on_device(device))
         weights = {n: refs[n] for u in units for n in u.const_names()}
-        assignments[node] = Assignment(generation, plan_id, plan.model, node, device, units, weights)
-    sources = [unit_doc(u) for u in plan.on_device(CLIENT)]
+        assignments[node] = Assignment(generation, plan_id, plan.model, node, device, units, weights, keys)
+    sources = [unit_doc(u) for u in clients]
     outputs = [Output(name, graph[name].out_shape) for name in plan.outputs]
     source_shape = graph.sources[0].out_shape if graph.sources else ()
     info = PlanInfo(
@@ -74,5 +79,6 @@ def make_deployment(
         outputs=outputs,
         predicted_ms=predicted_ms,
         blobs={sha: ref.parts for sha, (ref, _) in blobs.items()},
+        request_key=keys.request.hex(),
     )
     return Deployment(info, assignments, blobs)

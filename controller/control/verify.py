@@ -21,6 +21,7 @@ from edgeflowd.core.units import CLIENT
 from edgeflowd.node.in_memory import run_request
 from edgeflowd.node.runtime import NodeRuntime
 from edgeflowd.node.slices import output_needs
+from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.topics import Topics
 
 __all__ = ["TOLERANCE", "Check", "check_partition", "partitions_to_check", "relative_error", "run_plan"]
@@ -97,13 +98,18 @@ def plan_runtimes(
     (``timer``: packs convolutions only where faster, as a daemon does; without, all of them)."""
     topics = Topics("verify")
     devices = sorted({u.device for u in plan.units} - {CLIENT})
+    sources = plan.on_device(CLIENT)
+    keys = FrameKeys.fresh(sources[0].uid if sources else "")  # every frame signed and checked, as on a cluster
     nodes = [
-        NodeRuntime(_PLAN, topics, plan.on_device(d), tensors, _BUFFER_BYTES, _TTL_S, resolve=resolve, timer=timer)
+        NodeRuntime(
+            _PLAN, topics, plan.on_device(d), tensors, _BUFFER_BYTES, _TTL_S, keys, resolve=resolve, timer=timer
+        )
         for d in devices
     ]
     shapes = {u.layer: u.out_shape for u in plan.units}
     outputs = output_needs([(layer, shapes[layer]) for layer in plan.outputs])
-    requester = NodeRuntime(_PLAN, topics, plan.on_device(CLIENT), {}, _BUFFER_BYTES, _TTL_S, outputs=outputs)
+    mine = FrameKeys(None, keys.request, keys.client)  # the requester's: no plan key
+    requester = NodeRuntime(_PLAN, topics, sources, {}, _BUFFER_BYTES, _TTL_S, mine, outputs=outputs)
     return nodes, requester
 
 

@@ -145,15 +145,15 @@ def unit_overhead_ms(repeats: int = 200) -> float:
     framing its output for the wire, as the runtime does for every unit (the controller fits the
     real figure from the node's unit times)."""
     from edgeflowd.core.rows import RowRange  # noqa: PLC0415 - keeps the module's import light
-    from edgeflowd.wire.frames import encode_frames  # noqa: PLC0415
+    from edgeflowd.wire.frames import KEY_BYTES, encode_frames  # noqa: PLC0415
 
     x, w = torch.randn(1, 8, 2, 8), torch.randn(8, 8, 1, 1)
-    rows = RowRange(0, 2)
+    rows, key = RowRange(0, 2), bytes(KEY_BYTES)  # signing is part of every unit's cost
 
     def one() -> None:
         with torch.no_grad():
             out = F.conv2d(x, w)
-        encode_frames("r-1", "p", "layer:0", "layer", rows, out, 1 << 20)
+        encode_frames("r-1", "p", "layer:0", "layer", rows, out, 1 << 20, key)
 
     one()
     start = time.perf_counter()

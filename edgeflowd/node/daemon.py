@@ -306,6 +306,7 @@ class Daemon:
                 tensors,
                 limit,
                 self.config.request_ttl_s,
+                assignment.keys,
                 timer=time.perf_counter,  # packs a convolution's weights where that runs faster here
                 admit=self.config.max_requests,
                 node=self.node,

@@ -27,7 +27,7 @@ from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_firs
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.admission import Admission, Verdict
 from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, needs_of
-from edgeflowd.wire.frames import FrameAssembler, decode_frame, encode_frames
+from edgeflowd.wire.frames import FrameAssembler, FrameKeys, decode_frame, encode_frames
 from edgeflowd.wire.messages import Busy, decode_control, encode_control
 from edgeflowd.wire.topics import BusyTopic, DataTopic, ResultTopic, Topics
 
@@ -108,6 +108,7 @@ class NodeRuntime:
         tensors: Mapping[str, torch.Tensor],
         max_bytes: int,
         ttl_s: float,
+        keys: FrameKeys,
         outputs: Sequence[Need] = (),
         resolve: Resolver = allowed_resolver,
         timer: Callable[[], float] | None = None,
@@ -116,6 +117,7 @@ class NodeRuntime:
     ) -> None:
         self.plan = plan
         self.node = node
+        self.keys = keys
         self.topics = topics
         self.units = {u.uid: u for u in units}
         # Convolution weights reordered once for this plan, not on every call (core.packed).
@@ -156,7 +158,8 @@ class NodeRuntime:
         consumer = SINK if isinstance(topic, ResultTopic) else topic.unit
         if consumer not in self.slices.needs:
             raise ProtocolError(f"{where}: no unit {consumer!r} here")
-        frame = decode_frame(payload, where)
+        results = isinstance(topic, ResultTopic)
+        frame = decode_frame(payload, where, (lambda _: self.keys.request) if results else self.keys.to_node)
         if frame.plan != topic.plan:
             raise ProtocolError(f"{where}: frame field 'plan' is {frame.plan!r}, the topic says {topic.plan!r}")
         if isinstance(topic, ResultTopic) and frame.request != topic.request:
@@ -300,7 +303,11 @@ class NodeRuntime:
                 topic = self.topics.result(self.plan, request)
             else:
                 topic = self.topics.unit_input(self.plan, forward.consumer)
-            for frame in encode_frames(request, self.plan, unit.uid, unit.layer, forward.rows, piece, max_packet):
+            # The request key for what requesters send and read, the plan key between nodes.
+            key = self.keys.request if forward.consumer == SINK or unit.device == CLIENT else self.keys.plan
+            if key is None:
+                raise ProtocolError(f"unit {unit.uid}: a requester holds no key for frames between nodes")
+            for frame in encode_frames(request, self.plan, unit.uid, unit.layer, forward.rows, piece, max_packet, key):
                 yield Publish(topic, frame)
 
     def send(self, request: str, x: torch.Tensor, max_packet: int) -> Iterator[Action]:

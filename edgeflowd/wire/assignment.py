@@ -22,10 +22,11 @@ from edgeflowd.core.ops import check_call
 from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
+from edgeflowd.wire.frames import KEY_BYTES, FrameKeys
 from edgeflowd.wire.schema import Document, decode, encode
 from edgeflowd.wire.units import UnitDoc, unit_doc, unit_of
 
-__all__ = ["ASSIGNMENT_SCHEMA", "Assignment", "BlobRef", "blob_of", "split_blob", "tensor_of_blob"]
+__all__ = ["ASSIGNMENT_SCHEMA", "Assignment", "BlobRef", "KeysDoc", "blob_of", "split_blob", "tensor_of_blob"]
 
 ASSIGNMENT_SCHEMA = "edgeflow.assignment/1"
 
@@ -66,6 +67,32 @@ def tensor_of_blob(ref: BlobRef, parts: Mapping[int, bytes], where: str) -> torc
     return tensor_from_bytes(ref.dtype, list(ref.shape), raw, where)
 
 
+def _hex_key(value: str, what: str) -> bytes:
+    if len(value) != 2 * KEY_BYTES or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"{what} must be {2 * KEY_BYTES} lower-case hex digits")
+    return bytes.fromhex(value)
+
+
+class KeysDoc(msgspec.Struct, frozen=True):
+    """The plan's frame keys as a node's assignment carries them (:class:`FrameKeys`, hex)."""
+
+    plan: str
+    request: str
+    client: str
+
+    def __post_init__(self) -> None:  # msgspec runs it on decode too; its errors name the path
+        _hex_key(self.plan, "plan")
+        _hex_key(self.request, "request")
+
+    @classmethod
+    def of(cls, keys: FrameKeys) -> KeysDoc:
+        assert keys.plan is not None, "a node's assignment carries the plan key"
+        return cls(keys.plan.hex(), keys.request.hex(), keys.client)
+
+    def keys(self) -> FrameKeys:
+        return FrameKeys(bytes.fromhex(self.plan), bytes.fromhex(self.request), self.client)
+
+
 class AssignmentDoc(Document, frozen=True, tag=ASSIGNMENT_SCHEMA):
     generation: int
     plan: str
@@ -74,6 +101,7 @@ class AssignmentDoc(Document, frozen=True, tag=ASSIGNMENT_SCHEMA):
     device: int
     units: tuple[UnitDoc, ...]
     weights: dict[str, BlobRef]
+    keys: KeysDoc
 
 
 @dataclass(frozen=True)
@@ -88,11 +116,15 @@ class Assignment:
     device: int
     units: tuple[ExecutionUnit, ...]
     weights: Mapping[str, BlobRef]
+    keys: FrameKeys  # the plan's: this assignment's topic is the only place a node learns them
 
     def to_bytes(self) -> bytes:
         units = tuple(unit_doc(u) for u in self.units)
         weights = dict(sorted(self.weights.items()))
-        return encode(AssignmentDoc(self.generation, self.plan, self.model, self.node, self.device, units, weights))
+        doc = AssignmentDoc(
+            self.generation, self.plan, self.model, self.node, self.device, units, weights, KeysDoc.of(self.keys)
+        )
+        return encode(doc)
 
     @classmethod
     def from_bytes(cls, payload: bytes, topic: str) -> Assignment:
@@ -111,4 +143,4 @@ class Assignment:
             missing = [n for n in unit.const_names() if n not in doc.weights]
             if missing:
                 raise ProtocolError(f"{topic}: unit {unit.uid} names weights {missing[:3]} the assignment lacks")
-        return cls(doc.generation, doc.plan, doc.model, doc.node, doc.device, units, doc.weights)
+        return cls(doc.generation, doc.plan, doc.model, doc.node, doc.device, units, doc.weights, doc.keys.keys())

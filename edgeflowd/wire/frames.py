@@ -1,16 +1,22 @@
 """Tensor frames (pure: no sockets, no clocks).
 
-A tensor frame is ``b"EFF1"`` | header length (uint32, big-endian) | JSON header
-(:class:`FrameHeader`) | raw bytes of one chunk of a row slice. Slices larger than the broker's
-packet limit travel as several frames (``chunk`` i of n) and are put back together by
+A tensor frame is ``b"EFF2"`` | tag (32 bytes) | header length (uint32, big-endian) | JSON header
+(:class:`FrameHeader`) | raw bytes of one chunk of a row slice. The tag is HMAC-SHA256, under one
+of the plan's two keys (:class:`FrameKeys`), of every byte after it: a frame is checked before
+anything of it is buffered, and one that fails is refused. Slices larger than the broker's packet
+limit travel as several frames (``chunk`` i of n) and are put back together by
 :class:`FrameAssembler`, which bounds the bytes it holds and drops partial slices that expire.
 Nothing executable crosses the wire.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,10 +27,46 @@ from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import expected_bytes, tensor_bytes, tensor_from_bytes
 from edgeflowd.wire.schema import Document, decode, encode
 
-__all__ = ["FRAME_SCHEMA", "Frame", "FrameAssembler", "FrameHeader", "decode_frame", "encode_frames"]
+__all__ = [
+    "FRAME_SCHEMA",
+    "KEY_BYTES",
+    "Frame",
+    "FrameAssembler",
+    "FrameHeader",
+    "FrameKeys",
+    "decode_frame",
+    "encode_frames",
+    "pack_frame",
+    "read_header",
+]
 
 FRAME_SCHEMA = "edgeflow.frame/1"
-_MAGIC = b"EFF1"
+_MAGIC = b"EFF2"
+_TAG = 32  # HMAC-SHA256
+_PREFIX = len(_MAGIC) + _TAG + 4
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class FrameKeys:
+    """One plan's keys. ``plan`` (only the nodes hold it: their assignments carry it) signs every
+    frame between nodes; ``request`` (the nodes and the requesters: the plan summary carries it)
+    signs the requesters' inputs, sent by unit ``client`` (the plan's source unit), and the results.
+    A requester has no ``plan`` key, so it can send inputs and read results, never forge a frame
+    between nodes."""
+
+    plan: bytes | None
+    request: bytes
+    client: str
+
+    @classmethod
+    def fresh(cls, client: str) -> FrameKeys:
+        """New random keys, for a new plan."""
+        return cls(secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES), client)
+
+    def to_node(self, source: str) -> bytes | None:
+        """The key of a frame from unit ``source`` to a node's unit (None: this holder cannot check it)."""
+        return self.request if source == self.client else self.plan
 
 
 @dataclass(frozen=True)
@@ -65,9 +107,17 @@ class FrameHeader(Document, frozen=True, tag=FRAME_SCHEMA):
 
 
 def encode_frames(
-    request: str, plan: str, source: str, layer: str, rows: RowRange, tensor: torch.Tensor, max_packet: int
+    request: str,
+    plan: str,
+    source: str,
+    layer: str,
+    rows: RowRange,
+    tensor: torch.Tensor,
+    max_packet: int,
+    key: bytes,
 ) -> list[bytes]:
-    """Frames carrying ``tensor`` (rows ``rows`` of ``layer``), none larger than ``max_packet``."""
+    """Frames carrying ``tensor`` (rows ``rows`` of ``layer``), none larger than ``max_packet``,
+    each signed with ``key``."""
     room = max_packet - FRAME_HEADER_BYTES
     if room <= 0:
         raise ProtocolError(f"packet limit {max_packet} leaves no room for a frame header")
@@ -79,31 +129,50 @@ def encode_frames(
         header = FrameHeader(
             request, plan, source, layer, (rows.start, rows.stop), dtype, tuple(shape), (i, chunks), len(raw)
         )
-        frames.append(_pack(encode(header), view[i * room : (i + 1) * room]))
+        frames.append(pack_frame(encode(header), view[i * room : (i + 1) * room], key))
     return frames
 
 
-def _pack(header: bytes, body: bytes | memoryview) -> bytes:
-    return b"".join([_MAGIC, struct.pack(">I", len(header)), header, body])
+def pack_frame(header: bytes, body: bytes | memoryview, key: bytes) -> bytes:
+    """One frame of an encoded header and body, signed with ``key`` (the encoder's; tests forge
+    frames a key holder could send with it)."""
+    signed = b"".join([struct.pack(">I", len(header)), header, body])
+    return b"".join([_MAGIC, hmac.digest(key, signed, hashlib.sha256), signed])
 
 
-def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
-    """Parse one frame; anything malformed raises :class:`ProtocolError` naming topic and field."""
-    if len(payload) < 8 or payload[:4] != _MAGIC:
+def read_header(payload: bytes, topic: str = "frame") -> FrameHeader:
+    """The header of a frame, unchecked: for counting traffic, never for taking its data."""
+    return _split(payload, topic)[0]
+
+
+def _split(payload: bytes, topic: str) -> tuple[FrameHeader, int]:
+    """The header, and where the body starts."""
+    if len(payload) < _PREFIX or payload[:4] != _MAGIC:
         raise ProtocolError(f"{topic}: not an EdgeFlow frame (bad magic)")
-    (size,) = struct.unpack(">I", payload[4:8])
-    if 8 + size > len(payload):
+    (size,) = struct.unpack(">I", payload[_PREFIX - 4 : _PREFIX])
+    if _PREFIX + size > len(payload):
         raise ProtocolError(f"{topic}: header length {size} exceeds the {len(payload)}-byte payload")
-    view = memoryview(payload)
-    h = decode(view[8 : 8 + size], FrameHeader, f"{topic}: frame")
+    return decode(memoryview(payload)[_PREFIX : _PREFIX + size], FrameHeader, f"{topic}: frame"), _PREFIX + size
+
+
+def decode_frame(payload: bytes, topic: str, key_of: Callable[[str], bytes | None]) -> Frame:
+    """Parse and check one frame: ``key_of(source)`` is the key the frame's source unit must have
+    signed it with (None: no key here may sign that source). Anything malformed or not signed so
+    raises :class:`ProtocolError` naming topic and field; nothing is taken from it before."""
+    h, body = _split(payload, topic)
     (start, stop), (index, count) = h.rows, h.chunk
     if not 0 <= index < count or h.nbytes < 0 or min(h.shape, default=0) < 0 or stop < start:
         fields = f"chunk {index} of {count}, nbytes {h.nbytes}, shape {h.shape}, rows {h.rows}"
         raise ProtocolError(f"{topic}: frame {fields} are inconsistent")
-    if count > max(1, h.nbytes) or (count > 1 and len(payload) == 8 + size):  # empty chunks hold memory uncounted
+    if count > max(1, h.nbytes) or (count > 1 and len(payload) == body):  # empty chunks hold memory uncounted
         raise ProtocolError(f"{topic}: frame announces {count} chunks of {h.nbytes} bytes, or carries none")
     if h.nbytes != expected_bytes(h.dtype, h.shape, f"{topic}: frame"):  # a total that lies is refused here
         raise ProtocolError(f"{topic}: frame field 'nbytes' is {h.nbytes}; shape {list(h.shape)} {h.dtype} is not that")
+    key, view = key_of(h.source), memoryview(payload)
+    tag = view[len(_MAGIC) : len(_MAGIC) + _TAG]
+    if key is None or not hmac.compare_digest(hmac.digest(key, view[len(_MAGIC) + _TAG :], hashlib.sha256), tag):
+        why = "no key here may sign it" if key is None else "its tag does not match the plan's key"
+        raise ProtocolError(f"{topic}: frame from unit {h.source!r} refused: {why}")
     return Frame(
         h.request,
         h.plan,
@@ -115,7 +184,7 @@ def decode_frame(payload: bytes, topic: str = "frame") -> Frame:
         index,
         count,
         h.nbytes,
-        view[8 + size :],
+        view[body:],
     )
 
 

@@ -116,6 +116,9 @@ class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
     outputs: list[Output]
     predicted_ms: float = 0.0
     blobs: dict[str, Any] = msgspec.field(default_factory=dict)  # sha256 -> parts, to clear them later
+    request_key: str = ""
+    """The plan's request key (hex, :class:`~edgeflowd.wire.frames.FrameKeys`): requesters sign
+    their inputs and check the results with it. Never the plan key, which only nodes hold."""
     admits: int = 0
     """Requests the plan holds at once: the fewest any of its nodes admits (0: not known). A
     requester sends no more than this at once, and refuses the rest as busy without sending them."""
