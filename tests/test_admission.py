@@ -9,20 +9,22 @@ import random
 import pytest
 import torch
 
-from controller.control.deployment import make_deployment
+from controller.control.deployment import Deployment, make_deployment
+from controller.control.rollout import Rollout, completion_messages
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.planner.partitions import random_partition
 from controller.planner.plan import build_plan
 from controller.zoo import build_model
+from edgeflowd.errors import ProtocolError
 from edgeflowd.net.memory import MemoryBus
 from edgeflowd.node.admission import Admission, Verdict
 from edgeflowd.node.in_memory import subscribe
-from edgeflowd.node.runtime import Complete, Dropped, NodeRuntime, Publish, carry_out
+from edgeflowd.node.runtime import Complete, Deliver, Dropped, NodeRuntime, Publish, carry_out
 from edgeflowd.node.slices import output_needs
-from edgeflowd.wire.frames import FrameKeys
-from edgeflowd.wire.messages import Busy, decode_control
-from edgeflowd.wire.topics import Topics, UnitInputTopic
+from edgeflowd.wire.frames import FrameKeys, pack_frame
+from edgeflowd.wire.messages import AssignmentReport, Busy, PlanInfo, decode_control, encode_control
+from edgeflowd.wire.topics import BusyTopic, Topics, UnitInputTopic
 from edgeflowd.wire.units import unit_of
 
 
@@ -56,13 +58,17 @@ def test_admission_remembers_a_bounded_number_of_requests() -> None:
         Admission(limit=0, units=1, ttl_s=1.0)
 
 
-def _two_nodes(
-    admit: int, max_bytes: int = 1 << 24
-) -> tuple[list[NodeRuntime], NodeRuntime, torch.nn.Module, tuple[int, ...]]:
+def _deployment() -> tuple[Deployment, torch.nn.Module, tuple[int, ...]]:
     model, shape = build_model("small_dag", (1, 3, 40, 40), 3)
     graph = trace_model(model, torch.zeros(shape), "small_dag")
     plan = build_plan(graph, random_partition(graph, 2, random.Random(3)))
-    deployment = make_deployment(plan, graph, ["n0", "n1"], generation=5, method="random", part_bytes=4096)
+    return make_deployment(plan, graph, ["n0", "n1"], generation=5, method="random", part_bytes=4096), model, shape
+
+
+def _two_nodes(
+    admit: int, max_bytes: int = 1 << 24
+) -> tuple[list[NodeRuntime], NodeRuntime, torch.nn.Module, tuple[int, ...]]:
+    deployment, model, shape = _deployment()
     topics, tensors = Topics("mem"), dict(model.state_dict())
     nodes = [
         NodeRuntime(
@@ -129,6 +135,40 @@ def test_a_request_with_no_room_for_its_rows_is_refused_and_its_later_frames_dro
     assert len(busy) == 1 and busy[0].topic == node.topics.busy(node.plan)
     refusal = decode_control(busy[0].payload, busy[0].topic, Busy)
     assert refusal.request == "r1" and "had no room for its rows" in refusal.reason
-    assert Dropped("refused", "r1") in actions
+    assert Dropped("refused", node.topics.busy(node.plan)) in actions
     assert node.receive(about, mine[0].payload, 0.1, mine[0].topic) == [Dropped("dropped", mine[0].topic)]
     assert node.slices.held_bytes == 0 and node.admission is not None and node.admission.held == 0
+
+
+def test_a_first_frame_refused_as_malformed_holds_no_place_and_a_dropped_request_is_not_buffered_again() -> None:
+    nodes, requester, _, shape = _two_nodes(admit=1)
+    node = nodes[0]
+    frames = [a for a in requester.send("r1", torch.randn(shape), 1 << 20) if isinstance(a, Publish)]
+    inputs = {node.topics.unit_input(node.plan, uid) for uid in node.units}
+    first = next(f for f in frames if f.topic in inputs)
+    about = node.topics.parse(first.topic)
+    assert isinstance(about, UnitInputTopic)
+    header = first.payload[40 : 40 + int.from_bytes(first.payload[36:40], "big")]
+    short = pack_frame(header, first.payload[40 + len(header) : -4], node.keys.request)  # a key holder's, cut short
+    with pytest.raises(ProtocolError, match="needs"):
+        node.receive(about, short, 0.0, first.topic)
+    assert node.admission is not None and node.admission.held == 0  # the next request is admitted
+    assert not any(isinstance(a, Publish) for a in node.receive(about, first.payload, 0.1, first.topic))
+    assert node.admission.held == 1
+    node.refused(BusyTopic(node.plan), encode_control(Busy("r1", "n1", "test")), 0.2, "t")  # dropped meanwhile
+    unit = node.units[about.unit]
+    late = Deliver("r1", unit.uid, unit.inputs[0].producer, unit.inputs[0].rows, torch.zeros(1))
+    assert node.deliver(late, 0.3) == [Dropped("dropped", "local")]  # a worker's slice: not buffered again
+    assert node.slices.pending == 0
+
+
+def test_the_plan_admits_the_fewest_requests_any_of_its_nodes_holds() -> None:
+    deployment, _, _ = _deployment()
+    rollout = Rollout(deployment, 0.0, 60.0)
+    rollout.on_report("n0", AssignmentReport(5, "ready", admits=8))
+    assert rollout.admits == 0  # n1 has not said
+    rollout.on_report("n1", AssignmentReport(5, "ready", admits=3))
+    assert rollout.admits == 3
+    summary = completion_messages(Topics("mem"), deployment, None, admits=rollout.admits)[0]
+    info = decode_control(summary.payload, summary.topic, PlanInfo)
+    assert info.admits == 3 and info.request_key == deployment.info.request_key

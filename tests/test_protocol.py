@@ -187,6 +187,14 @@ def test_random_bytes_only_ever_raise_protocol_errors(data: bytes) -> None:
         FrameAssembler().add(_decode(data), 0.0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=100))
+def test_signed_random_headers_and_bodies_only_ever_raise_protocol_errors(header: bytes, body: bytes) -> None:
+    """Past the tag, as a key holder could send them: the layout checks and the assembler."""
+    with contextlib.suppress(ProtocolError):
+        FrameAssembler().add(_decode(pack_frame(header, body, KEY)), 0.0)
+
+
 def test_frames_are_signed_with_the_key_their_path_needs() -> None:
     """Between nodes the plan key (only nodes hold it); from the requester's source unit and to
     the requester the request key. A requester, holding only the request key, can send inputs and
@@ -205,5 +213,8 @@ def test_frames_are_signed_with_the_key_their_path_needs() -> None:
     other = FrameKeys.fresh("x@client")  # another plan's keys: a replay from an old generation
     with pytest.raises(ProtocolError, match="its tag does not match"):
         decode_frame(node_frame, "t", other.to_node)
+    (relabelled,) = encode_frames("r", "g", "x@client", "conv1", RowRange(0, 2), x, 4096, key=KEYS.request)
+    with pytest.raises(ProtocolError, match="frame from unit 'x@client' refused: no key here may sign it"):
+        _decode(relabelled)  # a requester passing off a slice of another layer as the model input
     (result,) = encode_frames("r", "g", "fc@d1", "fc", RowRange(0, 2), x, 4096, key=KEYS.request)
     assert decode_frame(result, "t", lambda source: requester.request).source == "fc@d1"

@@ -226,7 +226,12 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     infer.add_argument("--output", metavar="FILE.npy", help="save the first result (.npz for several outputs)")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds before a request fails")
     infer.add_argument("--check", action="store_true", help="compare every result with the local model")
-    infer.add_argument("--traffic", action="store_true", help="count the broker's data messages per request")
+    infer.add_argument(
+        "--traffic",
+        action="store_true",
+        help="count the broker's data messages per request (reads the whole data plane: more than "
+        "`edgeflow acl` lets a requester read)",
+    )
     infer.add_argument("--seed", type=int, default=0, help="seed of the model's weights and of random inputs")
     infer.add_argument("--plan-wait", type=float, default=5.0, help="seconds to wait for the retained plan")
     infer.set_defaults(func=_cmd_infer)

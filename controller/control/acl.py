@@ -53,11 +53,16 @@ def mosquitto_acl(
             f"topic read {data}/busy",
             "",
         ]
+    seen = [topics.node_filter(leaf) for leaf in NODE_LEAVES if leaf not in ("assignment", "echo")]
     for dashboard in dashboards:
         lines += [
-            "# broker dashboard: reads everything, writes nothing",
+            "# broker dashboard: reads everything but the nodes'",
+            "# assignments, which hold the plan key; writes nothing",
             f"user {dashboard}",
-            f"topic read {topics.root}/#",
+            *(f"topic read {topic}" for topic in seen),
+            f"topic read {topics.root}/controller/#",
+            f"topic read {topics.all_data}",
+            f"topic read {topics.all_blobs}",
             "",
         ]
     return "\n".join(lines)

@@ -142,14 +142,16 @@ class InferenceClient:
     def _adopt(self, info: PlanInfo) -> None:
         """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
         sources = [unit_of(u, f"plan {info.plan}: $.sources[{i}]") for i, u in enumerate(info.sources)]
-        self.info = info
+        if len(info.request_key) != 64 or any(c not in "0123456789abcdef" for c in info.request_key):
+            raise ProtocolError(f"plan {info.plan}'s summary carries no valid request key: deploy it again")
+        if len(sources) != 1:
+            raise ProtocolError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # No TTL: a request is given up on by its own timeout (run), which closes it.
-        if not info.request_key or len(sources) != 1:
-            raise EdgeFlowError(f"plan {info.plan}'s summary carries no request key or not one input: deploy it again")
         # No plan key: a requester sends inputs and reads results, never frames between nodes.
         keys = FrameKeys(None, bytes.fromhex(info.request_key), sources[0].uid)
-        self.runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), keys, outputs=outputs)
+        runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), keys, outputs=outputs)
+        self.info, self.runtime = info, runtime
         # The tap's filter holds the refusals too; a plain client adds them to its results.
         patterns = [self.topics.data_filter(info.plan)] if self.tap else [self.topics.results(info.plan)]
         patterns += [] if self.tap else [self.topics.busy(info.plan)]
@@ -230,8 +232,8 @@ class InferenceClient:
                 else:
                     t0 = self.clock()
                     flight.start(self.send(x), t0)
-                while self._take(flight, wait_s=0.0):  # what came while sending is timed now, not after
-                    pass
+                for _ in range(self.messages.qsize()):  # what came while sending is timed now, not after
+                    self._take(flight, wait_s=0.0)
             if more or flight.started:
                 self._take(flight, wait_s=0.05)
             now = self.clock()
@@ -298,7 +300,11 @@ class InferenceClient:
         if new is None or new.generation == self.info.generation or new.model != self.info.model:
             return ""
         old = self.info.plan
-        self._adopt(new)
+        try:
+            self._adopt(new)
+        except ProtocolError as exc:  # the requests in flight fail all the same: the nodes run the new plan
+            log.warning("cannot adopt plan %s: %s", new.plan, exc)
+            return f"plan {old} was replaced by {new.plan}, which this requester cannot use: {exc}"
         return f"plan {old} was replaced by {new.plan} while the request was in flight"
 
     def _refused(self, payload: bytes, started: dict[str, float]) -> tuple[str, str] | None:

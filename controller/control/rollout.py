@@ -91,7 +91,8 @@ class Rollout:
 
     @property
     def admits(self) -> int:
-        """The fewest requests any node said it holds at once (0: some node did not say)."""
+        """The fewest requests any node said it holds at once (0: some node did not say: an older
+        daemon; a requester then sends without a limit, and the nodes alone refuse)."""
         said = [self.reports[n].admits if n in self.reports else 0 for n in self.nodes]
         return min(said) if said and min(said) > 0 else 0
 

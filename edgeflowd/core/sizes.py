@@ -10,8 +10,9 @@ through the broker (the cost model assumes the same), and every broker we know a
 Under MQTT 5 a smaller limit announced by the broker wins."""
 
 FRAME_HEADER_BYTES = 512
-"""Room each message keeps for what is not tensor bytes: the frame's JSON header (about 210 bytes
-for ResNet-50 ids), the topic (about 50) and the MQTT fixed header. The cost model charges it per
+"""Room each message keeps for what is not tensor bytes: the frame's 40-byte prefix (magic, tag,
+header length), its JSON header (about 220 bytes for ResNet-50 ids), the topic (about 50) and
+the MQTT fixed header. The cost model charges it per
 message, the frame encoder and the blob splitter keep it free in every packet."""
 
 FRAME_ROOM_BYTES = PACKET_BYTES - FRAME_HEADER_BYTES

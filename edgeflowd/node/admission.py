@@ -2,10 +2,10 @@
 whole or refused at once (pure bookkeeping behind :class:`~edgeflowd.node.runtime.NodeRuntime`;
 ``now`` is always passed in).
 
-Under overload a node that took every request's first rows and then ran out of room for their
-later ones completed nothing: every request expired half-done. Here a request is admitted when
-its first frame reaches the node, and stays admitted until every unit of the node has run for it
-(or it is given up on). A new request beyond the limit is refused; the refusal is published
+Under overload a node that took every request's first rows and then ran out of room for their later
+ones completed nothing: every request expired half-done. Here a request is admitted when its first
+frame reaches the node, and stays admitted until every unit of the node has been handed its inputs
+for it (or it is given up on). A new request beyond the limit is refused; the refusal is published
 (``data/<plan>/busy``), so every other node drops what it holds of that request and its requester
 fails it at once. Frames of a refused or finished request that arrive later are dropped.
 """
@@ -50,7 +50,8 @@ class Admission:
         return Verdict.NEW
 
     def ran(self, request: str, now: float) -> None:
-        """One of the node's units was handed its inputs for ``request``; the last one frees its place."""
+        """One of the node's units was handed its inputs for ``request``; the last one frees its
+        place (its computing may still be under way: the worker pool bounds that)."""
         held = self._left.get(request)
         if held is None:
             return
@@ -59,6 +60,14 @@ class Admission:
             self._went(request, now)
         else:
             self._left[request] = (held[0] - 1, held[1])
+
+    def holds(self, request: str) -> bool:
+        return request in self._left
+
+    def release(self, request: str) -> None:
+        """Free ``request``'s place without marking it gone: its first frame was malformed, and a
+        well-formed one may still come."""
+        self._left.pop(request, None)
 
     def drop(self, request: str, now: float) -> bool:
         """``request`` is given up on here (refused elsewhere, no room, expired): its place is

@@ -328,7 +328,7 @@ class Daemon:
 
     def _report(self, report: a.Report) -> None:
         units = sorted(self.runtime.units) if self.runtime and report.state == "ready" else []
-        admits = self.config.max_requests if units else 0
+        admits = self.config.max_requests if report.state == "ready" else 0  # a node with no units too
         message = AssignmentReport(report.generation, report.state, report.error, units, self.instance, admits)
         if report.error:
             log.error("node=%s generation %d: %s", self.node, report.generation, report.error)

@@ -27,7 +27,7 @@ from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_firs
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.admission import Admission, Verdict
 from edgeflowd.node.slices import BufferFullError, Need, SliceBuffer, needs_of
-from edgeflowd.wire.frames import FrameAssembler, FrameKeys, decode_frame, encode_frames
+from edgeflowd.wire.frames import Frame, FrameAssembler, FrameKeys, decode_frame, encode_frames
 from edgeflowd.wire.messages import Busy, decode_control, encode_control
 from edgeflowd.wire.topics import BusyTopic, DataTopic, ResultTopic, Topics
 
@@ -174,6 +174,11 @@ class NodeRuntime:
                 return [Dropped("dropped", where)]
             if verdict is Verdict.REFUSED:
                 return self._refusal(frame.request, f"holds {self.admission.limit} requests, as many as it admits")
+            if verdict is Verdict.NEW:
+                return self._first(frame, consumer, now, where)
+        return self._take(frame, consumer, now, where)
+
+    def _take(self, frame: Frame, consumer: str, now: float, where: str) -> list[Action]:
         try:
             tensor = self.frames.add(frame, now, where)
             if tensor is None:
@@ -183,6 +188,16 @@ class NodeRuntime:
             if self.admission is None:
                 raise
             return self.give_up(frame.request, f"had no room for its rows ({exc})", now)
+
+    def _first(self, frame: Frame, consumer: str, now: float, where: str) -> list[Action]:
+        """The frame that admitted its request: if it is refused as malformed, the request holds no
+        place here (eight bad frames would otherwise lock a node for ``request_ttl_s``)."""
+        assert self.admission is not None
+        try:
+            return self._take(frame, consumer, now, where)
+        except ProtocolError:
+            self.admission.release(frame.request)
+            raise
 
     def give_up(self, request: str, reason: str, now: float) -> list[Action]:
         """Drop all of ``request`` here and publish why: every node of the plan drops it too, and
@@ -200,7 +215,10 @@ class NodeRuntime:
 
     def _refusal(self, request: str, reason: str) -> list[Action]:
         busy = Busy(request, self.node, f"node {self.node} {reason}")
-        return [Publish(self.topics.busy(self.plan), encode_control(busy)), Dropped("refused", request)]
+        return [
+            Publish(self.topics.busy(self.plan), encode_control(busy)),
+            Dropped("refused", self.topics.busy(self.plan)),
+        ]
 
     def refused(self, topic: BusyTopic, payload: bytes, now: float, where: str) -> None:
         """A refusal published on the plan's busy topic (by any node, this one too): drop the request."""
@@ -209,7 +227,10 @@ class NodeRuntime:
         self._forget(decode_control(payload, where, Busy).request, now)
 
     def deliver(self, slice_: Deliver, now: float, where: str = "local") -> list[Action]:
-        """Buffer one whole slice; the unit (or the sink) it completes, if any."""
+        """Buffer one whole slice; the unit (or the sink) it completes, if any. A worker's slice of
+        a request given up on while its unit ran is dropped, not buffered again."""
+        if self.admission is not None and not self.admission.holds(slice_.request):
+            return [Dropped("dropped", where)]
         inputs = self.slices.add(
             slice_.request, slice_.consumer, slice_.producer, slice_.rows, slice_.tensor, now, where
         )

@@ -64,9 +64,13 @@ class FrameKeys:
         """New random keys, for a new plan."""
         return cls(secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES), client)
 
-    def to_node(self, source: str) -> bytes | None:
-        """The key of a frame from unit ``source`` to a node's unit (None: this holder cannot check it)."""
-        return self.request if source == self.client else self.plan
+    def to_node(self, header: FrameHeader) -> bytes | None:
+        """The key a frame to a node's unit must be signed with (None: none this holder has). The
+        request key signs only the client unit's own rows, of the model input: a requester cannot
+        pass off a slice of any other layer as coming from it."""
+        if header.source != self.client:
+            return self.plan
+        return self.request if header.layer == self.client.rpartition("@")[0] else None
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,9 @@ def _split(payload: bytes, topic: str) -> tuple[FrameHeader, int]:
     return decode(memoryview(payload)[_PREFIX : _PREFIX + size], FrameHeader, f"{topic}: frame"), _PREFIX + size
 
 
-def decode_frame(payload: bytes, topic: str, key_of: Callable[[str], bytes | None]) -> Frame:
-    """Parse and check one frame: ``key_of(source)`` is the key the frame's source unit must have
-    signed it with (None: no key here may sign that source). Anything malformed or not signed so
+def decode_frame(payload: bytes, topic: str, key_of: Callable[[FrameHeader], bytes | None]) -> Frame:
+    """Parse and check one frame: ``key_of(header)`` is the key its sender must have signed it
+    with (None: no key here may sign such a frame). Anything malformed or not signed so
     raises :class:`ProtocolError` naming topic and field; nothing is taken from it before."""
     h, body = _split(payload, topic)
     (start, stop), (index, count) = h.rows, h.chunk
@@ -168,7 +172,7 @@ def decode_frame(payload: bytes, topic: str, key_of: Callable[[str], bytes | Non
         raise ProtocolError(f"{topic}: frame announces {count} chunks of {h.nbytes} bytes, or carries none")
     if h.nbytes != expected_bytes(h.dtype, h.shape, f"{topic}: frame"):  # a total that lies is refused here
         raise ProtocolError(f"{topic}: frame field 'nbytes' is {h.nbytes}; shape {list(h.shape)} {h.dtype} is not that")
-    key, view = key_of(h.source), memoryview(payload)
+    key, view = key_of(h), memoryview(payload)
     tag = view[len(_MAGIC) : len(_MAGIC) + _TAG]
     if key is None or not hmac.compare_digest(hmac.digest(key, view[len(_MAGIC) + _TAG :], hashlib.sha256), tag):
         why = "no key here may sign it" if key is None else "its tag does not match the plan's key"
