@@ -201,7 +201,8 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
 def test_a_frozen_node_is_planned_around_in_seconds(tmp_path: Path) -> None:
     """SIGSTOP: the node's socket stays open, so only the keepalive tells. With the daemon's 5 s
     keepalive the broker publishes its last will ("offline") 7.5 s after its last word, and the
-    controller plans around it; woken again, it reconnects and is planned back in."""
+    controller plans around it at once (no settle time for a planned node that left); woken
+    again, it reconnects and is planned back in."""
     with _cluster(tmp_path) as (broker, daemons, watcher, stack):
         _plan_on(watcher, set(NODES), 120)
         frozen = daemons["node-c"].process

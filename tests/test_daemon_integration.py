@@ -213,6 +213,7 @@ def test_restart_recovers_from_the_retained_assignment(local: Local, capsys: pyt
     code, out = _infer(local, capsys, "resnet18", "--repeat", "2", "--concurrency", "2", "--timeout", "3")
     assert code == 1
     assert out.count("timed out after 3 s") == 2, out
+    assert re.search(r"timed out after 3 s; missing \w+ rows \[\d+,\d+\) from node-[abc] \(\w+@d\d\)", out), out
     t0 = time.monotonic()
     victim.start()
     local.watcher.wait_for(

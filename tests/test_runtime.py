@@ -3,6 +3,7 @@ per-node runtimes that exchange only encoded frames (in-memory channels, no brok
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import replace
@@ -21,7 +22,7 @@ from controller.planner.plan import build_plan
 from controller.zoo import build_model
 from edgeflowd.core.ops import Const, OpCall, Prev
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import run_layer_rows
+from edgeflowd.core.slicing import height_of, run_layer_rows
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.assignments import Activate, Assignments, Report
 from edgeflowd.node.in_memory import run_request
@@ -203,6 +204,17 @@ def test_node_runtimes_exchanging_only_frames_reproduce_the_model(seed: int) -> 
     assert rel <= TOLERANCE
     assert bus.messages > sum(len(u.forwards) for n in nodes for u in n.units.values()) / 3  # chunked
     assert all(n.slices.pending == 0 and n.frames.pending == 0 for n in nodes)
+
+
+def test_the_plan_summary_names_who_sends_each_output_row() -> None:
+    """What a requester whose request timed out names: each output's rows, by node and unit."""
+    deployment, _, _ = _small_deployment(devices=3)
+    for output in deployment.info.outputs:
+        rows = sorted((RowRange(*s.rows) for s in output.senders), key=lambda r: r.start)
+        assert rows and rows[0].start == 0 and rows[-1].stop == height_of(output.shape)
+        assert all(a.stop == b.start for a, b in itertools.pairwise(rows))  # every row once
+        for sender in output.senders:
+            assert sender.unit in {u.uid for u in deployment.assignments[sender.node].units}
 
 
 def test_a_requester_buffers_only_the_requests_it_opened() -> None:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from controller.graph.layers import LayerGraph
 from controller.planner.plan import Plan
-from edgeflowd.core.units import CLIENT
+from edgeflowd.core.units import CLIENT, SINK
 from edgeflowd.errors import PlanError
 from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of
 from edgeflowd.wire.frames import FrameKeys
-from edgeflowd.wire.messages import Output, PlanInfo
+from edgeflowd.wire.messages import Output, PlanInfo, Sender
 from edgeflowd.wire.units import unit_doc
 
 __all__ = ["Deployment", "make_deployment"]
@@ -66,7 +66,7 @@ def make_deployment(
         weights = {n: refs[n] for u in units for n in u.const_names()}
         assignments[node] = Assignment(generation, plan_id, plan.model, node, device, units, weights, keys)
     sources = [unit_doc(u) for u in clients]
-    outputs = [Output(name, graph[name].out_shape) for name in plan.outputs]
+    outputs = [Output(name, graph[name].out_shape, _senders(plan, name, nodes)) for name in plan.outputs]
     source_shape = graph.sources[0].out_shape if graph.sources else ()
     info = PlanInfo(
         generation=generation,
@@ -82,3 +82,14 @@ def make_deployment(
         request_key=keys.request.hex(),
     )
     return Deployment(info, assignments, blobs)
+
+
+def _senders(plan: Plan, layer: str, nodes: Sequence[str]) -> list[Sender]:
+    """Which node sends which rows of output ``layer`` to the requester."""
+    return [
+        Sender(nodes[u.device], u.uid, (f.rows.start, f.rows.stop))
+        for u in plan.units
+        if u.layer == layer and u.device != CLIENT
+        for f in u.forwards
+        if f.consumer == SINK
+    ]

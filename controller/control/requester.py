@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from controller.control.deploy import current_plan
+from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
@@ -239,12 +240,23 @@ class InferenceClient:
             now = self.clock()
             for request, t0 in list(flight.started.items()):
                 if now - t0 > timeout_s:
-                    missing = "; ".join(self.runtime.missing(request)) or "no rows"
+                    missing = self._stalled(request)
                     self.runtime.close(request)
                     flight.end(
                         request, None, f"request {request} timed out after {timeout_s:g} s; missing {missing}", now
                     )
         return flight.results()
+
+    def _stalled(self, request: str) -> str:
+        """What a request that timed out lacks, by the node that was to send it."""
+        arrived = self.runtime.arrived(request)
+        lacking = []
+        for output in self.info.outputs:
+            for sender in output.senders:
+                rows = RowRange(*sender.rows)
+                if not any(got.contains(rows) for got in arrived.get(output.layer, [])):
+                    lacking.append(f"{output.layer} rows {rows} from {sender.node} ({sender.unit})")
+        return "; ".join(lacking) or "; ".join(self.runtime.missing(request)) or "no rows"
 
     def _take(self, flight: _Flight, wait_s: float) -> bool:
         """Handle one message (waiting at most ``wait_s`` for it); False when none came."""

@@ -1,14 +1,13 @@
 """``edgeflow controller``: keeps one model's plan right while the cluster changes.
 
-It watches every node's status, info and telemetry (through :class:`Registry`), and re-plans when the set
-of live nodes changes (a last will, a restart, a new node) or a node's load moves beyond the hysteresis
-of :class:`LoadWatch`. A re-plan waits ``settle_s`` after the last change (so a burst of events costs one
-plan) and rolls a new generation out on the service's own connection (:mod:`controller.control.rollout`:
-blobs, then assignments). The nodes' reports arrive as events in the same loop; once every node is ready
-it publishes the plan summary and clears the retained assignment of every other node of the cluster, so
-that a node coming back runs nothing stale. Nothing in the loop waits for the broker: node messages keep
-being handled while a generation rolls out, and a planned node going offline fails the rollout at once.
-Its own status is retained with a last will; what it does is published on ``controller/event``.
+It watches every node's status, info and telemetry (through :class:`Registry`) and re-plans when the set of
+live nodes changes (a last will, a restart, a new node) or a node's load moves beyond the hysteresis of
+:class:`LoadWatch`, ``settle_s`` after the last change (a burst costs one plan; a planned node that left, at
+once). It rolls a new generation out on its own connection (:mod:`controller.control.rollout`: blobs, then
+assignments) and takes the nodes' reports as events in the same loop, which never waits for the broker; once
+every node is ready it publishes the plan summary and clears the retained assignment of every other node, so
+that one coming back runs nothing stale. Its status is retained with a last will; what it does goes to
+``controller/event``.
 
 With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits each node's
 cost model to its units' times and the work of a message to the requesters' reported latencies, publishes
@@ -54,7 +53,7 @@ from controller.planner.methods import plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
-from edgeflowd.net.mqtt import Connection, MessageQueue
+from edgeflowd.net.mqtt import Connection, MessageQueue, queued
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
 from edgeflowd.wire.messages import (
@@ -145,15 +144,8 @@ class ControllerService:
         )
         try:
             while not self.stop_event.is_set():
-                try:
-                    topic, payload = self.messages.get(timeout=0.2)
-                    self._on_message(topic, payload)
-                except queue.Empty:
-                    pass
-                except ProtocolError as exc:
-                    log.warning("ignored: %s", exc)
-                except Exception:  # the controller outlives any one bad message or bug in one path
-                    log.exception("error while handling a message")
+                for topic, payload in queued(self.messages, 0.2):  # wills that come together: one plan
+                    self._handle(topic, payload)
                 self._check_rollout()
                 settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
                 if settled and self.rolling is None:  # a rollout in flight finishes (or fails) first
@@ -169,6 +161,14 @@ class ControllerService:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        try:
+            self._on_message(topic, payload)
+        except ProtocolError as exc:
+            log.warning("ignored: %s", exc)
+        except Exception:  # the controller outlives any one bad message or bug in one path
+            log.exception("error while handling a message")
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         about = self.topics.parse(topic)
@@ -202,7 +202,7 @@ class ControllerService:
         target = self.rolling.rollout.nodes if self.rolling else self.planned_nodes
         if about.leaf in ("status", "info") and set(self.registry.live()) != set(target):
             change = events[-1].event if events else "ready"
-            self._mark(f"{node} {change}")
+            self._mark(f"{node} {change}", due=change == "left" and node in target)
 
     def _on_telemetry(self, node: str, telemetry: Telemetry) -> None:
         now = self.clock()
@@ -238,8 +238,7 @@ class ControllerService:
         self._publish_costs()
 
     def _all_fitted(self, live: Rolling) -> bool:
-        """Every node with work in the live plan has a fit of its unit times: only then can the
-        rest of what a request takes be put down to messages."""
+        """Every node with work in the live plan has a fit: only then is the rest put down to messages."""
         fitted = self._fitted()
         return all(n in fitted for i, n in enumerate(live.rollout.nodes) if live.planned.plan.on_device(i))
 
@@ -296,14 +295,14 @@ class ControllerService:
         )
         self.conn.publish(self.topics.controller("costs"), encode_control(report), qos=1, retain=True)
 
-    def _mark(self, reason: str, debounce: bool = True) -> None:
+    def _mark(self, reason: str, debounce: bool = True, due: bool = False) -> None:
         """Ask for a re-plan ``settle_s`` from now; membership changes (``debounce``) push it back
-        so a burst costs one plan, periodic load reports must not."""
+        so a burst costs one plan, periodic load reports must not. ``due``: at once (a planned node
+        left: every request fails until a plan without it is live)."""
         if self._dirty_since is None:
             self._reason = reason
-            self._dirty_since = self.clock()
-        elif debounce:
-            self._dirty_since = self.clock()
+        if self._dirty_since is None or debounce:
+            self._dirty_since = self.clock() - (self.settle_s if due else 0.0)
 
     def _event(self, event: str, node: str = "", detail: str = "") -> None:
         log.info("event %s %s %s", event, node, detail)
@@ -363,7 +362,7 @@ class ControllerService:
         failure = rolling.rollout.failure(self.clock(), offline)
         if failure:
             self.rolling = None
-            self._failed(rolling.reason, failure, self.settle_s if offline else _RETRY_S)  # offline: membership
+            self._failed(rolling.reason, failure, 0.0 if offline else _RETRY_S)  # offline: plan around it now
             return
         if not rolling.rollout.ready:
             return

@@ -26,6 +26,7 @@ __all__ = [
     "Connection",
     "MessageQueue",
     "listen",
+    "queued",
     "received",
 ]
 
@@ -234,6 +235,16 @@ def listen(broker: BrokerSettings, role: str, topics: Sequence[str]) -> tuple[Co
         conn.subscribe(topic, qos=1)
     conn.start()
     return conn, messages
+
+
+def queued(messages: MessageQueue, wait_s: float) -> list[tuple[str, bytes]]:
+    """The next message (waiting at most ``wait_s`` for it) and every one already queued behind it:
+    a consumer that decides after each batch decides on all it has been told."""
+    try:
+        batch = [messages.get(timeout=wait_s)]
+    except queue.Empty:
+        return []
+    return batch + [messages.get_nowait() for _ in range(messages.qsize())]  # only this thread takes
 
 
 def received(messages: MessageQueue, wait_s: float) -> Iterator[tuple[str, bytes]]:

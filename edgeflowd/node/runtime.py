@@ -269,6 +269,10 @@ class NodeRuntime:
         """The output rows ``request`` still lacks (a requester's runtime), for timeout messages."""
         return self.slices.missing(request, SINK)
 
+    def arrived(self, request: str) -> dict[str, list[RowRange]]:
+        """The rows of each output layer that arrived for ``request`` (a requester's runtime)."""
+        return self.slices.arrived(request, SINK)
+
     # -- any thread: reads only what never changes -----------------------------------------------
     def compute(self, work: Compute, max_packet: int) -> Iterator[Action]:
         """Run the unit and route its rows (lazily: see :meth:`emit`). A unit the plan marks halo

@@ -153,6 +153,11 @@ class SliceBuffer:
                 out.append(f"{n.producer} rows {n.rows} ({have} of {len(n.rows)} arrived)")
         return out
 
+    def arrived(self, request: str, consumer: str) -> dict[str, list[RowRange]]:
+        """The rows of each producer ``consumer`` holds for ``request``."""
+        entry = self._pending.get((request, consumer))
+        return {p: [r for r, _ in pieces] for p, pieces in entry.pieces.items()} if entry else {}
+
     @property
     def pending(self) -> int:
         return len(self._pending)

@@ -21,6 +21,7 @@ __all__ = [
     "Latency",
     "NodeCosts",
     "PlanInfo",
+    "Sender",
     "Status",
     "Telemetry",
     "decode_control",
@@ -94,11 +95,21 @@ class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"
     admits: int = 0  # requests the node holds at once (its max_requests; 0: not said)
 
 
+class Sender(msgspec.Struct, frozen=True):
+    """Who sends which rows of an output: ``node``'s unit ``unit``, rows ``[rows[0], rows[1])``."""
+
+    node: str
+    unit: str
+    rows: tuple[int, int]
+
+
 class Output(msgspec.Struct, frozen=True):
-    """One model output: its layer and full shape."""
+    """One model output: its layer and full shape, and who sends its rows (a requester whose
+    request timed out names the node whose rows never came)."""
 
     layer: str
     shape: tuple[int, ...]
+    senders: list[Sender] = msgspec.field(default_factory=list)
 
 
 class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
