@@ -79,6 +79,7 @@ def _exact(url: str, n: int) -> int:
     return good
 
 
+@pytest.mark.reliability
 def test_controller_replans_around_a_dead_node_and_grows_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,6 +199,7 @@ def test_a_loaded_node_gets_fewer_rows_in_the_next_plan(tmp_path: Path) -> None:
             assert after["node-a"] < before["node-a"] / 2
 
 
+@pytest.mark.reliability
 def test_a_frozen_node_is_planned_around_in_seconds(tmp_path: Path) -> None:
     """SIGSTOP: the node's socket stays open, so only the keepalive tells. With the daemon's 5 s
     keepalive the broker publishes its last will ("offline") 7.5 s after its last word, and the

@@ -147,6 +147,7 @@ def test_frames_and_weights_are_cut_to_the_packet_limit_the_broker_announces(
         assert "oversize" not in daemon.log().lower()
 
 
+@pytest.mark.reliability
 def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A broker restart (retained messages kept on disk, as a packaged Mosquitto does): the daemon
     reconnects, re-subscribes, re-announces itself and serves the same generation."""
@@ -192,6 +193,7 @@ def test_daemon_reconnects_after_the_broker_restarts(tmp_path: Path, capsys: pyt
         shutil.rmtree(store, ignore_errors=True)
 
 
+@pytest.mark.reliability
 def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Path) -> None:
     """A controller stopped in the middle of a rollout leaves retained assignments of a
     generation that no plan summary names; the next deploy must go above it, or the nodes would

@@ -127,6 +127,7 @@ def _telemetry(local: Local, node: str) -> Telemetry:
     return decode_control(local.watcher.payload(node, "telemetry"), "telemetry", Telemetry)
 
 
+@pytest.mark.reliability
 def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
     local: Local, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,6 +200,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
     assert "5/5 requests succeeded" in out
 
 
+@pytest.mark.reliability
 def test_restart_recovers_from_the_retained_assignment(local: Local, capsys: pytest.CaptureFixture[str]) -> None:
     info = _deploy(local, capsys, "resnet18")
     root = local.watcher.root

@@ -106,6 +106,7 @@ def test_partial_slices_expire_and_memory_is_bounded_by_what_arrived() -> None:
     assert assembler.expire(now=10.0) == 1 and assembler.held_bytes == 0
 
 
+@pytest.mark.reliability
 def test_a_slice_that_announces_more_than_it_sends_holds_only_what_arrived() -> None:
     """Three small frames announcing a large slice each used to reserve the whole budget, and
     every real chunked slice was refused until they expired."""
@@ -180,6 +181,7 @@ def test_truncated_data_is_refused() -> None:
         FrameAssembler().add(_decode(pack_frame(header, frame[40 + len(header) : -4], KEY)), 0.0)
 
 
+@pytest.mark.reliability
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_only_ever_raise_protocol_errors(data: bytes) -> None:
@@ -187,6 +189,7 @@ def test_random_bytes_only_ever_raise_protocol_errors(data: bytes) -> None:
         FrameAssembler().add(_decode(data), 0.0)
 
 
+@pytest.mark.reliability
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.binary(max_size=100))
 def test_signed_random_headers_and_bodies_only_ever_raise_protocol_errors(header: bytes, body: bytes) -> None:
@@ -195,6 +198,7 @@ def test_signed_random_headers_and_bodies_only_ever_raise_protocol_errors(header
         FrameAssembler().add(_decode(pack_frame(header, body, KEY)), 0.0)
 
 
+@pytest.mark.reliability
 def test_frames_are_signed_with_the_key_their_path_needs() -> None:
     """Between nodes the plan key (only nodes hold it); from the requester's source unit and to
     the requester the request key. A requester, holding only the request key, can send inputs and

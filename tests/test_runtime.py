@@ -265,6 +265,7 @@ def _forged(assignment: Assignment, generation: int, change: object) -> bytes:
     return json.dumps(data).encode()
 
 
+@pytest.mark.reliability
 def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_were() -> None:
     """The attack of an op that writes into a weight (``F.relu(<weight>, inplace=True)``), then
     the original assignment again: refused at load, it never runs, the weights the node serves
