@@ -28,7 +28,7 @@ from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError, output_needs
-from edgeflowd.wire.frames import FrameKeys, read_header
+from edgeflowd.wire.frames import FrameKeys, key_of_hex, read_header
 from edgeflowd.wire.messages import Busy, Latency, PlanInfo, decode_control, encode_control
 from edgeflowd.wire.topics import ResultTopic, Topics, UnitInputTopic
 from edgeflowd.wire.units import unit_of
@@ -143,14 +143,16 @@ class InferenceClient:
     def _adopt(self, info: PlanInfo) -> None:
         """Send new requests to ``info``'s plan (at start, and when the controller re-plans)."""
         sources = [unit_of(u, f"plan {info.plan}: $.sources[{i}]") for i, u in enumerate(info.sources)]
-        if len(info.request_key) != 64 or any(c not in "0123456789abcdef" for c in info.request_key):
-            raise ProtocolError(f"plan {info.plan}'s summary carries no valid request key: deploy it again")
+        try:
+            request_key = key_of_hex(info.request_key, "request_key")
+        except ValueError as exc:
+            raise ProtocolError(f"plan {info.plan}'s summary: {exc} (deploy it again)") from exc
         if len(sources) != 1:
             raise ProtocolError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # No TTL: a request is given up on by its own timeout (run), which closes it.
         # No plan key: a requester sends inputs and reads results, never frames between nodes.
-        keys = FrameKeys(None, bytes.fromhex(info.request_key), sources[0].uid)
+        keys = FrameKeys(None, request_key, sources[0].uid)
         runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), keys, outputs=outputs)
         self.info, self.runtime = info, runtime
         # The tap's filter holds the refusals too; a plain client adds them to its results.

@@ -22,7 +22,7 @@ from edgeflowd.core.ops import check_call
 from edgeflowd.core.units import ExecutionUnit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.codec import tensor_bytes, tensor_from_bytes
-from edgeflowd.wire.frames import KEY_BYTES, FrameKeys
+from edgeflowd.wire.frames import FrameKeys, key_of_hex
 from edgeflowd.wire.schema import Document, decode, encode
 from edgeflowd.wire.units import UnitDoc, unit_doc, unit_of
 
@@ -67,12 +67,6 @@ def tensor_of_blob(ref: BlobRef, parts: Mapping[int, bytes], where: str) -> torc
     return tensor_from_bytes(ref.dtype, list(ref.shape), raw, where)
 
 
-def _hex_key(value: str, what: str) -> bytes:
-    if len(value) != 2 * KEY_BYTES or any(c not in "0123456789abcdef" for c in value):
-        raise ValueError(f"{what} must be {2 * KEY_BYTES} lower-case hex digits")
-    return bytes.fromhex(value)
-
-
 class KeysDoc(msgspec.Struct, frozen=True):
     """The plan's frame keys as a node's assignment carries them (:class:`FrameKeys`, hex)."""
 
@@ -81,8 +75,8 @@ class KeysDoc(msgspec.Struct, frozen=True):
     client: str
 
     def __post_init__(self) -> None:  # msgspec runs it on decode too; its errors name the path
-        _hex_key(self.plan, "plan")
-        _hex_key(self.request, "request")
+        key_of_hex(self.plan, "plan")
+        key_of_hex(self.request, "request")
 
     @classmethod
     def of(cls, keys: FrameKeys) -> KeysDoc:

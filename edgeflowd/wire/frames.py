@@ -36,6 +36,7 @@ __all__ = [
     "FrameKeys",
     "decode_frame",
     "encode_frames",
+    "key_of_hex",
     "pack_frame",
     "read_header",
 ]
@@ -45,6 +46,13 @@ _MAGIC = b"EFF2"
 _TAG = 32  # HMAC-SHA256
 _PREFIX = len(_MAGIC) + _TAG + 4
 KEY_BYTES = 32
+
+
+def key_of_hex(value: str, what: str) -> bytes:
+    """A key as the wire carries it (lower-case hex); ValueError naming ``what`` otherwise."""
+    if len(value) != 2 * KEY_BYTES or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"{what} must be {2 * KEY_BYTES} lower-case hex digits")
+    return bytes.fromhex(value)
 
 
 @dataclass(frozen=True)
