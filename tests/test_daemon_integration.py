@@ -195,6 +195,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
         timeout_s=30,
     )
     assert all(d.alive() for d in local.daemons.values())
+    assert _telemetry(local, "node-a").interval_s == 2.0  # its period, by which the controller judges silence
     code, out = _infer(local, capsys, "small_dag", "--repeat", "5", "--concurrency", "2", "--check")
     assert code == 0, out
     assert "5/5 requests succeeded" in out

@@ -72,6 +72,53 @@ def test_membership_events_and_live_nodes() -> None:
     assert reg.live() == ["a"]
 
 
+def _beat(interval_s: float, quiet_s: float = 0.0) -> Telemetry:
+    return Telemetry(10.0, 10.0, [0.0, 0.0, 0.0], interval_s=interval_s, quiet_s=quiet_s)
+
+
+def test_a_node_whose_telemetry_stops_leaves_and_comes_back_with_it() -> None:
+    reg = Registry(CLUSTER)
+    reg.on_status("a", Status("online", "i1", 1), 0.0)
+    reg.on_info("a", Info(node="a", version="x"), 0.0)
+    assert reg.on_telemetry("a", _beat(2.0), 10.0) == []
+    assert reg.silence(15.9) == []  # three periods of 2 s: not yet
+    assert reg.live() == ["a"]
+    [left] = reg.silence(16.1)
+    assert (left.event, left.node) == ("left", "a")
+    assert "no telemetry for 6.1 s (every 2 s)" in left.detail
+    assert reg.live() == [] and reg.silence(30.0) == []  # said once
+    assert reg.on_status("a", Status("offline", "i1", 1), 31.0) == []  # the last will, later: left already
+    assert [e.event for e in reg.on_status("a", Status("online", "i1", 2), 32.0)] == ["joined"]
+    assert reg.live() == ["a"]  # a new connection: its silence is over
+
+
+def test_silence_ends_with_telemetry_and_honours_quiet_periods_and_minimum() -> None:
+    reg = Registry(CLUSTER)
+    reg.on_status("a", Status("online", "i1", 1), 0.0)
+    reg.on_info("a", Info(node="a", version="x"), 0.0)
+    reg.on_telemetry("a", _beat(0.5), 0.0)
+    assert reg.silence(2.9) == []  # 3 x 0.5 s is below the 3 s minimum
+    assert [e.event for e in reg.silence(3.1)] == ["left"]
+    [joined] = reg.on_telemetry("a", _beat(0.5), 4.0)
+    assert joined.event == "joined" and "after 4.0 s of silence" in joined.detail
+    assert reg.live() == ["a"]
+    reg.on_telemetry("a", _beat(1.0, quiet_s=20.0), 5.0)  # about to measure itself
+    assert reg.silence(27.9) == []
+    assert [e.event for e in reg.silence(28.1)] == ["left"]
+
+
+def test_silence_needs_a_stated_period_and_counts_from_our_own_reconnect() -> None:
+    reg = Registry(CLUSTER)
+    for node in ("a", "b"):
+        reg.on_status(node, Status("online", "i1", 1), 0.0)
+        reg.on_info(node, Info(node=node, version="x"), 0.0)
+    reg.on_telemetry("a", _beat(0.0), 0.0)  # a node that does not say its period: never judged
+    reg.on_telemetry("b", _beat(1.0), 0.0)
+    reg.heard_all(100.0)  # the controller was cut off until now: what b said meanwhile was lost
+    assert reg.silence(102.0) == []
+    assert [e.node for e in reg.silence(103.5)] == ["b"]
+
+
 def test_a_node_id_seen_twice_is_an_event_not_silent() -> None:
     reg = Registry(CLUSTER)
     reg.on_status("a", Status("online", "i1", 1), 0.0)

@@ -61,6 +61,7 @@ def _snapshot(registry: Registry, topics: Topics, messages: MessageQueue, wait_s
                 registry.on_message(about, payload, topic, time.monotonic())
         except ProtocolError:
             continue
+    registry.silence(time.monotonic())
 
 
 def _table(registry: Registry, seen: _Seen) -> list[str]:
@@ -83,7 +84,8 @@ def _table(registry: Registry, seen: _Seen) -> list[str]:
             share = f"{planned.share:.0%}"
         report = view.report
         heard = view.online or view.last_seen > 0  # a status came: online, or its offline / last will
-        state = "refused" if view.refused else ("online" if view.online else "offline" if heard else "unknown")
+        online = "silent" if view.silent else "online"
+        state = "refused" if view.refused else (online if view.online else "offline" if heard else "unknown")
         lines.append(
             f"{device.id:<14} {state:<8} {(f'{t.cpu_percent:.0f}' if t else '-'):>6} "
             f"{(f'{others_load(t):.0%}' if t else '-'):>7} {source:<10} {gflops:>8.1f} {overhead:>8.3f} "

@@ -27,6 +27,7 @@ units, the controller plans it from the fit of their measured times to the refer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -50,6 +51,8 @@ NODE_FEEDS = ("status", "info", "telemetry", "assignment/reported")
 """The node topics a registry is built from."""
 
 MAX_LOAD = 0.95
+SILENT_PERIODS = 3  # telemetry periods missed before a node counts as frozen or cut off
+SILENT_MIN_S = 3.0  # never sooner than this: a busy broker or a loaded node delays a message
 
 
 @dataclass
@@ -62,6 +65,20 @@ class NodeView:
     report: AssignmentReport | None = None
     refused: str = ""  # why the controller will not plan with this node
     last_seen: float = 0.0
+    heard: float = 0.0  # when its last telemetry came
+    silent: bool = False  # online for the broker, but its telemetry stopped (:meth:`Registry.silence`)
+
+    @property
+    def reachable(self) -> bool:
+        return self.online and not self.silent
+
+    def silent_after(self) -> float:
+        """When this node counts as silent, if no telemetry comes before (inf: never, as for a
+        node that did not say its period)."""
+        t = self.telemetry
+        if t is None or t.interval_s <= 0:
+            return math.inf
+        return self.heard + max(SILENT_PERIODS * t.interval_s, SILENT_MIN_S) + t.quiet_s
 
 
 @dataclass(frozen=True)
@@ -161,11 +178,13 @@ class Registry:
                     )
                 )
             if not view.online or status.instance != view.instance:
-                view.online, view.instance = True, status.instance
+                # A new process or connection: nothing of the old one's silence holds.
+                view.online, view.instance, view.silent = True, status.instance, False
                 events.append(Event("joined", node, f"instance {status.instance}, session {status.session}"))
         elif view.online and status.instance in (view.instance, ""):
             view.online = False
-            events.append(Event("left", node, f"instance {status.instance} offline"))
+            if not view.silent:  # a silent node has left already
+                events.append(Event("left", node, f"instance {status.instance} offline"))
         return events
 
     def on_info(self, node: str, info: Info, now: float) -> list[Event]:
@@ -184,10 +203,37 @@ class Registry:
         view.refused = refused
         return events
 
-    def on_telemetry(self, node: str, telemetry: Telemetry, now: float) -> None:
+    def on_telemetry(self, node: str, telemetry: Telemetry, now: float) -> list[Event]:
         view = self.views.get(node)
-        if view is not None:
-            view.telemetry, view.last_seen = telemetry, now
+        if view is None:
+            return []
+        silent_s = now - view.heard
+        view.telemetry, view.last_seen, view.heard = telemetry, now, now
+        if not view.silent:
+            return []
+        view.silent = False
+        return [Event("joined", node, f"telemetry again after {silent_s:.1f} s of silence")] if view.online else []
+
+    def silence(self, now: float) -> list[Event]:
+        """Online nodes whose telemetry stopped for :data:`SILENT_PERIODS` of their period (a
+        frozen process, a wedged engine, a half-open connection) leave until it comes again:
+        the broker's keepalive says so too, but only after 1.5 keepalives, and not at all while a
+        dead process's socket stays open."""
+        events = []
+        for view in self.views.values():
+            if view.reachable and now > view.silent_after():
+                view.silent = True
+                t = view.telemetry
+                period = f"every {t.interval_s:g} s" if t else ""
+                detail = f"instance {view.instance}: no telemetry for {now - view.heard:.1f} s ({period})"
+                events.append(Event("left", view.node, detail))
+        return events
+
+    def heard_all(self, now: float) -> None:
+        """Our own connection was down until ``now``: what the nodes said meanwhile never reached
+        us, so their silence counts from here."""
+        for view in self.views.values():
+            view.heard = max(view.heard, now)
 
     def on_report(self, node: str, report: AssignmentReport) -> None:
         view = self.views.get(node)
@@ -205,15 +251,15 @@ class Registry:
         if about.leaf == "info":
             return self.on_info(node, decode_control(payload, topic, Info), now)
         if about.leaf == "telemetry":
-            self.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
-        elif about.leaf == "assignment/reported":
+            return self.on_telemetry(node, decode_control(payload, topic, Telemetry), now)
+        if about.leaf == "assignment/reported":
             self.on_report(node, decode_control(payload, topic, AssignmentReport))
         return []
 
     def live(self) -> list[str]:
-        """Nodes to plan with, in the cluster file's order: online, speaking our protocol, and
-        benchmarked (their info arrived)."""
-        return [d.id for d in self.cluster.devices if (v := self.views[d.id]).online and not v.refused and v.info]
+        """Nodes to plan with, in the cluster file's order: online and not silent, speaking our
+        protocol, and benchmarked (their info arrived)."""
+        return [d.id for d in self.cluster.devices if (v := self.views[d.id]).reachable and not v.refused and v.info]
 
     def live_cluster(self, measured: bool = True, fitted: Mapping[str, Device] | None = None) -> Cluster:
         """The live nodes as ``fitted`` has them, else at their measured rates and load, or

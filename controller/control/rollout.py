@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from controller.control.deployment import Deployment
+from controller.control.learning import row_shares
 from controller.planner.methods import Planned
 from edgeflowd.profiles.devices import Cluster
 from edgeflowd.wire.assignment import split_blob
@@ -123,3 +124,10 @@ class Rolling:
     planned: Planned
     started: float  # when the re-plan began: its event reports planning and rollout together
     base: Cluster  # ``cluster`` without the fitted message work
+
+    def summary(self, now: float) -> str:
+        """What its ``replanned`` event says once it is live at ``now``."""
+        nodes = self.rollout.nodes
+        shares = ", ".join(f"{n} {share:.0%}" for n, share in row_shares(self.planned.plan, nodes).items())
+        generation, took = self.rollout.deployment.info.generation, now - self.started
+        return f"{self.reason}: generation {generation} on {len(nodes)} nodes in {took:.2f} s; row shares {shares}"

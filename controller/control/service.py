@@ -40,6 +40,7 @@ from controller.control.learning import (
 )
 from controller.control.registry import (
     NODE_FEEDS,
+    Event,
     LoadWatch,
     Registry,
     measurements_moved,
@@ -146,6 +147,8 @@ class ControllerService:
             while not self.stop_event.is_set():
                 for topic, payload in queued(self.messages, 0.2):  # wills that come together: one plan
                     self._handle(topic, payload)
+                for event in self.registry.silence(self.clock()):  # after the queue: nothing unheard
+                    self._membership(event.node, [event])
                 self._check_rollout()
                 settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
                 if settled and self.rolling is None:  # a rollout in flight finishes (or fails) first
@@ -174,6 +177,8 @@ class ControllerService:
         about = self.topics.parse(topic)
         if about == ControllerTopic("plan"):
             info = decode_control(payload, topic, PlanInfo) if payload else None
+            if info is None:  # also what a (re)connect of ours puts in the queue: silences count from now
+                self.registry.heard_all(self.clock())
             self._held = dict(info.blobs) if info is not None else {}
             if info is not None and (self.deployed is None or info.generation > self.deployed.generation):
                 self.deployed = info  # retained from before this controller started
@@ -191,16 +196,18 @@ class ControllerService:
         moved = measurements_moved(before, after) if self.measured_rates and before and after else ""
         if moved and node in self.planned_nodes:
             self._mark(f"{node} measured itself again: {moved}")
-        report = self.registry.views[node].report if node in self.registry.views else None
-        if about.leaf == "assignment/reported" and self.rolling is not None and report is not None:
-            self.rolling.rollout.on_report(node, report)
-        telemetry = self.registry.views[node].telemetry if node in self.registry.views else None
-        if about.leaf == "telemetry" and payload and telemetry is not None and self.measured_rates:
-            self._on_telemetry(node, telemetry)
+        if view is not None and about.leaf == "assignment/reported" and self.rolling and view.report:
+            self.rolling.rollout.on_report(node, view.report)
+        if view is not None and about.leaf == "telemetry" and payload and view.telemetry and self.measured_rates:
+            self._on_telemetry(node, view.telemetry)
+        self._membership(node, events, about.leaf in ("status", "info") or bool(events))
+
+    def _membership(self, node: str, events: list[Event], check: bool = True) -> None:
+        """Say ``events``; re-plan (``check``) if the live nodes are no longer those planned."""
         for event in events:
             self._event(event.event, event.node, event.detail)
         target = self.rolling.rollout.nodes if self.rolling else self.planned_nodes
-        if about.leaf in ("status", "info") and set(self.registry.live()) != set(target):
+        if check and set(self.registry.live()) != set(target):
             change = events[-1].event if events else "ready"
             self._mark(f"{node} {change}", due=change == "left" and node in target)
 
@@ -358,7 +365,7 @@ class ControllerService:
         rolling = self.rolling
         if rolling is None:
             return
-        offline = [n for n in rolling.rollout.nodes if not self.registry.views[n].online]
+        offline = [n for n in rolling.rollout.nodes if not self.registry.views[n].reachable]
         failure = rolling.rollout.failure(self.clock(), offline)
         if failure:
             self.rolling = None
@@ -379,13 +386,7 @@ class ControllerService:
         self.live = rolling
         self._baselines(rolling)
         self._publish_costs()
-        shares = row_shares(rolling.planned.plan, live)
-        detail = (
-            f"{rolling.reason}: generation {info.generation} on {len(live)} nodes in "
-            f"{self.clock() - rolling.started:.2f} s; "
-            "row shares " + ", ".join(f"{n} {share:.0%}" for n, share in shares.items())
-        )
-        self._event("replanned", detail=detail)
+        self._event("replanned", detail=rolling.summary(self.clock()))
 
     def _baselines(self, live: Rolling) -> None:
         """What the watches and the safeguard compare with from now on: the model ``live`` was

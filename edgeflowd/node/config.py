@@ -72,7 +72,9 @@ class DaemonConfig:
     buffer_mb: float = _declare(256.0, "partial inputs held for all requests together", "MIB")
     max_requests: int = _declare(8, "requests held at once; a new one beyond is refused as busy", "N")
     queue_messages: int = _declare(10000, "inbound messages waiting for the engine; more are dropped", "N")
-    telemetry_interval_s: float = _declare(5.0, "seconds between telemetry messages", "S")
+    telemetry_interval_s: float = _declare(
+        2.0, "seconds between telemetry messages; the controller takes 3 missed for a frozen node", "S"
+    )
     measure_interval_s: float = _declare(
         10.0, "when idle, probe the node's speed this often and benchmark again if it moved (0: never)", "S"
     )

@@ -76,6 +76,8 @@ class Daemon:
         self.benchmark: dict[str, float] = {}
         self._echo_topic = self.topics.node(self.node, "echo")
         self._last_event = self._last_probe = self._last_link = clock()
+        self._last_telemetry = 0.0
+        self._measuring_s = 0.0  # what the slowest of its own measurements took (benchmark + link)
         # One probe, as before: with two in a row, throttled demo nodes were left unmeasured past
         # the demo's 120 s wait (not understood yet; see the stop note). RateDrift keeps the rule.
         self._drift = RateDrift(probes=1)
@@ -139,7 +141,9 @@ class Daemon:
         """Serve until :meth:`stop`; returns the exit status."""
         threads = self._threads()
         torch.set_num_threads(threads)
+        started = self.clock()
         self.benchmark = self._measured(run_benchmark())
+        self._measuring_s = self.clock() - started
         log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
         self.conn.subscribe(self.topics.node(self.node, "assignment"), qos=1)
         self.conn.begin()
@@ -147,7 +151,6 @@ class Daemon:
         # `systemctl restart`) must not wait for a deploy; STATUS says what the node is doing.
         self.notifier.ready(f"connecting to {self.conn.broker}")
         said = ""
-        last_telemetry = 0.0
         while not self._stop.is_set():
             try:
                 event: Event | None = self.events.get(timeout=_TICK_S)
@@ -163,8 +166,7 @@ class Daemon:
                     self._handle(event)
                 self._expire(now)
                 self._measure_if_idle(now)
-                if self.conn.connected.is_set() and now - last_telemetry >= self.config.telemetry_interval_s:
-                    last_telemetry = now
+                if self.conn.connected.is_set() and now - self._last_telemetry >= self.config.telemetry_interval_s:
                     self._publish_telemetry()
             except (ProtocolError, BufferFullError) as exc:  # a bad message; valid data with no room
                 self.counts.add("malformed" if isinstance(exc, ProtocolError) else "dropped")
@@ -356,23 +358,31 @@ class Daemon:
         moved = self._drift.moved(published, probe) or quota != self._quota
         if not moved and now - self._last_link < 30 * interval:
             return
+        # The engine says nothing while it measures: the controller must not take that for a
+        # freeze. It takes what it took before, at the speed the probe found now.
+        slower = max(1.0, published / probe) if probe > 0 else 1.0
+        self._publish_telemetry(quiet_s=2 * self._measuring_s * slower + 1.0)
         if moved:
             log.info("node=%s conv rate %.1f GFLOP/s, published %.1f: measuring again", self.node, probe, published)
             self.benchmark = self._measured(run_benchmark())
         self.benchmark.update(self._measure_link())
         self._publish_info()
         self._last_event = self._last_probe = self.clock()  # what the measuring took is not idleness
+        self._measuring_s = max(self._measuring_s, self._last_event - now)
+        self._publish_telemetry()  # not quiet any more
 
     def _measure_link(self) -> dict[str, float]:
         self._last_link = self.clock()
         return self.probe.measure()
 
     # -- periodic and shutdown -----------------------------------------------------------------
-    def _publish_telemetry(self) -> None:
+    def _publish_telemetry(self, quiet_s: float = 0.0) -> None:
+        self._last_telemetry = self.clock()
         current, runtime = self.assignments.current, self.runtime
         generation, pending = (current.generation, runtime.slices.pending) if current and runtime else (-1, 0)
         times = self.workers.times.take()
-        telemetry = sample_telemetry(self.counts.snapshot(), generation, pending, times)
+        interval = self.config.telemetry_interval_s
+        telemetry = sample_telemetry(self.counts.snapshot(), generation, pending, times, interval, quiet_s)
         self.conn.publish(self.topics.node(self.node, "telemetry"), encode_control(telemetry))
 
     def _shutdown(self) -> None:

@@ -33,7 +33,12 @@ def _cpus() -> list[int]:
 
 
 def sample_telemetry(
-    counts: Mapping[str, int], generation: int, pending: int, unit_s: dict[str, list[float]] | None = None
+    counts: Mapping[str, int],
+    generation: int,
+    pending: int,
+    unit_s: dict[str, list[float]] | None = None,
+    interval_s: float = 0.0,
+    quiet_s: float = 0.0,
 ) -> Telemetry:
     """CPU figures are since the previous call (psutil keeps the baseline), over this process's
     allowed CPUs; ``unit_s``: the units' times since then."""
@@ -50,5 +55,7 @@ def sample_telemetry(
         generation=generation,
         pending=pending,
         unit_s=unit_s or {},
+        interval_s=interval_s,
+        quiet_s=round(quiet_s, 3),
         **{k: int(v) for k, v in counts.items() if k in known},
     )

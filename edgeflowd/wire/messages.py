@@ -82,6 +82,12 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     unit_s: dict[str, list[float]] = msgspec.field(default_factory=dict)
     """Units of ``generation`` run since the previous telemetry: unit id -> [runs, seconds], each
     run timed from its start to its last frame handed to the broker client."""
+    interval_s: float = 0.0
+    """The node's period between telemetry messages (0: not said). A node silent for several
+    periods is frozen or cut off, even while its connection stays open (the controller's second
+    signal beside the broker's keepalive)."""
+    quiet_s: float = 0.0
+    """How long the node may now say nothing beyond its period: it is about to measure itself."""
 
 
 class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"):
