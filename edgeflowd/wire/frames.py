@@ -1,8 +1,9 @@
 """Tensor frames (pure: no sockets, no clocks).
 
-A tensor frame is ``b"EFF2"`` | tag (32 bytes) | header length (uint32, big-endian) | JSON header
-(:class:`FrameHeader`) | raw bytes of one chunk of a row slice. The tag is HMAC-SHA256, under one
-of the plan's two keys (:class:`FrameKeys`), of every byte after it: a frame is checked before
+A tensor frame is ``b"EFF3"`` | tag (32 bytes) | header length (uint32, big-endian) | JSON header
+(:class:`FrameHeader`) | raw bytes of one chunk of a row slice. The tag is keyed BLAKE3 (a MAC by
+its design, and 3-5x the speed of HMAC-SHA256 on the CPUs measured), under one of the plan's two
+keys (:class:`FrameKeys`), of every byte after it: a frame is checked before
 anything of it is buffered, and one that fails is refused. Slices larger than the broker's packet
 limit travel as several frames (``chunk`` i of n) and are put back together by
 :class:`FrameAssembler`, which bounds the bytes it holds and drops partial slices that expire.
@@ -11,7 +12,6 @@ Nothing executable crosses the wire.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import secrets
@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import blake3
 import torch
 
 from edgeflowd.core.rows import RowRange
@@ -42,8 +43,8 @@ __all__ = [
 ]
 
 FRAME_SCHEMA = "edgeflow.frame/1"
-_MAGIC = b"EFF2"
-_TAG = 32  # HMAC-SHA256
+_MAGIC = b"EFF3"  # EFF2 was HMAC-SHA256
+_TAG = 32  # keyed BLAKE3's default output
 _PREFIX = len(_MAGIC) + _TAG + 4
 KEY_BYTES = 32
 
@@ -145,11 +146,19 @@ def encode_frames(
     return frames
 
 
+def frame_tag(key: bytes, *parts: bytes | memoryview) -> bytes:
+    """The MAC of ``parts`` in a row under ``key`` (:data:`KEY_BYTES` long)."""
+    mac = blake3.blake3(key=key)
+    for part in parts:
+        mac.update(part)
+    return mac.digest()
+
+
 def pack_frame(header: bytes, body: bytes | memoryview, key: bytes) -> bytes:
     """One frame of an encoded header and body, signed with ``key`` (the encoder's; tests forge
-    frames a key holder could send with it)."""
-    signed = b"".join([struct.pack(">I", len(header)), header, body])
-    return b"".join([_MAGIC, hmac.digest(key, signed, hashlib.sha256), signed])
+    frames a key holder could send with it). The body is copied once, into the frame."""
+    prefix = struct.pack(">I", len(header)) + header
+    return b"".join([_MAGIC, frame_tag(key, prefix, body), prefix, body])
 
 
 def read_header(payload: bytes, topic: str = "frame") -> FrameHeader:
@@ -182,7 +191,7 @@ def decode_frame(payload: bytes, topic: str, key_of: Callable[[FrameHeader], byt
         raise ProtocolError(f"{topic}: frame field 'nbytes' is {h.nbytes}; shape {list(h.shape)} {h.dtype} is not that")
     key, view = key_of(h), memoryview(payload)
     tag = view[len(_MAGIC) : len(_MAGIC) + _TAG]
-    if key is None or not hmac.compare_digest(hmac.digest(key, view[len(_MAGIC) + _TAG :], hashlib.sha256), tag):
+    if key is None or not hmac.compare_digest(frame_tag(key, view[len(_MAGIC) + _TAG :]), tag):
         why = "no key here may sign it" if key is None else "its tag does not match the plan's key"
         raise ProtocolError(f"{topic}: frame from unit {h.source!r} refused: {why}")
     return Frame(
