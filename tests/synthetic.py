@@ -1,6 +1,8 @@
-"""Small random DAG models for property tests: strided and dilated convolutions, pools with
-ceil mode, nearest upsampling, residual adds, multi-branch concats, broadcast gating and skips
-across stages, on odd heights."""
+"""Small random DAG models for property tests: strided and dilated convolutions, transposed
+convolutions, pools with ceil mode and partial windows, nearest upsampling and resampling of every
+mode to odd sizes, pixel (un)shuffle, residual adds, multi-branch concats, broadcast gating,
+channel shuffle, per-pixel MLPs in NHWC layout, eval-mode identities and skips across stages, on
+odd heights."""
 
 from __future__ import annotations
 
@@ -16,12 +18,18 @@ C = 4  # channels everywhere: keeps examples fast, shapes compatible
 
 @dataclass(frozen=True)
 class Stage:
-    kind: str  # conv | maxpool | avgpool | up | residual | branches | gate | skip
+    kind: str  # conv | maxpool | avgpool | up | residual | branches | gate | skip | KINDS_NEW
     k: int = 3
     stride: int = 1
     dilation: int = 1
     padding: int = 0
     ceil: bool = False
+    mode: str = ""  # resample: interpolate mode; avgpool: "exclude" to not count padding
+    size: tuple[int, int] = (0, 0)  # resample: the output size; convT: output padding in [0]
+
+
+KINDS_NEW = ["convT", "resample", "pixel", "shuffle", "pixelmlp", "dropout"]
+_MODES = ["bilinear", "bilinear-corners", "bicubic", "nearest", "nearest-exact", "area", "bilinear-aa"]
 
 
 def _same(k: int, d: int) -> int:
@@ -41,6 +49,14 @@ class SyntheticDag(nn.Module):
                 self.convs.append(
                     nn.Sequential(nn.Conv2d(C, C, s.k, 1, _same(s.k, s.dilation), s.dilation), nn.BatchNorm2d(C))
                 )
+            elif s.kind == "convT":
+                self.convs.append(nn.ConvTranspose2d(C, C, s.k, s.stride, s.padding, s.size[0], 2, dilation=s.dilation))
+            elif s.kind == "pixel":
+                self.convs.append(nn.Conv2d(4 * C, 4 * C, 1))
+            elif s.kind == "dropout":
+                self.convs.append(nn.Sequential(nn.Identity(), nn.Dropout2d(0.3)))
+            elif s.kind == "pixelmlp":
+                self.convs.append(nn.Sequential(nn.LayerNorm(C), nn.Linear(C, 2 * C), nn.GELU(), nn.Linear(2 * C, C)))
             elif s.kind == "branches":
                 self.convs.append(nn.Conv2d(C, C, 1))
                 self.convs.append(nn.Conv2d(C, C, s.k, 1, _same(s.k, s.dilation), s.dilation))
@@ -61,7 +77,26 @@ class SyntheticDag(nn.Module):
             elif s.kind == "maxpool":
                 x = F.max_pool2d(x, s.k, s.stride, s.padding, s.dilation, ceil_mode=s.ceil)
             elif s.kind == "avgpool":
-                x = F.avg_pool2d(x, s.k, s.stride, s.padding, ceil_mode=s.ceil)
+                x = F.avg_pool2d(x, s.k, s.stride, s.padding, ceil_mode=s.ceil, count_include_pad=s.mode != "exclude")
+            elif s.kind == "convT":
+                x = next(convs)(x)
+            elif s.kind == "resample":
+                mode, corners, aa = (
+                    s.mode.removesuffix("-corners").removesuffix("-aa"),
+                    "corners" in s.mode,
+                    "aa" in s.mode,
+                )
+                linear = mode in ("bilinear", "bicubic")
+                x = F.interpolate(x, size=s.size, mode=mode, align_corners=corners if linear else None, antialias=aa)
+            elif s.kind == "pixel":
+                x = F.pixel_shuffle(next(convs)(F.pixel_unshuffle(x, 2)), 2)
+            elif s.kind == "shuffle":
+                n, c, h, w = x.size()
+                x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+            elif s.kind == "pixelmlp":
+                x = x + next(convs)(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            elif s.kind == "dropout":
+                x = F.dropout(next(convs)(x), 0.5, self.training)
             elif s.kind == "up":
                 x = F.interpolate(x, scale_factor=2, mode="nearest")
             elif s.kind == "residual":
@@ -99,7 +134,9 @@ def stages_and_height(draw: st.DrawFn) -> tuple[list[Stage], int, int]:
     in_h, in_w = h, w
     stages: list[Stage] = []
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["conv", "maxpool", "avgpool", "up", "residual", "branches", "gate", "skip"]))
+        kind = draw(
+            st.sampled_from(["conv", "maxpool", "avgpool", "up", "residual", "branches", "gate", "skip", *KINDS_NEW])
+        )
         k = draw(st.sampled_from([1, 2, 3, 5]))
         stride = draw(st.integers(1, 3))
         dilation = draw(st.integers(1, 2)) if kind in ("conv", "maxpool", "residual", "branches") else 1
@@ -108,7 +145,28 @@ def stages_and_height(draw: st.DrawFn) -> tuple[list[Stage], int, int]:
         padding = draw(st.integers(0, k // 2))
         ceil = draw(st.booleans()) if kind in ("maxpool", "avgpool") else False
         stage = Stage(kind, k, stride, dilation, padding, ceil)
-        if kind in ("conv", "maxpool", "avgpool"):
+        if kind == "avgpool" and draw(st.booleans()):
+            stage = Stage(kind, k, stride, dilation, padding, ceil, "exclude")
+        if kind == "convT":
+            dilation = draw(st.integers(1, 2))
+            padding = draw(st.integers(0, dilation * (k - 1)))
+            extra = draw(st.integers(0, max(stride, dilation) - 1))
+            stage = Stage(kind, k, stride, dilation, padding, False, "", (extra, 0))
+            nh = (h - 1) * stride - 2 * padding + dilation * (k - 1) + extra + 1
+            nw = (w - 1) * stride - 2 * padding + dilation * (k - 1) + extra + 1
+            if not 1 <= nh <= 48 or not 1 <= nw <= 48:
+                continue
+            h, w = nh, nw
+        elif kind == "resample":
+            size = (draw(st.integers(1, 40)), draw(st.integers(1, 12)))
+            mode = draw(st.sampled_from(_MODES))
+            if mode == "bilinear-aa" and (size[0] > h or size[1] > w):
+                mode = "bilinear"  # antialiasing matters when shrinking
+            stage = Stage(kind, mode=mode, size=size)
+            h, w = size
+        elif kind == "pixel" and (h % 2 or w % 2):
+            continue
+        elif kind in ("conv", "maxpool", "avgpool"):
             nh = _out(h, k, stride, padding, dilation, ceil)
             nw = _out(w, k, stride, padding, dilation, ceil)
             if nh < 1 or nw < 1:

@@ -118,6 +118,18 @@ def test_distributed_outputs_equal_the_local_model(
     assert "against the local model" in out and ": ok" in out
 
 
+@pytest.mark.parametrize("model", ["unet", "fpn", "shufflenet_v2", "convnext", "resnet18_d"])
+def test_vision_models_of_every_row_rule_deploy_and_answer_exactly(
+    local: Local, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    """Transposed convolutions, resampling to odd sizes, channel shuffle, per-pixel NHWC ops,
+    partial pooling windows: split over three daemons, each a real process."""
+    _deploy(local, capsys, model)
+    code, out = _infer(local, capsys, model, "--repeat", "3", "--check")
+    assert code == 0, out
+    assert "3/3 requests succeeded" in out and "against the local model" in out and ": ok" in out
+
+
 def _node_assignment(local: Local, node: str) -> Assignment:
     payload = local.watcher.payload(node, "assignment")
     return Assignment.from_bytes(payload, "assignment")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeflowd.core.ops import ALLOWED, Const
+from edgeflowd.core.transposed import SIGNATURE as CONV_TRANSPOSE_SIGNATURE
 
 __all__ = ["Converted", "canonical_window", "function_name", "method_name", "module_call"]
 
@@ -69,6 +70,9 @@ _SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
         ("dilation", 1),
         ("groups", 1),
     ),
+    "F.conv_transpose2d": CONV_TRANSPOSE_SIGNATURE,
+    "F.adaptive_avg_pool2d": (("input", None), ("output_size", None)),
+    "F.adaptive_max_pool2d": (("input", None), ("output_size", None), ("return_indices", False)),
     "F.max_pool2d": (
         ("input", None),
         ("kernel_size", None),
@@ -110,14 +114,18 @@ def canonical_window(
     bound = {name: default for name, default in names}
     bound.update(zip((n for n, _ in names), args, strict=False))
     bound.update(kwargs)
-    if target == "F.interpolate":
+    if target in ("F.interpolate", "F.adaptive_avg_pool2d"):
         return bound
+    if target == "F.adaptive_max_pool2d":
+        return None if bound["return_indices"] else bound
     if target == "F.max_pool2d" and bound["return_indices"]:
         return None
-    if target == "F.conv2d":
+    if target in ("F.conv2d", "F.conv_transpose2d"):
         if weight_shape is None:
             return None
         kernel = (weight_shape[2], weight_shape[3])
+        if target == "F.conv_transpose2d":
+            bound["output_padding"] = _pair(bound["output_padding"])
     else:
         kernel = _pair(bound["kernel_size"])
         bound["kernel_size"] = kernel
@@ -152,9 +160,8 @@ _BY_ATTRIBUTES: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
     nn.LeakyReLU: ("F.leaky_relu", ("negative_slope",)),
     nn.ELU: ("F.elu", ("alpha",)),
     nn.Hardtanh: ("F.hardtanh", ("min_val", "max_val")),
-    nn.Identity: ("identity", ()),
-    nn.Dropout: ("identity", ()),
-    nn.Dropout2d: ("identity", ()),
+    nn.PixelShuffle: ("F.pixel_shuffle", ("upscale_factor",)),
+    nn.PixelUnshuffle: ("F.pixel_unshuffle", ("downscale_factor",)),
     nn.MaxPool2d: ("F.max_pool2d", ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")),
     nn.AvgPool2d: (
         "F.avg_pool2d",
@@ -186,6 +193,21 @@ def module_call(module: nn.Module, qualname: str, x: Any) -> Converted | None:
     if kind is nn.Conv2d and module.padding_mode == "zeros":
         args = (x, const("weight"), const("bias"), module.stride, module.padding, module.dilation, module.groups)
         return Converted("F.conv2d", args, {}, consts("weight", "bias"))
+    if kind is nn.ConvTranspose2d and module.padding_mode == "zeros":
+        transposed = (
+            x,
+            const("weight"),
+            const("bias"),
+            module.stride,
+            module.padding,
+            module.output_padding,
+            module.groups,
+            module.dilation,
+        )
+        return Converted("F.conv_transpose2d", transposed, {}, consts("weight", "bias"))
+    if isinstance(module, nn.LayerNorm) and kind is nn.LayerNorm:
+        norm = (x, tuple(int(d) for d in module.normalized_shape), const("weight"), const("bias"), module.eps)
+        return Converted("F.layer_norm", norm, {}, consts("weight", "bias"))
     if kind is nn.BatchNorm2d and module.track_running_stats and module.running_mean is not None:
         stats = (const("running_mean"), const("running_var"), const("weight"), const("bias"))
         return Converted(

@@ -48,6 +48,9 @@ def op_flops(
     if call.target == "F.conv2d" and isinstance(kw.get("weight"), Const):
         w = consts[kw["weight"].name].shape
         return 2.0 * out * w[1] * w[2] * w[3]
+    if call.target == "F.conv_transpose2d" and isinstance(kw.get("weight"), Const) and in_shapes:
+        w = consts[kw["weight"].name].shape  # (in, out / groups, kh, kw): every input pixel adds a kernel
+        return 2.0 * math.prod(in_shapes[0]) * w[1] * w[2] * w[3]
     if call.target == "F.linear" and isinstance(call.args[1], Const):
         return 2.0 * out * consts[call.args[1].name].shape[1]
     if call.target in ("torch.matmul", "torch.bmm") and in_shapes:

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall
+from edgeflowd.core.resample import resample_table
 from edgeflowd.core.slicing import RowRule
+from edgeflowd.core.transposed import transposed_table
 
 __all__ = ["Classified", "classify", "row_local"]
 
@@ -56,7 +58,7 @@ def _operands(value: Any) -> list[Any]:
 
 def _kind(call: OpCall, in_shapes: Sequence[tuple[int, ...]], consts: Mapping[str, torch.Tensor]) -> str:
     target = call.target
-    if target == "F.conv2d":
+    if target in ("F.conv2d", "F.conv_transpose2d"):
         weight = call.kwargs.get("weight")
         groups = int(call.kwargs.get("groups", 1))
         depthwise = isinstance(weight, Const) and groups > 1 and consts[weight.name].shape[1] == 1
@@ -65,7 +67,7 @@ def _kind(call: OpCall, in_shapes: Sequence[tuple[int, ...]], consts: Mapping[st
         return "matmul"
     if target in ("F.max_pool2d", "F.avg_pool2d", "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d"):
         return "pool"
-    if target == "F.interpolate":
+    if target in ("F.interpolate", "F.pixel_shuffle"):
         return "upsample"
     if target == "torch.cat":
         return "concat"
@@ -95,24 +97,35 @@ def classify(
         span = kw["dilation"][0] * (k - 1) + 1
         return Classified(kind, (RowRule("window", span=span, stride=kw["stride"][0], pad=kw["padding"][0]),), True)
     if call.target == "F.avg_pool2d" and isinstance(kw.get("padding"), tuple):
-        full = all(
-            (out - 1) * s + k <= size + 2 * p
-            for out, s, k, size, p in zip(
-                out_shape[2:], kw["stride"], kw["kernel_size"], in_shapes[0][2:], kw["padding"], strict=False
-            )
-        )
-        if not (kw["count_include_pad"] and full):
-            return _whole(kind, n, "average pooling with partial windows")
-        return Classified(
-            kind, (RowRule("window", span=kw["kernel_size"][0], stride=kw["stride"][0], pad=kw["padding"][0]),), True
-        )
+        # Partial windows too: a slice divides by the divisor of the unsplit map (core.pooling).
+        rule = RowRule("window", span=kw["kernel_size"][0], stride=kw["stride"][0], pad=kw["padding"][0])
+        return Classified(kind, (rule,), True)
+    if call.target in ("F.adaptive_avg_pool2d", "F.adaptive_max_pool2d"):
+        h_in = in_shapes[0][2]
+        if height == 1 or h_in % height:
+            why = "global pooling" if height == 1 else f"adaptive pooling of {h_in} rows to {height}"
+            return _whole(kind, n, f"{why} mixes rows")
+        k = h_in // height
+        return Classified(kind, (RowRule("window", span=k, stride=k),), True)
+    if call.target == "F.conv_transpose2d":
+        if not isinstance(kw.get("weight"), Const) or not isinstance(kw.get("padding"), tuple):
+            return _whole(kind, n, "transposed convolution with a computed weight")
+        table = transposed_table(kw, int(consts[kw["weight"].name].shape[2]), height)
+        return Classified(kind, (RowRule("table", table=table),), True)
     if call.target == "F.interpolate":
         (h_in, w_in) = in_shapes[0][2:]
         if kw.get("mode") == "nearest" and height % h_in == 0 and out_shape[3] % w_in == 0:
             return Classified(kind, (RowRule("upsample", factor=height // h_in),), True)
-        return _whole(kind, n, f"interpolate mode {kw.get('mode')!r} without an integer factor")
+        return Classified(kind, (RowRule("table", table=resample_table(kw, h_in, height)),), True)
+    if call.target == "F.pixel_shuffle":
+        return Classified(kind, (RowRule("upsample", factor=int(_arg(call, 1, "upscale_factor"))),), True)
+    if call.target == "F.pixel_unshuffle":
+        r = int(_arg(call, 1, "downscale_factor"))
+        return Classified(kind, (RowRule("window", span=r, stride=r),), True)
     if call.target == "torch.cat" or call.target in _CHANNEL_SPLITS:
-        dim = call.args[1] if len(call.args) > 1 else kw.get("dim", 0)
+        # cat(tensors, dim), split(x, size, dim), chunk(x, chunks, dim): dim is the third for splits
+        position = 1 if call.target == "torch.cat" else 2
+        dim = _arg(call, position, "dim", 0)
         same_rows = all(s[2] == height for s in in_shapes)
         if isinstance(dim, int) and dim % 4 != 2 and same_rows:
             return Classified(kind, (IDENTITY,) * n, True)
@@ -122,6 +135,10 @@ def classify(
     if call.target in ELEMENTWISE:
         return _elementwise(call, kind, in_shapes, height, consts)
     return _whole(kind, n)
+
+
+def _arg(call: OpCall, position: int, name: str, default: Any = None) -> Any:
+    return call.args[position] if len(call.args) > position else call.kwargs.get(name, default)
 
 
 def _keeps_rows(index: Any) -> bool:

@@ -23,8 +23,10 @@ from torch import nn
 from controller.graph.convert import canonical_window, function_name, method_name, module_call
 from controller.graph.flops import op_flops
 from controller.graph.fold import fold_batch_norm
+from controller.graph.identities import eval_identity
 from controller.graph.layers import Layer, LayerGraph
-from controller.graph.rowmap import classify, row_local
+from controller.graph.layout import free_rows, pixel_axis
+from controller.graph.rowmap import IDENTITY, WHOLE, Classified, classify
 from edgeflowd.core.ops import Const, In, OpCall, Prev, method_caller
 from edgeflowd.core.slicing import WINDOW_TARGETS
 from edgeflowd.errors import GraphError
@@ -34,6 +36,8 @@ __all__ = ["trace_model"]
 _SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
 _SHAPE_METHODS = {"size", "dim", "numel"}
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_CANONICAL = frozenset({"F.interpolate", "F.conv_transpose2d", "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d"})
+"""Ops besides windows whose calls are rewritten to keywords (rules and slices read them)."""
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -80,6 +84,20 @@ class _Builder:
     local_ops: dict[str, Callable[..., Any]] = field(default_factory=dict)
     layer_of: dict[torch.fx.Node, str] = field(default_factory=dict)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alias: dict[torch.fx.Node, torch.fx.Node] = field(default_factory=dict)  # eval identities
+
+    def real(self, node: torch.fx.Node) -> torch.fx.Node:
+        """The node whose value ``node`` is (itself, unless it is an eval-mode identity)."""
+        return self.alias.get(node, node)
+
+    def users(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        """Who reads ``node``'s value, looking through the identities that pass it on (a shape
+        query reads no value: the shape is specialised)."""
+        out: list[torch.fx.Node] = []
+        for user in node.users:
+            if not _shape_query(user):
+                out += self.users(user) if user in self.alias else [user]
+        return out
 
     # -- constants -------------------------------------------------------------------------
     def literal(self, node: torch.fx.Node) -> Any:
@@ -100,6 +118,7 @@ class _Builder:
 
     def map_args(self, value: Any, inputs: list[torch.fx.Node], prev: torch.fx.Node | None) -> Any:
         if isinstance(value, torch.fx.Node):
+            value = self.real(value)
             if value in self.data:
                 if value is prev:
                     return Prev()
@@ -143,8 +162,9 @@ class _Builder:
             target = name or f"local.{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn)}"
             if name is None:
                 self.local_ops[target] = fn
-        if target in WINDOW_TARGETS or target == "F.interpolate":
-            weight = kwargs.get("weight", args[1] if target == "F.conv2d" and len(args) > 1 else None)
+        if target in WINDOW_TARGETS or target in _CANONICAL:
+            convolution = target in ("F.conv2d", "F.conv_transpose2d")
+            weight = kwargs.get("weight", args[1] if convolution and len(args) > 1 else None)
             shape = tuple(self.tensors[weight.name].shape) if isinstance(weight, Const) else None
             canonical = canonical_window(target, args, kwargs, shape)
             if canonical is not None:
@@ -155,6 +175,14 @@ class _Builder:
         in_shapes = [tuple(self.values[i].shape) if isinstance(self.values[i], torch.Tensor) else () for i in inputs]
         out_shape = tuple(out_value.shape)
         c = classify(first, in_shapes, out_shape, self.tensors)
+        axis = 2
+        if not c.splittable and len(in_shapes) == 1 and len(in_shapes[0]) == 4:
+            moved = pixel_axis(first, in_shapes[0], 2, out_shape, self.tensors)
+            if moved is not None:  # a layout change that keeps rows apart: followed by the ops after it
+                c, first, axis = Classified(c.kind, (IDENTITY,), True), free_rows(first, out_shape, moved), moved
+        for producer in dict.fromkeys(self.layer_of[i] for i in inputs):
+            self.settle(producer)
+        flops = op_flops(first, in_shapes, out_shape, self.tensors)
         self.layers[name] = {
             "name": name,
             "kind": c.kind,
@@ -164,8 +192,44 @@ class _Builder:
             "out_shape": out_shape,
             "splittable": c.splittable,
             "note": c.note,
-            "flops": op_flops(first, in_shapes, out_shape, self.tensors),
+            "flops": flops,
+            "axis": axis,  # where the rows are in the output of the layer's last op (layout)
+            "history": [(out_shape, flops)],  # each op's output shape and flops
+            "clean": int(len(out_shape) == 4 and axis == 2),  # ops up to the last NCHW result
         }
+
+    def settle(self, name: str) -> None:
+        """Before anything reads layer ``name``: if its per-pixel ops left the NCHW layout and did
+        not come back, those after its last NCHW result become a layer of their own, run whole."""
+        layer = self.layers[name]
+        clean, ops = layer.get("clean", len(layer["ops"])), layer["ops"]
+        if not layer["splittable"] or clean == len(ops):
+            return
+        if clean == 0:  # no op of it gives an NCHW map: the layer runs whole
+            note = "per-pixel ops that do not return to the NCHW layout"
+            layer.update(splittable=False, rules=(WHOLE,) * len(layer["inputs"]), note=note)
+            return
+        tail, history = ops[clean:], layer["history"]
+        first = OpCall(tail[0].target, _reads_input(tail[0].args), _reads_input(tail[0].kwargs), tail[0].node)
+        in_shape = history[clean - 1][0]
+        self.layers[first.node] = {
+            "name": first.node,
+            "kind": classify(first, [in_shape], history[clean][0], self.tensors).kind,
+            "ops": [first, *tail[1:]],
+            "inputs": [name],
+            "rules": (WHOLE,),
+            "out_shape": layer["out_shape"],
+            "splittable": False,
+            "note": "per-pixel ops that do not return to the NCHW layout",
+            "flops": sum(f for _, f in history[clean:]),
+            "history": history[clean:],
+        }
+        layer.update(ops=ops[:clean], out_shape=in_shape, axis=2, history=history[:clean])
+        layer["flops"] = sum(f for _, f in history[:clean])
+        moved = {call.node for call in tail}
+        for node, owner in self.layer_of.items():
+            if owner == name and node.name in moved:
+                self.layer_of[node] = first.node
 
     def try_fuse(self, node: torch.fx.Node, producers: list[torch.fx.Node]) -> bool:
         """Append a row-local, single-input op to its producer's layer when nothing else reads
@@ -173,7 +237,7 @@ class _Builder:
         if len(producers) != 1:
             return False
         (u,) = producers
-        if u.op == "placeholder" or len(u.users) != 1 or u not in self.layer_of:
+        if u.op == "placeholder" or len(self.users(u)) != 1 or u not in self.layer_of:
             return False
         layer = self.layers[self.layer_of[u]]
         if layer["ops"][-1].node != u.name:
@@ -182,9 +246,13 @@ class _Builder:
         value = self.values[node]
         if not isinstance(value, torch.Tensor):
             return False
+        shape = tuple(value.shape)
+        axis = layer.get("axis", 2)
         if layer["splittable"]:
-            if tuple(value.shape) != layer["out_shape"] or not row_local(call, self.tensors):
+            axis = pixel_axis(call, layer["out_shape"], axis, shape, self.tensors)
+            if axis is None:
                 return False
+            call = free_rows(call, shape, axis)
         else:  # the producer runs whole anyway: fuse any op that would run whole on its own
             standalone: list[torch.fx.Node] = []
             alone = classify(self.op_call(node, standalone), [layer["out_shape"]], tuple(value.shape), self.tensors)
@@ -194,13 +262,19 @@ class _Builder:
         if folded is not None:  # the normalisation costs nothing any more
             layer["ops"][-1] = folded
         else:
+            flops = op_flops(call, [layer["out_shape"]], shape, self.tensors)
             layer["ops"].append(call)
-            layer["flops"] += op_flops(call, [layer["out_shape"]], tuple(value.shape), self.tensors)
-        layer["out_shape"] = tuple(value.shape)
+            layer["flops"] += flops
+            layer["history"].append((shape, flops))
+        layer.update(out_shape=shape, axis=axis)
+        if len(shape) == 4 and axis == 2:
+            layer["clean"] = len(layer["ops"])
         self.layer_of[node] = layer["name"]
         return True
 
     def freeze(self) -> dict[str, Layer]:
+        for name in list(self.layers):
+            self.settle(name)
         out: dict[str, Layer] = {}
         for spec in self.layers.values():
             names = {n for call in spec["ops"] for n in call.const_names()}
@@ -222,6 +296,18 @@ class _Builder:
                 note=spec["note"],
             )
         return out
+
+
+def _reads_input(value: Any) -> Any:
+    """``value`` with the previous op's result read as the layer's input instead."""
+    if isinstance(value, Prev):
+        return In(0)
+    if isinstance(value, (tuple, list)):
+        items = [_reads_input(v) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        return {k: _reads_input(v) for k, v in value.items()}
+    return value
 
 
 def _shape_query(node: torch.fx.Node) -> bool:
@@ -268,7 +354,11 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
             output_is_tuple = isinstance(result, (tuple, list))
             outputs = list(result) if output_is_tuple else [result]
             continue
-        producers = [a for a in node.all_input_nodes if a in b.data]
+        producers = list(dict.fromkeys(b.real(a) for a in node.all_input_nodes if b.real(a) in b.data))
+        given = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+        if given is not None and b.real(given) in b.data and eval_identity(node, b.gm):
+            b.alias[node] = b.real(given)
+            continue
         if node.op == "get_attr" or not producers:
             continue  # a constant: materialised where it is used
         if isinstance(value, torch.Tensor):
@@ -293,7 +383,10 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
             first = b.op_call(source, inputs)
             second = OpCall("operator.getitem", (Prev(), node.args[1]), {}, node.name)
             b.add_layer(node.name, first, inputs, value)
-            b.layers[node.name]["ops"].append(second)
+            layer = b.layers[node.name]
+            layer["ops"].append(second)
+            layer["history"].append((tuple(value.shape), 0.0))
+            layer["clean"] = len(layer["ops"])  # the item is the layer's output, as classified
             b.layer_of[node] = node.name
             continue
         if b.try_fuse(node, producers):
@@ -302,14 +395,16 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
         first = b.op_call(node, inputs)
         b.layer_of[node] = node.name
         b.add_layer(node.name, first, inputs, value)
-    for out in outputs:
+    for returned in outputs:  # a model output is read by the requester: its layer is settled too
+        out = b.real(returned) if isinstance(returned, torch.fx.Node) else returned
         if not isinstance(out, torch.fx.Node) or out not in b.layer_of:
             raise GraphError(f"model {name!r} returns {out!r}, which is not a tensor computed from the input")
+    layers = b.freeze()  # settles every layer first: layer_of is final only then
     return LayerGraph(
         model=name,
         input_shape=tuple(example.shape),
-        layers=b.freeze(),
-        outputs=tuple(b.layer_of[o] for o in outputs),
+        layers=layers,
+        outputs=tuple(b.layer_of[b.real(o)] for o in outputs),
         output_is_tuple=output_is_tuple,
         tensors=b.tensors,
         local_ops=b.local_ops,

@@ -12,9 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from controller.zoo.convnext import convnext
+from controller.zoo.dense import fpn, unet
 from controller.zoo.inception import inception_v3
 from controller.zoo.mobilenet import mobilenet_v2
-from controller.zoo.resnet import resnet18, resnet50
+from controller.zoo.resnet import resnet18, resnet18_d, resnet50
+from controller.zoo.shufflenet import shufflenet_v2
 from controller.zoo.small import small_dag, tiny_chain
 from controller.zoo.vgg import vgg16
 from controller.zoo.yolov5 import yolov5s
@@ -39,6 +42,11 @@ ZOO: dict[str, ZooEntry] = {
     "inception_v3": ZooEntry(inception_v3, (1, 3, 299, 299), "parallel branches"),
     "mobilenet_v2": ZooEntry(mobilenet_v2, (1, 3, 224, 224), "depthwise, inverted residuals"),
     "yolov5s": ZooEntry(yolov5s, (1, 3, 640, 640), "PANet: upsample + concat, detection head"),
+    "resnet18_d": ZooEntry(resnet18_d, (1, 3, 225, 225), "deep stem; average-pool shortcuts with partial windows"),
+    "shufflenet_v2": ZooEntry(shufflenet_v2, (1, 3, 224, 224), "channel split, concat and channel shuffle"),
+    "convnext": ZooEntry(convnext, (1, 3, 224, 224), "depthwise 7x7, then per pixel NHWC LayerNorm + MLP"),
+    "unet": ZooEntry(unet, (1, 3, 128, 128), "encoder-decoder: transposed-convolution upsampling + skips"),
+    "fpn": ZooEntry(fpn, (1, 3, 150, 150), "feature pyramid: bilinear and bicubic resampling to odd sizes"),
     "small_dag": ZooEntry(small_dag, (1, 3, 128, 128), "8 layers: skip and branches, small enough for the MILP"),
     "tiny_chain": ZooEntry(tiny_chain, (1, 8, 8, 8), "200 tiny convolutions: a daemon's per-unit cost"),
 }

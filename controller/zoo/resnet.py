@@ -1,12 +1,14 @@
 """ResNet-18 and ResNet-50 (He et al., 2016), as torchvision defines them (v1.5: the stride of a
-bottleneck sits on its 3x3 convolution)."""
+bottleneck sits on its 3x3 convolution), and ResNet-18-D (He et al., "Bag of Tricks", 2019): a
+deep stem of three 3x3 convolutions, and shortcuts that downsample by 2x2 average pooling in
+ceil mode without counting padding (partial windows on odd maps) before their 1x1 convolution."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["resnet18", "resnet50"]
+__all__ = ["resnet18", "resnet18_d", "resnet50"]
 
 
 def _conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -48,10 +50,27 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        num_classes: int = 1000,
+        variant_d: bool = False,
+    ) -> None:
         super().__init__()
         self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.variant_d = variant_d
+        self.conv1: nn.Module = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if variant_d:
+            self.conv1 = nn.Sequential(
+                _conv3(3, 32, 2),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                _conv3(32, 32),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                _conv3(32, 64),
+            )
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -66,7 +85,13 @@ class ResNet(nn.Module):
         self, block: type[BasicBlock] | type[Bottleneck], width: int, blocks: int, stride: int = 1
     ) -> nn.Sequential:
         downsample = None
-        if stride != 1 or self.inplanes != width * block.expansion:
+        if self.variant_d and stride != 1:
+            downsample = nn.Sequential(
+                nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
+                nn.Conv2d(self.inplanes, width * block.expansion, 1, bias=False),
+                nn.BatchNorm2d(width * block.expansion),
+            )
+        elif stride != 1 or self.inplanes != width * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, width * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(width * block.expansion),
@@ -88,3 +113,7 @@ def resnet18() -> nn.Module:
 
 def resnet50() -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3])
+
+
+def resnet18_d() -> nn.Module:
+    return ResNet(BasicBlock, [2, 2, 2, 2], variant_d=True)

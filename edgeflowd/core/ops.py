@@ -78,6 +78,8 @@ _ELEMENTWISE_F = _words(
 _ELEMENTWISE_TORCH = _words("relu sigmoid tanh add mul sub div neg exp log abs sqrt rsqrt clamp maximum minimum pow")
 _ELEMENTWISE_OPERATOR = _words("add mul sub truediv neg pow")
 _ELEMENTWISE_METHODS = _words("relu sigmoid tanh add mul sub div neg exp log abs sqrt clamp pow contiguous float")
+# Ops with their own row rules (controller.graph.rowmap).
+_ROWS_F = _words("conv2d conv_transpose2d max_pool2d avg_pool2d interpolate pixel_shuffle pixel_unshuffle")
 # Known ops that mix rows: they run whole, on one device.
 _WHOLE_F = _words(
     "linear adaptive_avg_pool2d adaptive_max_pool2d softmax log_softmax pad normalize layer_norm group_norm "
@@ -93,7 +95,7 @@ _WHOLE_METHODS = _words(
 
 def _build_allowed() -> dict[str, Callable[..., Any]]:
     table: dict[str, Callable[..., Any]] = {}
-    for name in (*_ELEMENTWISE_F, *_WHOLE_F, "conv2d", "max_pool2d", "avg_pool2d", "interpolate"):
+    for name in (*_ELEMENTWISE_F, *_WHOLE_F, *_ROWS_F):
         table[f"F.{name}"] = getattr(F, name)
     for name in (*_ELEMENTWISE_TORCH, *_WHOLE_TORCH):
         table[f"torch.{name}"] = getattr(torch, name)

@@ -13,13 +13,13 @@ refuse) runs as ``F.max_pool2d``, errors included.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["max_pool2d"]
+__all__ = ["avg_pool2d_rows", "max_pool2d"]
 
 _Size = int | Sequence[int]
 _torch_max_pool2d: Callable[..., Any] = F.max_pool2d
@@ -99,3 +99,37 @@ def max_pool2d(
         x = F.pad(input, (pw, right, ph, bottom), value=-math.inf)
     rows = _running_max(x, -2, kh, sh, oh)
     return _running_max(rows, -1, kw, sw, ow)
+
+
+def _divisors(count: int, size: int, kernel: int, stride: int, pad: int, start: int, include_pad: bool) -> list[int]:
+    """PyTorch's divisor along one axis for outputs ``start..start+count`` (``avg_pool2d``'s
+    kernel: the window clipped to the padded map, or to the map without ``count_include_pad``)."""
+    out = []
+    for r in range(start, start + count):
+        lo = r * stride - pad
+        hi = min(lo + kernel, size + pad)
+        out.append(hi - lo if include_pad else min(hi, size) - max(lo, 0))
+    return out
+
+
+def avg_pool2d_rows(
+    kwargs: Mapping[str, Any], x: torch.Tensor, top: int, bottom: int, in_size: tuple[int, int], first_row: int
+) -> torch.Tensor:
+    """Rows of ``F.avg_pool2d(input, **kwargs)`` from ``first_row`` on, from ``x``: the input rows
+    their windows reach, less ``top`` and ``bottom`` rows of padding. Windows that are partial
+    (ceil mode, ``count_include_pad=False``) keep the divisor of the unsplit map: sums of the
+    zero-padded slice divided by the divisors PyTorch computes from the true window."""
+    (kh, kw), (sh, sw), (ph, pw) = kwargs["kernel_size"], kwargs["stride"], kwargs["padding"]
+    height, width = in_size
+    rows = (top + x.shape[2] + bottom - kh) // sh + 1
+    cols = _out(width, kw, sw, pw, bool(kwargs["ceil_mode"]))
+    right = (cols - 1) * sw + kw - width - pw
+    x = F.pad(x, (pw, max(right, 0), top, bottom))
+    x = x[..., : (cols - 1) * sw + kw] if right < 0 else x
+    sums = F.avg_pool2d(x, (kh, kw), (sh, sw), 0, False, True, 1)
+    if kwargs.get("divisor_override"):
+        return sums / int(kwargs["divisor_override"])
+    include = bool(kwargs["count_include_pad"])
+    down = torch.tensor(_divisors(rows, height, kh, sh, ph, first_row, include), dtype=x.dtype)
+    across = torch.tensor(_divisors(cols, width, kw, sw, pw, 0, include), dtype=x.dtype)
+    return sums / (down[:, None] * across[None, :])

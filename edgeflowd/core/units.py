@@ -160,9 +160,8 @@ def run_unit(
         needed.append(part)
         have.append(part.clip(height))
         sliced.append(take_rows(tensor, part.clip(height), spec.rows))
-    result = run_layer_rows(
-        unit.ops, [i.rule for i in unit.inputs], sliced, needed, have, out, unit.out_shape, tensors, resolve
-    )
+    rules, shapes = [i.rule for i in unit.inputs], [i.shape for i in unit.inputs]
+    result = run_layer_rows(unit.ops, rules, sliced, needed, have, out, unit.out_shape, tensors, resolve, shapes)
     if len(unit.out_shape) == 4 and result.shape[2] != len(out):
         raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(out)}")
     return result

@@ -5,6 +5,7 @@ anything JSON lacks (a tuple, a slice, a dtype, a layer input, a constant) is a 
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal
 
@@ -24,11 +25,12 @@ Rows = tuple[int, int]
 
 class RuleDoc(msgspec.Struct, frozen=True):
     # "kind" on the wire, as protocol v1 has always said; the core calls it the rule's pattern
-    pattern: Literal["window", "upsample", "identity", "whole"] = msgspec.field(name="kind")
+    pattern: Literal["window", "upsample", "table", "identity", "whole"] = msgspec.field(name="kind")
     span: int = 1
     stride: int = 1
     pad: int = 0
     factor: int = 1
+    table: tuple[int, ...] = ()  # kind "table": first and end input row of each output row
 
 
 class InputDoc(msgspec.Struct, frozen=True):
@@ -79,7 +81,7 @@ def unit_doc(unit: ExecutionUnit) -> UnitDoc:
                 i.producer,
                 _rows(i.needed),
                 _rows(i.rows),
-                RuleDoc(i.rule.pattern, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
+                RuleDoc(i.rule.pattern, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor, i.rule.table),
                 i.shape,
             )
             for i in unit.inputs
@@ -100,6 +102,24 @@ def _range(rows: Rows, where: str) -> RowRange:
         raise ProtocolError(f"{where}: {exc}") from exc
 
 
+def _rule(doc: RuleDoc, where: str, out_shape: tuple[int, ...]) -> RowRule:
+    """The core's rule; a table must give every output row a non-empty reach, in row order (the
+    reach of a range is read from its first and last row)."""
+    if doc.pattern == "table":
+        rows = out_shape[2] if len(out_shape) == 4 else 0
+        starts, stops = doc.table[0::2], doc.table[1::2]
+        if len(doc.table) != 2 * rows or rows == 0:
+            raise ProtocolError(
+                f"{where}: field 'table' has {len(doc.table)} entries; {rows} output rows need {2 * rows}"
+            )
+        ordered = all(a <= b for a, b in itertools.pairwise(starts)) and all(
+            a <= b for a, b in itertools.pairwise(stops)
+        )
+        if not ordered or any(a >= b for a, b in zip(starts, stops, strict=True)):
+            raise ProtocolError(f"{where}: field 'table' is not a row-ordered reach of non-empty ranges")
+    return RowRule(doc.pattern, doc.span, doc.stride, doc.pad, doc.factor, doc.table)
+
+
 def unit_of(doc: UnitDoc, where: str) -> ExecutionUnit:
     """The core's unit; ``where`` (``$.units[3]``) prefixes every error."""
     where = f"{where}[{doc.layer}#{doc.device}]"
@@ -108,7 +128,7 @@ def unit_of(doc: UnitDoc, where: str) -> ExecutionUnit:
             i.producer,
             _range(i.needed, f"{where}.inputs[{k}].needed"),
             _range(i.rows, f"{where}.inputs[{k}].rows"),
-            RowRule(i.rule.pattern, i.rule.span, i.rule.stride, i.rule.pad, i.rule.factor),
+            _rule(i.rule, f"{where}.inputs[{k}].rule", doc.out_shape),
             i.shape,
         )
         for k, i in enumerate(doc.inputs)

@@ -121,23 +121,22 @@ def _solve(
                     continue
                 beta = row_bytes(p) * max(comm_s_per_byte(s, dev.link) for s in src_links)
                 lat = (max(s.latency_ms for s in src_links) + dev.link.latency_ms) / 1e3
-                ratio = {"window": rule.stride, "upsample": 1.0 / rule.factor}.get(rule.pattern, 1.0)
-                halo = {"window": rule.span - rule.stride, "upsample": 1.0}.get(rule.pattern, 0.0)
+                ratio, reach_lo, reach_hi = rule.affine()  # needed: [ratio*start + lo, ratio*stop + hi)
                 if rule.pattern == "whole":
                     remote = {} if source else {x[(producer, d)]: -beta}
                     const = beta * p.height
                 elif source:
-                    remote, const = {x[(ly.name, d)]: beta * ratio}, beta * halo
+                    remote, const = {x[(ly.name, d)]: beta * ratio}, beta * (reach_hi - reach_lo)
                 else:
                     u, v = m.var(0, np.inf), m.var(0, np.inf)
                     # u >= S[p,d] - needed.start ; v >= needed.stop - (S[p,d] + x[p,d])
                     s_p = {x[(producer, j)]: 1.0 for j in range(d)}
                     s_l = {x[(ly.name, j)]: ratio * c for j, c in start.items()}
-                    m.add(_plus({u: 1.0}, {k: -c for k, c in s_p.items()}, s_l), -rule.pad, np.inf)
+                    m.add(_plus({u: 1.0}, {k: -c for k, c in s_p.items()}, s_l), reach_lo, np.inf)
                     e_l = _plus(s_l, {x[(ly.name, d)]: ratio})
                     m.add(
                         _plus({v: 1.0}, {k: -c for k, c in e_l.items()}, s_p, {x[(producer, d)]: 1.0}),
-                        halo - rule.pad,
+                        reach_hi,
                         np.inf,
                     )
                     remote, const = {u: beta, v: beta}, 0.0

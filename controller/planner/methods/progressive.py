@@ -49,25 +49,21 @@ from controller.planner.methods.blocks import BLOCK_LENGTHS, block_placements, f
 from controller.planner.methods.evaluate import fits_memory, predicted_latency
 from controller.planner.methods.state import Placement, PlanState
 from controller.planner.partitions import Partition, split_rows
+from edgeflowd.core.slicing import RowRule
 from edgeflowd.errors import PlanError
 from edgeflowd.profiles.devices import Cluster
 
 __all__ = ["edgeflow_partition", "progressive_partition", "progressive_pass"]
 
 
-def _affine(
-    pattern: str, stride: int, pad: int, span: int, factor: int, m: int, i: int
-) -> tuple[np.ndarray, float, np.ndarray, float]:
+def _affine(rule: RowRule, m: int, i: int) -> tuple[np.ndarray, float, np.ndarray, float]:
     """needed.start and needed.stop of device position ``i`` as affine functions of x."""
     s = np.zeros(m)
     s[:i] = 1.0  # S_i
     e = s.copy()
     e[i] = 1.0  # S_i + x_i
-    if pattern == "window":
-        return stride * s, -pad, stride * e, float(span - stride - pad)
-    if pattern == "upsample":
-        return s / factor, 0.0, e / factor, 1.0
-    return s, 0.0, e, 0.0
+    ratio, lo, hi = rule.affine()
+    return ratio * s, lo, ratio * e, hi
 
 
 def _solve(state: PlanState, layer: Layer, devices: list[int]) -> np.ndarray | None:
@@ -102,9 +98,7 @@ def _solve(state: PlanState, layer: Layer, devices: list[int]) -> np.ndarray | N
             if rule.pattern == "whole":
                 comm_const += beta * (p.height - (len(held) if held is not None else 0))
                 continue
-            s_coef, s_const, e_coef, e_const = _affine(
-                rule.pattern, rule.stride, rule.pad, rule.span, rule.factor, m, i
-            )
+            s_coef, s_const, e_coef, e_const = _affine(rule, m, i)
             if held is None:
                 comm[:m] += beta * (e_coef - s_coef)
                 comm_const += beta * (e_const - s_const)

@@ -1,0 +1,140 @@
+"""Per-pixel ops in any layout: follow the row axis through layout changes.
+
+A layer's rows are the height of an NCHW map, but many models work on each pixel in another
+layout for a while: channel shuffle (a view to N,g,C/g,H,W, a transpose, a view back), ConvNeXt's
+``permute → layer_norm → linear → GELU → linear → permute``. Every op there maps a row of its input
+to the same row of its output, wherever the height sits. :func:`pixel_axis` says where the row
+axis is after such an op, or None when the op mixes rows (or its effect on them is unknown);
+the tracer fuses these ops into the layer before them while it can follow the axis, and keeps the
+layer split by rows when the chain ends in NCHW again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall, Prev
+
+__all__ = ["free_rows", "pixel_axis"]
+
+_RESHAPES = frozenset({"method.view", "method.reshape", "torch.reshape"})
+_SAME_ORDER = _RESHAPES | {"method.flatten", "torch.flatten", "method.unsqueeze", "torch.unsqueeze"}
+_PERMUTES = frozenset({"method.permute", "torch.permute"})
+_TRANSPOSES = frozenset({"method.transpose", "torch.transpose"})
+_REDUCTIONS = frozenset({"method.mean", "method.sum", "method.amax", "torch.mean", "torch.sum", "torch.amax"})
+_ALONG_DIM = frozenset({"F.softmax", "F.log_softmax", "F.normalize", "method.softmax", "torch.softmax"})
+_SQUEEZES = frozenset({"method.squeeze", "torch.squeeze"})
+
+
+def _operands(value: Any) -> list[Const]:
+    if isinstance(value, Const):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [item for v in value for item in _operands(v)]
+    if isinstance(value, dict):
+        return [item for v in value.values() for item in _operands(v)]
+    return []
+
+
+def _ints(args: Sequence[Any]) -> list[int] | None:
+    """Dimensions given as varargs or as one sequence."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = args[0]
+    return [int(a) for a in args] if all(isinstance(a, int) for a in args) else None
+
+
+def _arg(call: OpCall, position: int, name: str, default: Any = None) -> Any:
+    return call.args[position] if len(call.args) > position else call.kwargs.get(name, default)
+
+
+def _same_order(in_shape: Sequence[int], axis: int, out_shape: Sequence[int]) -> int | None:
+    """Where the row axis lands when the elements keep their order (a view): the dimension of the
+    same size after as many elements as before it."""
+    before = math.prod(in_shape[:axis])
+    for j, size in enumerate(out_shape):
+        if size == in_shape[axis] and math.prod(out_shape[:j]) == before:
+            return j
+    return None
+
+
+def _reduced(call: OpCall, ndim: int, axis: int) -> int | None:
+    dims = _arg(call, 1, "dim")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(d, int) for d in dims):
+        return None
+    dims = [d % ndim for d in dims]
+    if axis in dims:
+        return None
+    keep = bool(_arg(call, 2, "keepdim", False))
+    return axis if keep else axis - sum(d < axis for d in dims)
+
+
+def pixel_axis(
+    call: OpCall,
+    in_shape: tuple[int, ...],
+    axis: int,
+    out_shape: tuple[int, ...],
+    consts: Mapping[str, torch.Tensor],
+) -> int | None:
+    """The row axis of ``call``'s output when it maps each row of its one input (``in_shape``, row
+    axis ``axis``; the previous op's result, or the layer's input for a first op) to a row of its
+    output and to nothing else; None otherwise."""
+    ndim, target = len(in_shape), call.target
+    new: int | None = None
+    if target not in ELEMENTWISE and (not call.args or not isinstance(call.args[0], (Prev, In))):
+        return None  # (an element-wise op may take its input anywhere: 0.5 * x)
+    if target in ELEMENTWISE:
+        varying = [c for c in _operands((call.args, call.kwargs)) if _extent(consts[c.name].shape, ndim - axis) != 1]
+        new = axis if out_shape == in_shape and not varying else None
+    elif target in _SAME_ORDER:
+        new = _same_order(in_shape, axis, out_shape)
+    elif target in _SQUEEZES:
+        dim = _arg(call, 1, "dim")
+        new = None if not isinstance(dim, int) else _same_order(in_shape, axis, out_shape)
+    elif target in _PERMUTES:
+        dims = _ints(call.args[1:]) if len(call.args) > 1 else _ints([call.kwargs.get("dims", ())])
+        new = [d % ndim for d in dims].index(axis) if dims and len(dims) == ndim else None
+    elif target in _TRANSPOSES:
+        pair = _ints(call.args[1:3])
+        if pair is not None and len(pair) == 2:
+            a, b = (d % ndim for d in pair)
+            new = b if axis == a else a if axis == b else axis
+    elif target in _REDUCTIONS:
+        new = _reduced(call, ndim, axis)
+    elif target in _ALONG_DIM:
+        dim = _arg(call, 1, "dim")
+        new = axis if isinstance(dim, int) and dim % ndim != axis else None
+    elif target == "F.layer_norm":
+        normalized = _arg(call, 1, "normalized_shape", ())
+        new = axis if axis < ndim - len(normalized) else None
+    elif target == "F.linear":
+        new = axis if axis < ndim - 1 and isinstance(_arg(call, 1, "weight"), Const) else None
+    elif target in ("operator.getitem", "method.__getitem__"):
+        new = axis if _keeps_axis(call.args[1], axis) else None
+    if new is None or new >= len(out_shape) or out_shape[new] != in_shape[axis]:
+        return None
+    return new
+
+
+def _extent(shape: Sequence[int], from_end: int) -> int:
+    """Size of the dimension broadcasting aligns with the row axis (``from_end`` from the last)."""
+    return int(shape[-from_end]) if len(shape) >= from_end else 1
+
+
+def _keeps_axis(index: Any, axis: int) -> bool:
+    index = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, slice) for i in index) and (len(index) <= axis or index[axis] == slice(None))
+
+
+def free_rows(call: OpCall, out_shape: tuple[int, ...], axis: int) -> OpCall:
+    """``call`` with the sizes of a view or reshape written for any number of rows (-1 on the row
+    axis, every other size as traced): a unit runs it on its slice, not on the traced map."""
+    if call.target not in _RESHAPES:
+        return call
+    sizes = tuple(-1 if j == axis else int(d) for j, d in enumerate(out_shape))
+    target = "method.reshape" if call.target == "method.view" else call.target  # a slice may not be viewable
+    return OpCall(target, (call.args[0], sizes), {}, call.node)

@@ -1,0 +1,197 @@
+"""Row rules of the ops real vision models use: each op splits by rows (no layer of it runs
+whole) and every partition of it, halo-first pieces included, computes what the unsplit model
+computes; layout changes that keep rows apart stay split; eval-mode identities vanish."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from controller.control.verify import TOLERANCE, check_partition, reference_outputs
+from controller.graph.layers import LayerGraph
+from controller.graph.trace import trace_model
+from controller.planner.partitions import even_partition, random_partition
+from edgeflowd.core.rows import RowRange
+from edgeflowd.core.slicing import RowRule
+from edgeflowd.core.units import ExecutionUnit, UnitInput
+from edgeflowd.errors import ProtocolError
+from edgeflowd.wire.units import unit_doc, unit_of
+
+
+class Op(nn.Module):
+    """A 1x1 convolution (so that the op under test reads a computed map), then ``fn``."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], channels: int = 4, *mods: nn.Module) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(3, channels, 1)
+        self.mods = nn.ModuleList(mods)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.pre(x), *self.mods)
+
+
+def _apply(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    out: torch.Tensor = module(x)
+    return out
+
+
+def _exact_everywhere(model: nn.Module, shape: tuple[int, ...]) -> LayerGraph:
+    """Trace ``model``, require every layer split by rows, and check 1-4 devices' partitions."""
+    torch.manual_seed(0)
+    model.eval()
+    x = torch.randn(shape)
+    graph = trace_model(model, x, "rules")
+    whole = [(layer.name, layer.note) for layer in graph.compute_layers if not layer.splittable]
+    assert not whole, whole
+    want = reference_outputs(model, x)
+    rng = random.Random(1)
+    for devices in (1, 2, 3, 4):
+        for partition in [even_partition(graph, devices)] + [random_partition(graph, devices, rng) for _ in range(4)]:
+            check = check_partition("p", graph, partition, x, want)
+            assert check.relative <= TOLERANCE, (devices, partition, check.relative)
+    return graph
+
+
+TRANSPOSED = [  # kernel, stride, padding, output padding, dilation, groups
+    (2, 2, 0, 0, 1, 1),  # U-Net's
+    (3, 2, 1, 1, 1, 1),
+    (1, 3, 0, 2, 1, 1),  # stride past the kernel: rows only the bias reaches
+    (3, 1, 2, 0, 2, 2),
+    (4, 2, 1, 0, 1, 4),
+    (5, 3, 4, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize(("k", "s", "p", "op", "d", "g"), TRANSPOSED)
+def test_transposed_convolution_splits_exactly(k: int, s: int, p: int, op: int, d: int, g: int) -> None:
+    deconv = nn.ConvTranspose2d(4, 4, k, s, p, op, g, dilation=d)
+    _exact_everywhere(Op(_apply, 4, deconv), (1, 3, 11, 7))
+
+
+RESAMPLES = [
+    {"size": (29, 9), "mode": "bilinear", "align_corners": False},
+    {"size": (29, 9), "mode": "bilinear", "align_corners": True},
+    {"size": (17, 5), "mode": "bicubic", "align_corners": False},
+    {"size": (26, 14), "mode": "bicubic", "align_corners": True},
+    {"scale_factor": 1.5, "mode": "nearest"},
+    {"scale_factor": (2.3, 1.7), "mode": "bilinear", "align_corners": False},
+    {"scale_factor": 1.7, "mode": "bilinear", "recompute_scale_factor": True},
+    {"size": (20, 7), "mode": "nearest-exact"},
+    {"size": (5, 3), "mode": "area"},
+    {"size": (6, 4), "mode": "bilinear", "antialias": True},
+    {"size": (5, 4), "mode": "bicubic", "antialias": True},
+]
+
+
+@pytest.mark.parametrize("kwargs", RESAMPLES, ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_resampling_of_any_mode_and_size_splits_exactly(kwargs: dict[str, object]) -> None:
+    _exact_everywhere(Op(lambda x: F.interpolate(x, **kwargs)), (1, 3, 13, 7))  # type: ignore[arg-type]
+
+
+POOLS = [  # kernel, stride, padding, ceil mode, count_include_pad, divisor_override
+    (2, 2, 0, True, False, None),  # ResNet-D's shortcut on an odd map
+    (3, 2, 1, True, False, None),
+    (3, 1, 1, False, False, None),
+    (3, 2, 1, True, True, None),
+    (3, 2, 1, False, True, 4),
+]
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "include", "divisor"), POOLS)
+def test_average_pooling_with_partial_windows_splits_exactly(
+    k: int, s: int, p: int, ceil: bool, include: bool, divisor: int | None
+) -> None:
+    pool = nn.AvgPool2d(k, s, p, ceil, include, divisor)
+    _exact_everywhere(Op(_apply, 4, pool), (1, 3, 13, 11))
+
+
+def test_pixel_shuffle_adaptive_pooling_and_layouts_split_exactly() -> None:
+    def body(x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
+        y = F.pixel_unshuffle(x, 2)  # 4 -> 16 channels, half the rows
+        y = F.adaptive_avg_pool2d(y, (y.shape[2], 3)) + F.adaptive_max_pool2d(y, (y.shape[2], 3))
+        n, c, h, w = y.size()
+        y = y.view(n, 4, c // 4, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # channel shuffle
+        y = y + mlp(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # a per-pixel MLP in NHWC
+        y = y * torch.sigmoid(y.mean(1, keepdim=True))  # spatial attention: a mean over channels
+        return F.pixel_shuffle(F.adaptive_avg_pool2d(y, (y.shape[2] // 2, 3)), 2)
+
+    mlp = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+    graph = _exact_everywhere(Op(body, 4, mlp), (1, 3, 24, 10))
+    targets = [op.target for layer in graph for op in layer.ops]
+    assert "F.linear" in targets and "F.pixel_shuffle" in targets
+
+
+def test_a_layout_that_does_not_return_to_nchw_runs_whole_from_where_it_leaves() -> None:
+    class Leaves(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.conv(x))
+            return y.view(1, 2, 3, 9, 5).permute(0, 1, 3, 4, 2).sigmoid()  # YOLOv5's head layout
+
+    x = torch.randn(1, 3, 9, 5)
+    graph = trace_model(Leaves().eval(), x)
+    conv, tail = graph.compute_layers
+    assert conv.splittable and [op.target for op in conv.ops] == ["F.conv2d", "F.relu"]
+    assert not tail.splittable and tail.inputs == (conv.name,) and "NCHW" in tail.note
+    model = Leaves().eval()
+    check = check_partition(
+        "p", graph := trace_model(model, x), even_partition(graph, 3), x, reference_outputs(model, x)
+    )
+    assert check.relative <= TOLERANCE
+
+
+def test_eval_identities_vanish() -> None:
+    def body(x: torch.Tensor, ident: nn.Module, drop: nn.Module) -> torch.Tensor:
+        return F.relu(drop(ident(F.dropout(x, 0.5, training=False))))
+
+    graph = _exact_everywhere(Op(body, 4, nn.Identity(), nn.Dropout2d(0.2)), (1, 3, 9, 5))
+    (layer,) = graph.compute_layers
+    assert [op.target for op in layer.ops] == ["F.conv2d", "F.relu"]
+
+
+def test_dropout_that_trains_is_not_an_identity() -> None:
+    graph = trace_model(Op(lambda x: F.dropout(x, 0.5)).eval(), torch.randn(1, 3, 9, 5))
+    assert "F.dropout" in [op.target for layer in graph for op in layer.ops]
+
+
+def test_table_rules_bound_their_reach_and_travel_checked() -> None:
+    graph = trace_model(Op(lambda x: F.interpolate(x, size=(23, 5), mode="bicubic")), torch.randn(1, 3, 10, 4))
+    layer = next(layer for layer in graph if layer.rules and layer.rules[0].pattern == "table")
+    rule = layer.rules[0]
+    ratio, lo, hi = rule.affine()
+    for a in range(23):
+        for b in range(a + 1, 24):
+            need = rule.needed(RowRange(a, b), 10)
+            assert ratio * a + lo <= need.start + 1e-9 and need.stop <= ratio * b + hi + 1e-9
+            assert rule.needed_clipped(a, b, 10) == (need.clip(10).start, need.clip(10).stop)
+    unit = ExecutionUnit(
+        layer.name,
+        0,
+        RowRange(0, 23),
+        layer.out_shape,
+        (UnitInput("x", RowRange(0, 10), RowRange(0, 10), rule, (1, 4, 10, 4)),),
+        layer.ops,
+        (),
+    )
+    assert unit_of(unit_doc(unit), "$").inputs[0].rule == rule
+    for table, why in [(rule.table[:-2], "entries"), ((3, 4, *rule.table[2:]), "row-ordered")]:
+        forged = ExecutionUnit(
+            unit.layer,
+            0,
+            unit.rows,
+            unit.out_shape,
+            (UnitInput("x", RowRange(0, 10), RowRange(0, 10), RowRule("table", table=table), (1, 4, 10, 4)),),
+            unit.ops,
+            (),
+        )
+        with pytest.raises(ProtocolError, match=rf"inputs\[0\]\.rule: field 'table'.*{why}"):
+            unit_of(unit_doc(forged), "$")
