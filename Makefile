@@ -7,11 +7,17 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
+# make test-vision: torchvision's models, in a venv of their own. torchvision does not import
+# beside the pinned CPU torch; this pair (a CUDA build that runs on the CPU, several GB) does.
+VISION_VENV  ?= .venv-vision
+VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1
+VISION_STAMP := $(VISION_VENV)/.installed
+
 # make deb: the .deb bundles this torch; DEB_TORCH=none leaves it to the board (a vendor build).
 DEB_TORCH ?= $(TORCH)
 DEB_OUT   ?= dist
 
-.PHONY: install test test-fast lint demo bench deb clean
+.PHONY: install test test-fast test-vision lint demo bench deb clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null 2>&1; then \
@@ -25,6 +31,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+$(VISION_STAMP): pyproject.toml Makefile $(STAMP)
+	test -x $(VISION_VENV)/bin/python || $(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/pip install -q --disable-pip-version-check $(VISION_TORCH)
+	$(VISION_VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(VISION_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,6 +48,9 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not integration"
+
+test-vision: $(VISION_STAMP)
+	$(VISION_VENV)/bin/pytest -s -m vision tests/test_torchvision.py
 
 demo: $(STAMP)
 	$(BIN)/edgeflow verify --model yolov5s --devices 4 --random-partitions 3
@@ -49,4 +64,4 @@ deb: $(STAMP)
 	$(BIN)/python packaging/build_deb.py --torch '$(DEB_TORCH)' --out '$(DEB_OUT)'
 
 clean:
-	rm -rf dist $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf dist $(VENV) $(VISION_VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -6,6 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.plugin_ops import soft_clip
+
+torch.fx.wrap("soft_clip")  # a call fx records as one op, not traced into (as torchvision's own)
+
 
 class TinyUNet(nn.Module):
     """Down, up, and a skip concat: the smallest DAG with every planned op kind."""
@@ -74,3 +78,19 @@ class TwoInputs(nn.Module):
 
 def not_a_module() -> int:
     return 3
+
+
+class PluginUser(nn.Module):
+    """A model whose middle op only the plugin ``tests.plugin_ops`` defines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv2 = nn.Conv2d(8, 4, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(soft_clip(F.relu(self.conv1(x)), 2.0))
+
+
+def plugin_user() -> nn.Module:
+    return PluginUser()

@@ -51,7 +51,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         )
     model, shape = build_model(args.model, args.input_shape, args.seed)
     graph = trace_model(model, torch.zeros(shape), args.model)
-    planned = plan_model(graph, cluster, args.method, schedule=args.schedule)
+    planned = plan_model(graph, cluster, args.method, schedule=args.schedule, deployable=True)
     nodes = [d.id for d in cluster.devices]
     print(
         f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "

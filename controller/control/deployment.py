@@ -42,13 +42,6 @@ def make_deployment(
     """Assignments for ``nodes[d]`` = plan device ``d``; weights cut into ``part_bytes`` parts."""
     if plan.n_devices != len(nodes):
         raise PlanError(f"plan is for {plan.n_devices} devices, the cluster has {len(nodes)} nodes")
-    for unit in plan.units:
-        local = [op.target for op in unit.ops if not op.portable]
-        if local and unit.device != CLIENT:
-            raise PlanError(
-                f"layer {unit.layer} uses {local[0]}, which only this process can run (not an op the daemons "
-                "know); such models run with `edgeflow verify`, not on a cluster"
-            )
     plan_id = f"g{generation}"
     blobs: dict[str, tuple[BlobRef, bytes]] = {}
     refs: dict[str, BlobRef] = {}

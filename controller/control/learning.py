@@ -275,4 +275,4 @@ def device_of_costs(device: Device, costs: NodeCosts) -> Device:
         op_overhead_ms=costs.op_overhead_ms,
         link=link,
     )
-    return Device(device.id, profile, costs.load)
+    return replace(device, profile=profile, load=costs.load)

@@ -138,7 +138,8 @@ def reference_device(device: Device, view: NodeView | None) -> Device:
     link = profile.link
     up, down, latency = (_number(bench, f"link_{k}") for k in ("up_mbps", "down_mbps", "latency_ms"))
     link = Link(up or link.up_mbps, down or link.down_mbps, latency or link.latency_ms)
-    return Device(device.id, replace(profile, link=link), 0.0)
+    ops = frozenset(op for names in view.info.plugins.values() for op in names) if view and view.info else frozenset()
+    return Device(device.id, replace(profile, link=link), 0.0, ops)
 
 
 def effective_device(device: Device, view: NodeView | None) -> Device:

@@ -329,7 +329,7 @@ class ControllerService:
         base = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
         cluster = with_message_work(base, self.message_flop)
         try:
-            planned = plan_model(self.graph, cluster, self.method)
+            planned = plan_model(self.graph, cluster, self.method, deployable=True)
         except EdgeFlowError as exc:
             self._failed(reason, str(exc))
             return

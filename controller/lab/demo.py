@@ -150,7 +150,7 @@ def run_demo(
         learned = fitted_cluster(cluster, costs)
         rows = []
         for method in ["edgeflow", *baselines]:
-            planned = plan_model(graph, learned, method)
+            planned = plan_model(graph, learned, method, deployable=True)
             t0 = time.perf_counter()
             info = deploy_plan(broker.settings, cluster.name, planned, graph, nodes, timeout_s=300.0)
             say(f"{method}: generation {info.generation} live in {time.perf_counter() - t0:.1f} s; {requests} requests")

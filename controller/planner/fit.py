@@ -167,7 +167,7 @@ def fitted_device(reference: Device, fit: Fit) -> Device:
         weights_gbps=reference.weights_rate() / fit.factors["weights"] / 1e9,
         op_overhead_ms=profile.op_overhead_ms * fit.factors["overhead"],
     )
-    return Device(reference.id, fitted, 0.0)
+    return replace(reference, profile=fitted, load=0.0)
 
 
 # -- what the unit times do not show: handling a message ---------------------------------------

@@ -2,9 +2,11 @@
 the previous op's result, or named constant tensors.
 
 Only names in :data:`ALLOWED` can be rebuilt from the wire, so nothing executable crosses it.
-Ops the graph does not know (a user's own function or module) get a ``local.`` name; they run
-in-process through a resolver the controller supplies, and a node without that resolver refuses
-them with a clear error.
+Ops the graph does not know (a user's own function or module) get a ``local.`` name: a
+function's is ``local.<its module>.<its name>``. They run in-process through a resolver the
+controller supplies, and on a node whose administrator installed that module and listed it among
+the daemon's ``plugins`` (:mod:`edgeflowd.node.plugins`); any other node refuses them with a
+clear error. The wire only ever names them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "Resolver",
     "check_call",
     "method_caller",
+    "plugin_resolver",
     "run_call",
 ]
 
@@ -157,19 +160,22 @@ _UPDATES_STATS = frozenset({"F.batch_norm", "F.instance_norm"})
 """Ops that, with ``training`` true, update the running statistics they are given (weights)."""
 
 
-def check_call(call: OpCall, where: str) -> None:
+def check_call(call: OpCall, where: str, plugins: Mapping[str, Callable[..., Any]] | None = None) -> None:
     """Refuse, when an assignment arrives, a call a node will not run: an op outside the
-    allow-list, or one that writes in place. Nothing from the wire may write: an input slice may
+    allow-list and the node's ``plugins`` (op name to the function its installed code defines),
+    or one that writes in place. Nothing from the wire may write: an input slice may
     be another unit's too, and a weight is shared by every later request (and by any later
     assignment naming the same blob), so one such op would corrupt answers still reported right.
     The runtime's own in-place activations write only results it has just made."""
-    if call.target not in ALLOWED:
+    known = ALLOWED if not plugins else {**ALLOWED, **plugins}
+    if call.target not in known:
+        local = call.target.startswith("local.")
         raise ProtocolError(
-            f"{where}: op {call.target!r} is not allow-listed on this node (a model-local op runs only "
-            "where the model itself is loaded)"
+            f"{where}: op {call.target!r} is not allow-listed on this node"
+            + (" and no plugin of it defines it (edgeflowd's `plugins` setting)" if local else "")
         )
     try:  # positional or keyword alike: ``F.relu(x, True)`` writes in place too
-        bound = inspect.signature(ALLOWED[call.target]).bind_partial(*call.args, **call.kwargs).arguments
+        bound = inspect.signature(known[call.target]).bind_partial(*call.args, **call.kwargs).arguments
     except (TypeError, ValueError):  # builtins without a signature have no such parameter
         bound = dict(call.kwargs)
     writes = [*_WRITES, *(("training",) if call.target in _UPDATES_STATS else ())]
@@ -179,6 +185,15 @@ def check_call(call: OpCall, where: str) -> None:
                 f"{where}: op {call.target} writes in place ({name}={bound[name]!r}): "
                 "a unit may not write to its inputs or weights"
             )
+
+
+def plugin_resolver(plugins: Mapping[str, Callable[..., Any]]) -> Resolver:
+    """The allow-list, and the ops the node's plugins define."""
+
+    def resolve(name: str) -> Callable[..., Any]:
+        return plugins[name] if name in plugins else allowed_resolver(name)
+
+    return resolve
 
 
 def allowed_resolver(name: str) -> Callable[..., Any]:

@@ -13,8 +13,9 @@ report. Sockets and threads stay in the daemon; the weight store is the caller's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -79,8 +80,16 @@ AssignmentAction = Subscribe | Unsubscribe | Report | Say | Activate | Refuse
 class Assignments:
     """The current assignment and the fetch of the next one, for node ``node``."""
 
-    def __init__(self, node: str, topics: Topics, store: WeightStore, timeout_s: float) -> None:
+    def __init__(
+        self,
+        node: str,
+        topics: Topics,
+        store: WeightStore,
+        timeout_s: float,
+        plugins: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> None:
         self.node = node
+        self.plugins = plugins or {}  # the ops this node's plugins define, besides the allow-list
         self.topics = topics
         self.store = store
         self.timeout_s = timeout_s
@@ -93,7 +102,7 @@ class Assignments:
             self.current = None
             return [*self._cancel(), Activate(None, {}), Say("assignment cleared; idle")]
         try:
-            assignment = Assignment.from_bytes(payload, topic)
+            assignment = Assignment.from_bytes(payload, topic, self.plugins)
             if assignment.node != self.node:
                 raise ProtocolError(f"{topic}: assignment is for node {assignment.node!r}, not {self.node!r}")
         except ProtocolError as exc:

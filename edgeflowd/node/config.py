@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -17,6 +18,7 @@ from typing import Any
 from edgeflowd.core.sizes import PACKET_BYTES
 from edgeflowd.errors import ProfileError
 from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.node.plugins import load_plugins
 from edgeflowd.profiles.yamldoc import YamlDoc, check_keys, number, read_text
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "EDGEFLOWD_"
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _NOT_SETTINGS = {"EDGEFLOWD_ARGS"}  # extra flags, expanded by the unit's ExecStart
 
 
@@ -81,6 +84,13 @@ class DaemonConfig:
     assignment_timeout_s: float = _declare(120.0, "weights of a new assignment must arrive within this", "S")
     cache_dir: str | None = _declare(None, "keep fetched weights here, named by SHA-256", "DIR", path=True)
     log_level: str = _declare("info", "log level", choices=("debug", "info", "warning", "error"))
+    plugins: str = _declare(
+        "", "Python modules installed here whose functions this node runs as ops (YAML: a list)", "MOD[,MOD...]"
+    )
+
+    @property
+    def plugin_modules(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.plugins.split(",") if name.strip())
 
     def broker_settings(self) -> BrokerSettings:
         return BrokerSettings(
@@ -108,6 +118,11 @@ class DaemonConfig:
         if self.log_level not in levels:
             found.append(("log_level", f"log_level must be {', '.join(levels)}, got {self.log_level!r}"))
         found += [("broker" if name == "url" else name, m) for name, m in self.broker_settings().problems()]
+        found += [
+            ("plugins", f"plugins: {name!r} is not a Python module name (package.module)")
+            for name in self.plugin_modules
+            if not _MODULE_NAME.fullmatch(name)
+        ]
         return found
 
 
@@ -192,6 +207,11 @@ def _setting(doc: YamlDoc, key: str, value: Any) -> Any:
         return number(doc, value, (key,))
     if key == "mqtt_version" and isinstance(value, (int, float)):
         return str(value)  # YAML reads 5 as a number
+    if key == "plugins" and isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or "," in item:
+                raise doc.error((key, i), f"expected a module name, got {item!r}")
+        return ",".join(value)
     if not isinstance(value, kinds) or isinstance(value, bool):
         raise doc.error((key,), f"expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
     return value
@@ -217,6 +237,8 @@ def _from_file(path: Path, report: ConfigReport) -> dict[str, Any]:
         if SETTINGS[key].path and not Path(value).is_absolute() and (path.parent / value).exists():
             values[key] = str(path.parent / value)
         report.sources[key] = f"{path}:{doc.line((key,))}"
+        if key == "plugins" and isinstance(value, list):  # each module's own line, for its errors
+            report.sources.update({f"plugins.{m}": f"{path}:{doc.line((key, i))}" for i, m in enumerate(value)})
     return values
 
 
@@ -262,7 +284,14 @@ def read_config(
             values[key] = value
             report.sources[key] = SETTINGS[key].flag
     report.config = replace(DaemonConfig(), **values)
-    report.errors += [f"{report.source(name)}: {problem}" for name, problem in report.config.problems()]
+    problems = report.config.problems()
+    report.errors += [f"{report.source(name)}: {problem}" for name, problem in problems]
+    if report.config.plugin_modules and not any(name == "plugins" for name, _ in problems):
+        for module in report.config.plugin_modules:
+            try:  # a plugin that does not import is a configuration error, found before serving
+                load_plugins([module], report.sources.get(f"plugins.{module}", report.source("plugins")))
+            except ProfileError as exc:
+                report.errors.append(str(exc))
     return report
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from edgeflowd import __version__
+from edgeflowd.core.ops import plugin_resolver
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
@@ -33,6 +34,7 @@ from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
 from edgeflowd.node.linkprobe import LinkProbe
 from edgeflowd.node.notify import Notifier
+from edgeflowd.node.plugins import load_plugins
 from edgeflowd.node.runtime import Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError
 from edgeflowd.node.telemetry import sample_telemetry
@@ -68,8 +70,10 @@ class Daemon:
         self.instance = uuid.uuid4().hex[:12]
         self.counts = Counts()
         self.events: queue.Queue[Event] = queue.Queue(maxsize=config.queue_messages)
+        self.plugins = load_plugins(config.plugin_modules)  # checked with the configuration
+        self.plugin_ops = {name: fn for ops in self.plugins.values() for name, fn in ops.items()}
         self.assignments = a.Assignments(
-            self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s
+            self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s, self.plugin_ops
         )
         self.runtime: NodeRuntime | None = None
         self._sessions = 0
@@ -133,7 +137,8 @@ class Daemon:
 
     def _publish_info(self) -> None:
         profile = dataclasses.asdict(self.profile) if self.profile else {}
-        info = Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark)
+        plugins = {module: sorted(ops) for module, ops in self.plugins.items()}
+        info = Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark, plugins=plugins)
         self.conn.publish(self.topics.node(self.node, "info"), encode_control(info), qos=1, retain=True)
 
     # -- engine --------------------------------------------------------------------------------
@@ -312,6 +317,7 @@ class Daemon:
                 timer=time.perf_counter,  # packs a convolution's weights where that runs faster here
                 admit=self.config.max_requests,
                 node=self.node,
+                resolve=plugin_resolver(self.plugin_ops),
             )
         new_topics, old_topics = (r.input_topics() if r else set() for r in (new, old))
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):

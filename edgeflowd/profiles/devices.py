@@ -98,9 +98,12 @@ class DeviceProfile:
 
 @dataclass(frozen=True)
 class Device:
+    """One node as the planner sees it; ``ops``: the plugin ops (``local.*``) it reported it runs."""
+
     id: str
     profile: DeviceProfile
     load: float = 0.0
+    ops: frozenset[str] = frozenset()
 
     def rate(self, kind: str) -> float:
         return self.profile.rate(kind, self.load)

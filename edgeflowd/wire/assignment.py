@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import torch
@@ -121,17 +122,20 @@ class Assignment:
         return encode(doc)
 
     @classmethod
-    def from_bytes(cls, payload: bytes, topic: str) -> Assignment:
-        """Decode and check an assignment: every unit has ops, each allow-listed and writing
-        nothing in place (:func:`~edgeflowd.core.ops.check_call`), belongs to its device, and every
-        weight a unit names has a blob; errors name the topic and the path at fault."""
+    def from_bytes(
+        cls, payload: bytes, topic: str, plugins: Mapping[str, Callable[..., Any]] | None = None
+    ) -> Assignment:
+        """Decode and check an assignment: every unit has ops, each allow-listed (or defined by one
+        of the node's ``plugins``) and writing nothing in place
+        (:func:`~edgeflowd.core.ops.check_call`), belongs to its device, and every weight a unit
+        names has a blob; errors name the topic and the path at fault."""
         doc = decode(payload, AssignmentDoc, topic)
         units = tuple(unit_of(u, f"{topic}: $.units[{i}]") for i, u in enumerate(doc.units))
         for i, unit in enumerate(units):
             if not unit.ops:
                 raise ProtocolError(f"{topic}: $.units[{i}] ({unit.uid}) has no ops")
             for k, call in enumerate(unit.ops):
-                check_call(call, f"{topic}: $.units[{i}].ops[{k}] ({unit.uid})")
+                check_call(call, f"{topic}: $.units[{i}].ops[{k}] ({unit.uid})", plugins)
             if unit.device != doc.device:
                 raise ProtocolError(f"{topic}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
             missing = [n for n in unit.const_names() if n not in doc.weights]

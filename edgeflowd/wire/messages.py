@@ -53,6 +53,7 @@ class Info(Document, frozen=True, tag="edgeflow.info/1"):
     protocol: list[int] = msgspec.field(default_factory=lambda: list(PROTOCOL_VERSIONS))
     profile: dict[str, Any] = msgspec.field(default_factory=dict)
     benchmark: dict[str, Measure] = msgspec.field(default_factory=dict)
+    plugins: dict[str, list[str]] = msgspec.field(default_factory=dict)  # module: the ops it defines here
 
 
 class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):

@@ -12,6 +12,7 @@ from controller.planner.methods.baselines import chain, coedge, equal, ftp, sing
 from controller.planner.methods.optimal import optimal
 from controller.planner.methods.progressive import edgeflow_partition, progressive_partition
 from controller.planner.partitions import Partition
+from controller.planner.placement import place_plugin_ops
 from controller.planner.plan import Plan, build_plan
 from controller.planner.schedule import best_schedule
 from controller.planner.simulate import Timeline, simulate
@@ -57,11 +58,17 @@ def plan_model(
     method: str,
     clock: Callable[[], float] = time.perf_counter,
     schedule: str = "auto",
+    deployable: bool = False,
 ) -> Planned:
+    """``deployable``: the plan goes to the cluster's nodes, so a layer that needs a plugin op
+    goes to a node that has it (:mod:`controller.planner.placement`); without, anywhere (the
+    process that plans can run every op of a model it loaded)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     start = clock()
     partition = METHODS[method](graph, cluster)
+    if deployable:
+        partition = place_plugin_ops(graph, cluster, partition)
     plan = build_plan(graph, partition)
     if schedule == "auto":
         plan, timeline = best_schedule(plan, graph, cluster)
