@@ -13,7 +13,7 @@ import torch
 from controller.graph.trace import trace_model
 from controller.planner.methods import plan_model
 from edgeflowd.core.ops import In, OpCall, check_call
-from edgeflowd.errors import PlanError, ProtocolError
+from edgeflowd.errors import PlanError, ProfileError, ProtocolError
 from edgeflowd.node.config import read_config
 from edgeflowd.node.plugins import load_plugins
 from edgeflowd.profiles.devices import Cluster, load_cluster
@@ -44,6 +44,8 @@ def test_the_plugin_defines_its_own_functions_only() -> None:
     check_call(call, "t", ops)
     with pytest.raises(ProtocolError, match=r"not allow-listed on this node and no plugin of it defines it"):
         check_call(call, "t")
+    with pytest.raises(ProfileError, match=r"plugin 'torch.nn.functional': torch's own modules are not plugins"):
+        load_plugins(["torch.nn.functional"])
 
 
 def test_a_plugin_that_does_not_import_is_a_configuration_error(tmp_path: Path) -> None:
@@ -76,7 +78,9 @@ def test_deployable_plans_put_plugin_layers_where_the_plugin_is(tmp_path: Path) 
 def test_a_models_own_module_is_refused_for_a_cluster(tmp_path: Path) -> None:
     graph = trace_model(models.unknown_ops(), torch.randn(1, 3, 9, 5), "unknown")
     cluster = load_cluster(_cluster(tmp_path / "c.yaml", "node-a"))
-    with pytest.raises(PlanError, match=r"local\.module\.pad, a module or method of the model object"):
+    with pytest.raises(
+        PlanError, match=r"local\.module\.pad, a module of the model object that EdgeFlow does not know"
+    ):
         plan_model(graph, cluster, "equal", deployable=True)
 
 

@@ -80,6 +80,7 @@ RESAMPLES = [
     {"size": (17, 5), "mode": "bicubic", "align_corners": False},
     {"size": (26, 14), "mode": "bicubic", "align_corners": True},
     {"scale_factor": 1.5, "mode": "nearest"},
+    {"scale_factor": 2.01, "mode": "nearest"},  # 26 rows from 13: a whole multiple, not a whole factor
     {"scale_factor": (2.3, 1.7), "mode": "bilinear", "align_corners": False},
     {"scale_factor": 1.7, "mode": "bilinear", "recompute_scale_factor": True},
     {"size": (20, 7), "mode": "nearest-exact"},
@@ -149,6 +150,26 @@ def test_a_layout_that_does_not_return_to_nchw_runs_whole_from_where_it_leaves()
     assert check.relative <= TOLERANCE
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda x: (x * 2).squeeze(2),  # a no-op on the map, but not on a slice of one row
+        lambda x: (x * 2).view(torch.int32).float(),  # a view of the bits, not a reshape
+        lambda x: (x * 2).unsqueeze(2).flatten(2, 3),
+    ],
+    ids=["squeeze-rows", "view-dtype", "unsqueeze-flatten"],
+)
+def test_layout_ops_that_only_look_per_pixel_stay_exact(body: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    model = Op(body).eval()
+    x = torch.randn(1, 3, 12, 5)
+    graph = trace_model(model, x)
+    want = reference_outputs(model, x)
+    rng = random.Random(2)
+    for partition in [even_partition(graph, 3)] + [random_partition(graph, 4, rng) for _ in range(6)]:
+        check = check_partition("p", graph, partition, x, want)
+        assert check.relative <= TOLERANCE, (partition, check.relative)
+
+
 def test_eval_identities_vanish() -> None:
     def body(x: torch.Tensor, ident: nn.Module, drop: nn.Module) -> torch.Tensor:
         return F.relu(drop(ident(F.dropout(x, 0.5, training=False))))
@@ -195,3 +216,15 @@ def test_table_rules_bound_their_reach_and_travel_checked() -> None:
         )
         with pytest.raises(ProtocolError, match=rf"inputs\[0\]\.rule: field 'table'.*{why}"):
             unit_of(unit_doc(forged), "$")
+
+
+def test_antialiased_resampling_to_one_column_runs_whole_as_pytorch_computes_it() -> None:
+    # PyTorch's own result there is not the separable filter (found by the property test): a
+    # row-by-row slice would be right and differ from the model, so the layer stays whole.
+    model = Op(lambda x: F.interpolate(x, size=(4, 1), mode="bilinear", antialias=True)).eval()
+    x = torch.randn(1, 3, 10, 6)
+    graph = trace_model(model, x)
+    layer = graph["interpolate"]
+    assert not layer.splittable and "one column" in layer.note
+    check = check_partition("p", graph, even_partition(graph, 2), x, reference_outputs(model, x))
+    assert check.relative <= TOLERANCE

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controller.graph.layers import LayerGraph
+from controller.planner.placement import refuse_unpluggable
 from controller.planner.plan import Plan
 from edgeflowd.core.units import CLIENT, SINK
 from edgeflowd.errors import PlanError
@@ -42,6 +43,8 @@ def make_deployment(
     """Assignments for ``nodes[d]`` = plan device ``d``; weights cut into ``part_bytes`` parts."""
     if plan.n_devices != len(nodes):
         raise PlanError(f"plan is for {plan.n_devices} devices, the cluster has {len(nodes)} nodes")
+    for unit in plan.units:  # plans made deployable place plugin ops; nothing places these
+        refuse_unpluggable(unit.layer, [op.target for op in unit.ops if not op.portable])
     plan_id = f"g{generation}"
     blobs: dict[str, tuple[BlobRef, bytes]] = {}
     refs: dict[str, BlobRef] = {}

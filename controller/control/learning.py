@@ -190,7 +190,7 @@ def best_single(graph: LayerGraph, cluster: Cluster) -> tuple[str, float]:
     """The device that runs the whole model fastest by ``cluster``'s cost model, and its
     predicted ms (("", 0) when none can hold it): what any split must beat."""
     try:
-        single = plan_model(graph, cluster, "single", schedule="whole")
+        single = plan_model(graph, cluster, "single", schedule="whole", deployable=True)
     except EdgeFlowError:
         return "", 0.0
     device = next((i for i in range(len(cluster)) if single.plan.on_device(i)), 0)

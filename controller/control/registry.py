@@ -138,8 +138,12 @@ def reference_device(device: Device, view: NodeView | None) -> Device:
     link = profile.link
     up, down, latency = (_number(bench, f"link_{k}") for k in ("up_mbps", "down_mbps", "latency_ms"))
     link = Link(up or link.up_mbps, down or link.down_mbps, latency or link.latency_ms)
-    ops = frozenset(op for names in view.info.plugins.values() for op in names) if view and view.info else frozenset()
-    return Device(device.id, replace(profile, link=link), 0.0, ops)
+    return Device(device.id, replace(profile, link=link), 0.0, plugin_ops(view))
+
+
+def plugin_ops(view: NodeView | None) -> frozenset[str]:
+    """The plugin ops the node reported in its info (whatever rates a plan is made with)."""
+    return frozenset(op for ops in view.info.plugins.values() for op in ops) if view and view.info else frozenset()
 
 
 def effective_device(device: Device, view: NodeView | None) -> Device:
@@ -266,8 +270,8 @@ class Registry:
         """The live nodes as ``fitted`` has them, else at their measured rates and load, or
         (``measured=False``) as the cluster file declares them."""
         live = [d for d in self.cluster.devices if d.id in self.live()]
-        if not measured:
-            return self.cluster.with_devices(tuple(live))
+        if not measured:  # the file's figures, but what the nodes can run is what they said
+            return self.cluster.with_devices(tuple(replace(d, ops=plugin_ops(self.views.get(d.id))) for d in live))
         fits = fitted or {}
         return self.cluster.with_devices(tuple(fits.get(d.id) or effective_device(d, self.views[d.id]) for d in live))
 

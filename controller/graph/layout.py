@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from controller.graph.rowmap import row_local
 from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall, Prev
 
 __all__ = ["free_rows", "pixel_axis"]
@@ -30,25 +31,11 @@ _ALONG_DIM = frozenset({"F.softmax", "F.log_softmax", "F.normalize", "method.sof
 _SQUEEZES = frozenset({"method.squeeze", "torch.squeeze"})
 
 
-def _operands(value: Any) -> list[Const]:
-    if isinstance(value, Const):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [item for v in value for item in _operands(v)]
-    if isinstance(value, dict):
-        return [item for v in value.values() for item in _operands(v)]
-    return []
-
-
 def _ints(args: Sequence[Any]) -> list[int] | None:
     """Dimensions given as varargs or as one sequence."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
         args = args[0]
     return [int(a) for a in args] if all(isinstance(a, int) for a in args) else None
-
-
-def _arg(call: OpCall, position: int, name: str, default: Any = None) -> Any:
-    return call.args[position] if len(call.args) > position else call.kwargs.get(name, default)
 
 
 def _same_order(in_shape: Sequence[int], axis: int, out_shape: Sequence[int]) -> int | None:
@@ -62,14 +49,14 @@ def _same_order(in_shape: Sequence[int], axis: int, out_shape: Sequence[int]) ->
 
 
 def _reduced(call: OpCall, ndim: int, axis: int) -> int | None:
-    dims = _arg(call, 1, "dim")
+    dims = call.arg(1, "dim")
     dims = [dims] if isinstance(dims, int) else dims
     if not isinstance(dims, (tuple, list)) or not dims or not all(isinstance(d, int) for d in dims):
         return None
     dims = [d % ndim for d in dims]
     if axis in dims:
         return None
-    keep = bool(_arg(call, 2, "keepdim", False))
+    keep = bool(call.arg(2, "keepdim", False))
     return axis if keep else axis - sum(d < axis for d in dims)
 
 
@@ -88,13 +75,15 @@ def pixel_axis(
     if target not in ELEMENTWISE and (not call.args or not isinstance(call.args[0], (Prev, In))):
         return None  # (an element-wise op may take its input anywhere: 0.5 * x)
     if target in ELEMENTWISE:
-        varying = [c for c in _operands((call.args, call.kwargs)) if _extent(consts[c.name].shape, ndim - axis) != 1]
-        new = axis if out_shape == in_shape and not varying else None
+        new = axis if out_shape == in_shape and row_local(call, consts, ndim - axis) else None
+    elif target in _RESHAPES and _ints(call.args[1:]) is None and "shape" not in call.kwargs:
+        new = None  # view(dtype) reinterprets bits; only sizes keep the elements in order
     elif target in _SAME_ORDER:
         new = _same_order(in_shape, axis, out_shape)
     elif target in _SQUEEZES:
-        dim = _arg(call, 1, "dim")
-        new = None if not isinstance(dim, int) else _same_order(in_shape, axis, out_shape)
+        # squeeze(dim) of the rows: a no-op on the traced map, but it drops the axis of a 1-row slice
+        dim = call.arg(1, "dim")
+        new = None if not isinstance(dim, int) or dim % ndim == axis else _same_order(in_shape, axis, out_shape)
     elif target in _PERMUTES:
         dims = _ints(call.args[1:]) if len(call.args) > 1 else _ints([call.kwargs.get("dims", ())])
         new = [d % ndim for d in dims].index(axis) if dims and len(dims) == ndim else None
@@ -106,23 +95,18 @@ def pixel_axis(
     elif target in _REDUCTIONS:
         new = _reduced(call, ndim, axis)
     elif target in _ALONG_DIM:
-        dim = _arg(call, 1, "dim")
+        dim = call.arg(1, "dim")
         new = axis if isinstance(dim, int) and dim % ndim != axis else None
     elif target == "F.layer_norm":
-        normalized = _arg(call, 1, "normalized_shape", ())
+        normalized = call.arg(1, "normalized_shape", ())
         new = axis if axis < ndim - len(normalized) else None
     elif target == "F.linear":
-        new = axis if axis < ndim - 1 and isinstance(_arg(call, 1, "weight"), Const) else None
+        new = axis if axis < ndim - 1 and isinstance(call.arg(1, "weight"), Const) else None
     elif target in ("operator.getitem", "method.__getitem__"):
         new = axis if _keeps_axis(call.args[1], axis) else None
     if new is None or new >= len(out_shape) or out_shape[new] != in_shape[axis]:
         return None
     return new
-
-
-def _extent(shape: Sequence[int], from_end: int) -> int:
-    """Size of the dimension broadcasting aligns with the row axis (``from_end`` from the last)."""
-    return int(shape[-from_end]) if len(shape) >= from_end else 1
 
 
 def _keeps_axis(index: Any, axis: int) -> bool:

@@ -1,14 +1,17 @@
 """Row maps: for the first op of a layer, which rows of each input its output rows read.
 
-Rules implemented (H = output height, NCHW tensors; anything that is not NCHW is one row):
-- conv2d / max_pool2d: window of the dilated kernel with stride and top padding;
-- avg_pool2d: window too when every window is full (count_include_pad and no partial
-  ceil-mode windows), otherwise whole;
-- interpolate, mode 'nearest', integer factors: row ``r`` reads ``r // f``;
+Rules implemented (H = output height, NCHW tensors; anything that is not NCHW is one row; the
+formulas are in docs/graph.md):
+- conv2d, max_pool2d, avg_pool2d (partial windows too), pixel_unshuffle, adaptive pooling to a
+  divisor of the height: a window;
+- conv_transpose2d, and interpolate but for nearest by whole factors: a table computed from
+  the op (:mod:`edgeflowd.core.transposed`, :mod:`edgeflowd.core.resample`);
+- interpolate nearest by whole factors, pixel_shuffle: upsampling, row ``r`` reads ``r // f``;
 - element-wise ops (activations, batchnorm, add/mul/sub/div with broadcasting): identity for
   inputs of height H, whole for inputs broadcast along rows (height 1);
 - concat, split and chunk along channels, channel slicing: identity;
-- everything else (linear, flatten, global pooling, softmax, views, unknown ops): whole.
+- everything else (linear or flatten over the rows, global pooling, softmax, unknown ops):
+  whole. Per-pixel ops in other layouts are followed by :mod:`controller.graph.layout`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from typing import Any
 
 import torch
 
-from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall
+from edgeflowd.core.ops import ELEMENTWISE, Const, OpCall
 from edgeflowd.core.resample import resample_table
 from edgeflowd.core.slicing import RowRule
 from edgeflowd.core.transposed import transposed_table
 
-__all__ = ["Classified", "classify", "row_local"]
+__all__ = ["IDENTITY", "WHOLE", "Classified", "classify", "row_extent", "row_local"]
 
 WHOLE = RowRule("whole")
 IDENTITY = RowRule("identity")
@@ -43,17 +46,10 @@ def _whole(kind: str, n_inputs: int, note: str = "") -> Classified:
     return Classified(kind, (WHOLE,) * n_inputs, False, note)
 
 
-def _h_extent(shape: Sequence[int]) -> int:
-    """Size of the dimension that broadcasting aligns with an NCHW output's rows."""
-    return int(shape[-2]) if len(shape) >= 2 else 1
-
-
-def _operands(value: Any) -> list[Any]:
-    if isinstance(value, (In, Const)):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [item for v in value for item in _operands(v)]
-    return []
+def row_extent(shape: Sequence[int], from_end: int = 2) -> int:
+    """Size of the dimension that broadcasting aligns with the rows, ``from_end`` dimensions from
+    the last (2 in an NCHW map): 1 when the operand has fewer dimensions."""
+    return int(shape[-from_end]) if len(shape) >= from_end else 1
 
 
 def _kind(call: OpCall, in_shapes: Sequence[tuple[int, ...]], consts: Mapping[str, torch.Tensor]) -> str:
@@ -114,18 +110,22 @@ def classify(
         return Classified(kind, (RowRule("table", table=table),), True)
     if call.target == "F.interpolate":
         (h_in, w_in) = in_shapes[0][2:]
-        if kw.get("mode") == "nearest" and height % h_in == 0 and out_shape[3] % w_in == 0:
+        if kw.get("mode") == "nearest" and _integer_factors(kw, (h_in, w_in), out_shape[2:]):
             return Classified(kind, (RowRule("upsample", factor=height // h_in),), True)
+        if kw.get("antialias") and out_shape[3] == 1:
+            # PyTorch 2.13's antialiased resampling to one column is not the separable filter it
+            # is for wider maps (off by up to 30%): a slice could not reproduce it row by row.
+            return _whole(kind, n, "antialiased resampling to one column (not separable in PyTorch)")
         return Classified(kind, (RowRule("table", table=resample_table(kw, h_in, height)),), True)
     if call.target == "F.pixel_shuffle":
-        return Classified(kind, (RowRule("upsample", factor=int(_arg(call, 1, "upscale_factor"))),), True)
+        return Classified(kind, (RowRule("upsample", factor=int(call.arg(1, "upscale_factor"))),), True)
     if call.target == "F.pixel_unshuffle":
-        r = int(_arg(call, 1, "downscale_factor"))
+        r = int(call.arg(1, "downscale_factor"))
         return Classified(kind, (RowRule("window", span=r, stride=r),), True)
     if call.target == "torch.cat" or call.target in _CHANNEL_SPLITS:
         # cat(tensors, dim), split(x, size, dim), chunk(x, chunks, dim): dim is the third for splits
         position = 1 if call.target == "torch.cat" else 2
-        dim = _arg(call, position, "dim", 0)
+        dim = call.arg(position, "dim", 0)
         same_rows = all(s[2] == height for s in in_shapes)
         if isinstance(dim, int) and dim % 4 != 2 and same_rows:
             return Classified(kind, (IDENTITY,) * n, True)
@@ -137,8 +137,16 @@ def classify(
     return _whole(kind, n)
 
 
-def _arg(call: OpCall, position: int, name: str, default: Any = None) -> Any:
-    return call.args[position] if len(call.args) > position else call.kwargs.get(name, default)
+def _integer_factors(kw: Mapping[str, Any], size: Sequence[int], out: Sequence[int]) -> bool:
+    """Whether nearest resampling repeats each row and column a whole number of times: the sizes
+    divide, and a scale given (and used: PyTorch maps indices by 1/scale) is that number."""
+    if any(o % i for o, i in zip(out, size, strict=True)):
+        return False
+    scale = kw.get("scale_factor")
+    if scale is None or kw.get("recompute_scale_factor"):
+        return True
+    scales = scale if isinstance(scale, (tuple, list)) else (scale, scale)
+    return all(float(s) == o // i for s, o, i in zip(scales, out, size, strict=True))
 
 
 def _keeps_rows(index: Any) -> bool:
@@ -154,7 +162,7 @@ def _elementwise(
 ) -> Classified:
     rules: list[RowRule] = []
     for _k, shape in enumerate(in_shapes):
-        extent = _h_extent(shape)
+        extent = row_extent(shape)
         if extent == height:
             rules.append(IDENTITY)
         elif extent == 1:
@@ -168,10 +176,8 @@ def _elementwise(
     return Classified(kind, tuple(rules), True)
 
 
-def row_local(call: OpCall, consts: Mapping[str, torch.Tensor]) -> bool:
+def row_local(call: OpCall, consts: Mapping[str, torch.Tensor], from_end: int = 2) -> bool:
     """Whether an element-wise op applied to a row slice (its only tensor input) gives those
-    rows of its output: no constant operand may vary along rows."""
-    return call.target in ELEMENTWISE and not any(
-        isinstance(o, Const) and _h_extent(consts[o.name].shape) != 1
-        for o in _operands((call.args, tuple(call.kwargs.values())))
-    )
+    rows of its output: no constant operand may vary along the rows (``from_end`` dimensions
+    from the last, 2 in an NCHW map)."""
+    return call.target in ELEMENTWISE and all(row_extent(consts[n].shape, from_end) == 1 for n in call.const_names())

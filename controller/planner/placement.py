@@ -11,14 +11,31 @@ from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import PlanError
 from edgeflowd.profiles.devices import Cluster
 
-__all__ = ["needed_plugin_ops", "place_plugin_ops"]
-
-_INSTANCE_OPS = ("local.module.", "local.method.")
+__all__ = ["needed_plugin_ops", "place_plugin_ops", "refuse_unpluggable"]
 
 
 def needed_plugin_ops(layer: Layer) -> list[str]:
     """The ops of ``layer`` no node knows without a plugin."""
     return list(dict.fromkeys(op.target for op in layer.ops if not op.portable))
+
+
+def refuse_unpluggable(layer: str, ops: list[str]) -> None:
+    """Raise :class:`PlanError` for an op no plugin can give a node: a module of the model object,
+    a tensor method or a torch function EdgeFlow does not know."""
+    for op in ops:
+        why = ""
+        if op.startswith("local.module."):
+            why = "a module of the model object that EdgeFlow does not know"
+        elif op.startswith("local.method."):
+            why = "a tensor method that EdgeFlow does not know"
+        elif op.startswith("local.torch."):
+            why = "a torch function that EdgeFlow does not know"
+        if why:
+            raise PlanError(
+                f"layer {layer} uses {op}, {why}: only the process that loaded the model runs it (a "
+                "plugin gives nodes functions of its own module); such models run with `edgeflow verify`, "
+                "not on a cluster"
+            )
 
 
 def _lacking(cluster: Cluster, ops: list[str]) -> str:
@@ -38,13 +55,7 @@ def place_plugin_ops(graph: LayerGraph, cluster: Cluster, partition: Partition) 
         ops = needed_plugin_ops(layer)
         if not ops:
             continue
-        instance = [op for op in ops if op.startswith(_INSTANCE_OPS)]
-        if instance:
-            raise PlanError(
-                f"layer {layer.name} uses {instance[0]}, a module or method of the model object that only "
-                "this process can run (EdgeFlow does not know it, and a plugin defines functions); such "
-                "models run with `edgeflow verify`, not on a cluster"
-            )
+        refuse_unpluggable(layer.name, ops)
         capable = [d for d, device in enumerate(cluster.devices) if set(ops) <= device.ops]
         if not capable:
             module = ops[0].removeprefix("local.").rpartition(".")[0]

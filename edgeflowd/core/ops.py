@@ -137,6 +137,10 @@ class OpCall:
     def portable(self) -> bool:
         return self.target in ALLOWED
 
+    def arg(self, position: int, name: str, default: Any = None) -> Any:
+        """The argument given at ``position`` or by ``name`` (a traced call may use either)."""
+        return self.args[position] if len(self.args) > position else self.kwargs.get(name, default)
+
     def const_names(self) -> list[str]:
         names: list[str] = []
         _walk_consts((self.args, dict(self.kwargs)), names)

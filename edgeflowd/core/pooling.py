@@ -1,4 +1,6 @@
-"""Max pooling as a separable running maximum: the node's ``F.max_pool2d``.
+"""Pooling on the node: max pooling as a separable running maximum (the node's
+``F.max_pool2d``), and the rows of an average pooling computed from a slice
+(:func:`avg_pool2d_rows`, which keeps the unsplit map's divisors).
 
 On a CPU, PyTorch's max pooling of a contiguous NCHW map visits every window element by element
 on one thread: ResNet's 3x3 stride-2 pool of 64x112x112 takes ~5 ms, as long as its 7x7

@@ -59,6 +59,8 @@ class RowRule:
 
     def needed_clipped(self, start: int, stop: int, in_height: int) -> tuple[int, int]:
         """``needed(RowRange(start, stop)).clip(in_height)`` as plain ints (planners' hot loop)."""
+        if stop <= start:
+            return 0, 0
         lo, hi = self._reach(start, stop, in_height)
         return max(lo, 0), min(hi, in_height)
 
@@ -74,8 +76,9 @@ class RowRule:
         return start // self.factor, (stop - 1) // self.factor + 1
 
     def affine(self) -> tuple[float, float, float]:
-        """``(ratio, lo, hi)`` with which the linear planners bound the reach of rows ``[a, b)``:
-        ``[ratio*a + lo, ratio*b + hi)`` holds it (exact for windows and upsampling)."""
+        """``(ratio, lo, hi)`` with which the linear planners model the reach of rows ``[a, b)`` as
+        ``[ratio*a + lo, ratio*b + hi)``: exact for windows, the continuous relaxation of
+        ``[a//f, (b-1)//f + 1)`` for upsampling, and a bound that holds for every range of a table."""
         if self.pattern == "window":
             return float(self.stride), float(-self.pad), float(self.span - self.stride - self.pad)
         if self.pattern == "upsample":
