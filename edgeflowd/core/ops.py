@@ -132,6 +132,19 @@ class OpCall:
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     node: str = ""
+    # Worked out once per call object, not on every run (a unit runs its ops per request): the
+    # constants it names, and which arguments hold placeholders at all (strides, paddings and
+    # other plain values are passed as they are, not walked).
+    _consts: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _placed_args: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _placed_kwargs: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names: list[str] = []
+        _walk_consts((self.args, dict(self.kwargs)), names)
+        object.__setattr__(self, "_consts", tuple(names))
+        object.__setattr__(self, "_placed_args", tuple(i for i, a in enumerate(self.args) if _placed(a)))
+        object.__setattr__(self, "_placed_kwargs", tuple(k for k, v in self.kwargs.items() if _placed(v)))
 
     @property
     def portable(self) -> bool:
@@ -142,9 +155,16 @@ class OpCall:
         return self.args[position] if len(self.args) > position else self.kwargs.get(name, default)
 
     def const_names(self) -> list[str]:
-        names: list[str] = []
-        _walk_consts((self.args, dict(self.kwargs)), names)
-        return names
+        return list(self._consts)
+
+
+def _placed(value: Any) -> bool:
+    """Whether ``value`` holds a placeholder (an input, the previous result, a constant)."""
+    if isinstance(value, (In, Prev, Const)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_placed(v) for v in value)
+    return False
 
 
 def _walk_consts(value: Any, out: list[str]) -> None:
@@ -236,7 +256,11 @@ def run_call(
 ) -> Any:
     """Run ``call`` as written; ``overrides`` replace keyword arguments (used by row slicing)."""
     fn = resolve(call.target)
-    args = substitute(call.args, inputs, prev, tensors)
-    kwargs = {k: substitute(v, inputs, prev, tensors) for k, v in call.kwargs.items()}
+    args = list(call.args)
+    for i in call._placed_args:
+        args[i] = substitute(args[i], inputs, prev, tensors)
+    kwargs = dict(call.kwargs)
+    for k in call._placed_kwargs:
+        kwargs[k] = substitute(kwargs[k], inputs, prev, tensors)
     kwargs.update(overrides)
     return fn(*args, **kwargs)

@@ -4,7 +4,7 @@ and forwarding table. Pure data plus :func:`run_unit`; no I/O, no threads."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -83,6 +83,13 @@ class ExecutionUnit:
     ops: tuple[OpCall, ...]
     forwards: tuple[Forward, ...]
     halo_first: bool = False  # the plan's choice: see :func:`halo_first`
+    # What :func:`run_unit` reads on every request, worked out once (a unit is immutable).
+    _arrives: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
+    _rules: tuple[RowRule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_arrives", tuple(i.slice_shape() for i in self.inputs))
+        object.__setattr__(self, "_rules", tuple(i.rule for i in self.inputs))
 
     @property
     def uid(self) -> str:
@@ -139,11 +146,11 @@ def run_unit(
     with ``rows`` (inside ``unit.rows``), only those: exactly what a unit of those rows computes."""
     if len(inputs) != len(unit.inputs):
         raise ProtocolError(f"unit {unit.uid}: expected {len(unit.inputs)} inputs, got {len(inputs)}")
-    for spec, tensor in zip(unit.inputs, inputs, strict=True):
-        if tuple(tensor.shape) != spec.slice_shape():
+    for spec, tensor, expected in zip(unit.inputs, inputs, unit._arrives, strict=True):
+        if tensor.shape != expected:
             raise ProtocolError(
                 f"unit {unit.uid}: input {spec.producer} rows {spec.rows} has shape {tuple(tensor.shape)}, "
-                f"expected {spec.slice_shape()}"
+                f"expected {expected}"
             )
     out = unit.rows if rows is None else rows
     if not unit.rows.contains(out):
@@ -160,8 +167,8 @@ def run_unit(
         needed.append(part)
         have.append(part.clip(height))
         sliced.append(take_rows(tensor, part.clip(height), spec.rows))
-    rules, shapes = [i.rule for i in unit.inputs], [i.shape for i in unit.inputs]
-    result = run_layer_rows(unit.ops, rules, sliced, needed, have, out, unit.out_shape, tensors, resolve, shapes)
+    shapes = [i.shape for i in unit.inputs]
+    result = run_layer_rows(unit.ops, unit._rules, sliced, needed, have, out, unit.out_shape, tensors, resolve, shapes)
     if len(unit.out_shape) == 4 and result.shape[2] != len(out):
         raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(out)}")
     return result

@@ -72,6 +72,7 @@ class SliceBuffer:
 
     def __init__(self, needs: Mapping[str, Sequence[Need]], max_bytes: int, ttl_s: float) -> None:
         self.needs = {consumer: list(n) for consumer, n in needs.items()}
+        self._by_producer = {consumer: {n.producer: n for n in ns} for consumer, ns in self.needs.items()}
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.held_bytes = 0
@@ -85,7 +86,7 @@ class SliceBuffer:
         needs = self.needs.get(consumer)
         if needs is None:
             raise ProtocolError(f"{where}: no unit {consumer!r} here")
-        need = next((n for n in needs if n.producer == producer), None)
+        need = self._by_producer[consumer].get(producer)
         if need is None:
             raise ProtocolError(f"{where}: unit {consumer} reads no rows of layer {producer!r}")
         if (rows.empty and not need.rows.empty) or not need.rows.contains(rows):  # empty: a trigger
@@ -105,6 +106,8 @@ class SliceBuffer:
                 raise BufferFullError(
                     f"{where}: request {request}: {nbytes} more bytes would exceed the {self.max_bytes}-byte buffer"
                 )
+            if len(needs) == 1 and rows == need.rows and not rows.empty:
+                return [tensor]  # the one slice of the one input (a chain's next unit): nothing to hold
             entry = self._pending[key] = _Pending(now)
         got = entry.pieces.setdefault(producer, [])
         if any(not r.intersect(rows).empty for r, _ in got):
