@@ -8,10 +8,7 @@ non-tensor value depends on the input's data cannot be planned and gets a :class
 
 from __future__ import annotations
 
-import builtins
 import operator
-import os
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +20,7 @@ from torch import nn
 from controller.graph.convert import canonical_window, function_name, method_name, module_call
 from controller.graph.flops import op_flops
 from controller.graph.fold import fold_batch_norm
+from controller.graph.fxrun import Recorder, is_tensors, shape_query, symbolic_trace
 from controller.graph.identities import eval_identity
 from controller.graph.layers import Layer, LayerGraph
 from controller.graph.layout import free_rows, pixel_axis
@@ -33,46 +31,8 @@ from edgeflowd.errors import GraphError
 
 __all__ = ["trace_model"]
 
-_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
-_SHAPE_METHODS = {"size", "dim", "numel"}
-_TORCH_DIR = os.path.dirname(torch.__file__)
 _CANONICAL = frozenset({"F.interpolate", "F.conv_transpose2d", "F.adaptive_avg_pool2d", "F.adaptive_max_pool2d"})
 """Ops besides windows whose calls are rewritten to keywords (rules and slices read them)."""
-
-
-def _user_frame(exc: BaseException) -> str:
-    """Where in the user's code tracing failed (the innermost frame outside torch)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    return f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-
-
-def _symbolic_trace(model: nn.Module, name: str) -> torch.fx.GraphModule:
-    try:
-        return torch.fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types; all mean "cannot trace"
-        raise GraphError(f"cannot trace model {name!r} with torch.fx: {exc}{_user_frame(exc)}") from exc
-
-
-class _Recorder(torch.fx.Interpreter):
-    """Runs the traced graph once and keeps every node's value."""
-
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.values: dict[torch.fx.Node, Any] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        try:
-            value = super().run_node(n)
-        except Exception as exc:
-            raise GraphError(
-                f"node {n.name} ({n.op} {n.target}) failed on the example input: {str(exc).splitlines()[0]}"
-            ) from exc
-        self.values[n] = value
-        return value
-
-
-def _is_tensors(value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
 
 
 @dataclass
@@ -95,7 +55,7 @@ class _Builder:
         query reads no value: the shape is specialised)."""
         out: list[torch.fx.Node] = []
         for user in node.users:
-            if not _shape_query(user):
+            if not shape_query(user):
                 out += self.users(user) if user in self.alias else [user]
         return out
 
@@ -310,22 +270,16 @@ def _reads_input(value: Any) -> Any:
     return value
 
 
-def _shape_query(node: torch.fx.Node) -> bool:
-    if node.op == "call_function" and node.target is builtins.getattr:
-        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
-    return node.op == "call_method" and node.target in _SHAPE_METHODS
-
-
 def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") -> LayerGraph:
     """Layer graph of ``model`` for inputs shaped like ``example`` (shapes are specialised)."""
     model.eval()
-    gm = _symbolic_trace(model, name)
+    gm = symbolic_trace(model, name)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise GraphError(
             f"model {name!r} takes {len(placeholders)} inputs; EdgeFlow plans models with one input tensor"
         )
-    recorder = _Recorder(gm)
+    recorder = Recorder(gm)
     with torch.no_grad():
         recorder.run(example)
     b = _Builder(gm, recorder.values)
@@ -363,21 +317,21 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
             continue  # a constant: materialised where it is used
         if isinstance(value, torch.Tensor):
             b.data.add(node)
-        elif _is_tensors(value):
+        elif is_tensors(value):
             b.data.add(node)
             if any(u.target is not operator.getitem for u in node.users):
                 raise GraphError(
                     f"node {node.name} ({node.target}) returns several tensors and is used other than by indexing"
                 )
             continue  # each getitem user becomes a layer that recomputes this op
-        elif _shape_query(node):
+        elif shape_query(node):
             continue  # specialised to the traced shape
         else:
             raise GraphError(
                 f"node {node.name} ({node.op} {node.target}) computes a {type(value).__name__} from tensor data; "
                 "EdgeFlow can specialise only shape queries (x.shape, x.size())"
             )
-        if node.target is operator.getitem and producers[0] in b.data and _is_tensors(b.values[producers[0]]):
+        if node.target is operator.getitem and producers[0] in b.data and is_tensors(b.values[producers[0]]):
             source = producers[0]
             inputs: list[torch.fx.Node] = []
             first = b.op_call(source, inputs)
