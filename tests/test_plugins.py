@@ -38,7 +38,7 @@ def _with_ops(cluster: Cluster, ops: dict[str, frozenset[str]]) -> Cluster:
 
 
 def test_the_plugin_defines_its_own_functions_only() -> None:
-    (ops,) = load_plugins(["tests.plugin_ops"]).modules.values()
+    (ops,) = load_plugins(["tests.plugin_ops"]).values()
     assert set(ops) == {OP, "local.tests.plugin_ops.rows_reversed"}  # not torch, which it imports
     call = OpCall(OP, (In(0), 2.0))
     check_call(call, "t", ops)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from edgeflowd import __version__
+from edgeflowd.core.ops import plugin_resolver
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
@@ -70,8 +71,9 @@ class Daemon:
         self.counts = Counts()
         self.events: queue.Queue[Event] = queue.Queue(maxsize=config.queue_messages)
         self.plugins = load_plugins(config.plugin_modules)  # checked with the configuration
+        self.plugin_ops = {name: fn for ops in self.plugins.values() for name, fn in ops.items()}
         self.assignments = a.Assignments(
-            self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s, self.plugins.ops
+            self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s, self.plugin_ops
         )
         self.runtime: NodeRuntime | None = None
         self._sessions = 0
@@ -135,7 +137,7 @@ class Daemon:
 
     def _publish_info(self) -> None:
         profile = dataclasses.asdict(self.profile) if self.profile else {}
-        plugins = self.plugins.named()
+        plugins = {module: sorted(ops) for module, ops in self.plugins.items()}
         info = Info(node=self.node, version=__version__, profile=profile, benchmark=self.benchmark, plugins=plugins)
         self.conn.publish(self.topics.node(self.node, "info"), encode_control(info), qos=1, retain=True)
 
@@ -315,7 +317,7 @@ class Daemon:
                 timer=time.perf_counter,  # packs a convolution's weights where that runs faster here
                 admit=self.config.max_requests,
                 node=self.node,
-                resolve=self.plugins.resolve,
+                resolve=plugin_resolver(self.plugin_ops),
             )
         new_topics, old_topics = (r.input_topics() if r else set() for r in (new, old))
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):

@@ -15,33 +15,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from edgeflowd.core.ops import Resolver, plugin_resolver
 from edgeflowd.errors import ProfileError
 
-__all__ = ["Plugins", "load_plugins", "plugin_ops"]
-
-
-@dataclass(frozen=True)
-class Plugins:
-    """The plugin modules a node imported, the ops each defines, and (worked out once) all of
-    them by name and the resolver its runtimes run units with."""
-
-    modules: Mapping[str, Mapping[str, Callable[..., Any]]]
-    ops: Mapping[str, Callable[..., Any]] = field(init=False)
-    resolve: Resolver = field(init=False)
-
-    def __post_init__(self) -> None:
-        ops = {name: fn for defined in self.modules.values() for name, fn in defined.items()}
-        object.__setattr__(self, "ops", ops)
-        object.__setattr__(self, "resolve", plugin_resolver(ops))
-
-    def named(self) -> dict[str, list[str]]:
-        """What ``info`` reports: each module's op names."""
-        return {module: sorted(ops) for module, ops in self.modules.items()}
+__all__ = ["load_plugins", "plugin_ops"]
 
 
 def plugin_ops(module_name: str, module: object) -> dict[str, Callable[..., Any]]:
@@ -57,7 +36,7 @@ def plugin_ops(module_name: str, module: object) -> dict[str, Callable[..., Any]
     return ops
 
 
-def load_plugins(names: Sequence[str], where: str = "plugins") -> Plugins:
+def load_plugins(names: Sequence[str], where: str = "plugins") -> dict[str, dict[str, Callable[..., Any]]]:
     """Import each plugin module; its ops by module. A module that fails to import, or defines no
     function, is an error naming ``where`` (the setting's source) and the module."""
     loaded: dict[str, dict[str, Callable[..., Any]]] = {}
@@ -72,4 +51,4 @@ def load_plugins(names: Sequence[str], where: str = "plugins") -> Plugins:
         if not ops:
             raise ProfileError(f"{where}: plugin {name!r} defines no function to run as an op")
         loaded[name] = ops
-    return Plugins(loaded)
+    return loaded
