@@ -17,7 +17,7 @@ VISION_STAMP := $(VISION_VENV)/.installed
 DEB_TORCH ?= $(TORCH)
 DEB_OUT   ?= dist
 
-.PHONY: install test test-fast test-vision lint demo bench deb clean
+.PHONY: install test test-fast test-vision test-brokers lint demo bench deb clean
 
 $(STAMP): pyproject.toml Makefile
 	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null 2>&1; then \
@@ -51,6 +51,14 @@ test-fast: $(STAMP)
 
 test-vision: $(VISION_STAMP)
 	$(VISION_VENV)/bin/pytest -s -m vision tests/test_torchvision.py
+
+# make test-brokers: the compatibility table's brokers, RabbitMQ's MQTT plugin included (apt, as root).
+test-brokers: $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
+		echo "installing rabbitmq-server (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	fi
+	$(BIN)/pytest -s -m brokers tests/test_brokers.py
 
 demo: $(STAMP)
 	$(BIN)/edgeflow verify --model yolov5s --devices 4 --random-partitions 3

@@ -40,7 +40,7 @@ def test_topics_build_and_parse() -> None:
 
 
 def test_subscription_filters() -> None:
-    assert T.blob_parts("ab" * 32) == f"edgeflow/v1/lab/blob/{'ab' * 32}/+"
+    assert T.blob("ab" * 32, 2) == f"edgeflow/v1/lab/blob/{'ab' * 32}/2"
     assert T.results("g7") == "edgeflow/v1/lab/data/g7/result/+"
     assert T.reports == "edgeflow/v1/lab/node/+/assignment/reported"
     assert T.data_filter("g7") == "edgeflow/v1/lab/data/g7/#"

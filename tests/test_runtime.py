@@ -278,7 +278,7 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     for sha in good.weights.values():
         ref, raw = deployment.blobs[sha.sha256]
         for part, chunk in enumerate(split_blob(raw, ref)):
-            actions += machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+            actions += machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
     activated = [a for a in actions if isinstance(a, Activate)]
     assert activated and machine.current is None  # served only once the daemon's runtime is built
     assert [(r.generation, r.state) for r in machine.activated(good) if isinstance(r, Report)] == [
@@ -339,7 +339,7 @@ def test_an_assignment_under_a_generation_already_served_but_other_content_is_ta
     machine.on_assignment(good.to_bytes(), topic, 0.0)
     for ref, raw in deployment.blobs.values():
         for part, chunk in enumerate(split_blob(raw, ref)):
-            machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+            machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
     machine.activated(good)
     assert machine.current == good
     actions = machine.on_assignment(changed.to_bytes(), topic, 1.0)
@@ -359,7 +359,7 @@ def test_an_assignment_whose_runtime_cannot_be_built_is_reported_failed_and_the_
         actions = machine.on_assignment(assignment.to_bytes(), topic, 0.0)
         for ref, raw in blobs.values():
             for part, chunk in enumerate(split_blob(raw, ref)):
-                actions += machine.on_blob(ref.sha256, part, chunk, topics.blob_parts(ref.sha256))
+                actions += machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
         assert [a.assignment for a in actions if isinstance(a, Activate)] == [assignment]
         if assignment is good:
             machine.activated(good)

@@ -111,7 +111,8 @@ def _table(registry: Registry, seen: _Seen) -> list[str]:
 def _cmd_status(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     topics = Topics(cluster.name)
-    feeds = [topics.node_filter(leaf) for leaf in NODE_FEEDS] + [topics.controller("plan"), topics.controller("costs")]
+    nodes = [d.id for d in cluster.devices]
+    feeds = [*topics.node_feeds(nodes, NODE_FEEDS), topics.controller("plan"), topics.controller("costs")]
     conn, messages = listen(broker_settings(args), "edgeflow-status", feeds)
     registry = Registry(cluster)
     seen = _Seen()

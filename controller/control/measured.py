@@ -31,7 +31,9 @@ def measured_cluster(broker: BrokerSettings, cluster: Cluster, topic_cluster: st
     reported within ``wait_s`` seconds. Malformed reports are skipped, as the controller does."""
     topics = Topics(topic_cluster)
     registry = Registry(cluster)
-    conn, messages = listen(broker, "edgeflow-deploy-rates", [topics.node_filter(leaf) for leaf in NODE_FEEDS])
+    conn, messages = listen(
+        broker, "edgeflow-deploy-rates", topics.node_feeds([d.id for d in cluster.devices], NODE_FEEDS)
+    )
     try:
         deadline = time.monotonic() + wait_s
         while True:

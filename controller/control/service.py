@@ -133,8 +133,8 @@ class ControllerService:
     def run(self) -> int:
         model, shape = build_model(self.model_spec, None, 0)
         self.graph = trace_model(model, torch.zeros(shape), self.model_spec)
-        for leaf in NODE_FEEDS:
-            self.conn.subscribe(self.topics.node_filter(leaf), qos=1)
+        for topic in self.topics.node_feeds([d.id for d in self.cluster.devices], NODE_FEEDS):
+            self.conn.subscribe(topic, qos=1)
         self.conn.subscribe(self.topics.controller("plan"), qos=1)  # the generation deployed before us
         self.conn.subscribe(self.topics.latencies, qos=0)
         self.conn.start()

@@ -30,6 +30,7 @@ __all__ = [
     "free_port",
     "local_broker",
     "mosquitto_broker",
+    "rabbitmq_broker",
     "stop_process",
     "unwind_on_signals",
     "wait_online",
@@ -102,6 +103,44 @@ def mosquitto_broker(
         yield Broker(port, process, tls)
 
 
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian's rabbitmq-server package
+
+
+@contextmanager
+def rabbitmq_broker(tmp: Path) -> Iterator[Broker]:
+    """RabbitMQ with its MQTT plugin on 127.0.0.1, all state under ``tmp``, stopped on exit: the
+    broker of the compatibility table (MQTT 3.1.1 only before 3.13; retained messages only for
+    subscriptions of their exact topic). Its Erlang port mapper runs on a port of its own and is
+    stopped with it."""
+    if not RABBITMQ_SERVER.exists():
+        raise EdgeFlowError("rabbitmq-server is not installed: run `make test-brokers` as root (it installs it)")
+    mqtt, amqp, dist, epmd = (free_port() for _ in range(4))
+    home = tmp / f"rabbitmq-{mqtt}"
+    home.mkdir()
+    (home / "rabbitmq.conf").write_text(
+        f"listeners.tcp.default = 127.0.0.1:{amqp}\nmqtt.listeners.tcp.default = 127.0.0.1:{mqtt}\n"
+        "mqtt.allow_anonymous = true\nloopback_users = none\n"
+    )
+    (home / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RABBITMQ_NODENAME": f"edgeflow-{mqtt}@localhost",
+        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(home / "log"),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "ERL_EPMD_PORT": str(epmd),
+    }
+    try:
+        with _serving([str(RABBITMQ_SERVER)], mqtt, tmp / f"rabbitmq-{mqtt}.log", "rabbitmq", env, 90) as process:
+            yield Broker(mqtt, process, mqtt_version="3.1.1")
+    finally:
+        epmd_exe = shutil.which("epmd") or "epmd"
+        subprocess.run([epmd_exe, "-port", str(epmd), "-kill"], env=env, capture_output=True, timeout=30, check=False)
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; reaped either way."""
     process.terminate()
@@ -114,13 +153,14 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> N
 
 @contextmanager
 def _serving(
-    argv: list[str], port: int, log_path: Path, what: str, env: dict[str, str] | None = None
+    argv: list[str], port: int, log_path: Path, what: str, env: dict[str, str] | None = None, start_s: float = 15
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` until it accepts connections on 127.0.0.1:``port``; stop (and reap) it on exit."""
+    """Run ``argv`` until it accepts connections on 127.0.0.1:``port`` (within ``start_s``); stop
+    (and reap) it on exit."""
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + start_s
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -267,7 +307,7 @@ class DaemonProcess:
 def wait_online(broker: Broker, cluster: str, nodes: Sequence[str], timeout_s: float) -> None:
     """Until every one of ``nodes`` reports itself online (after its start-up benchmark)."""
     topics = Topics(cluster)
-    conn, messages = listen(broker.settings, "edgeflow-launch", [topics.node_filter("status")])
+    conn, messages = listen(broker.settings, "edgeflow-launch", [topics.node(node, "status") for node in nodes])
     online: set[str] = set()
     try:
         for topic, payload in received(messages, timeout_s):

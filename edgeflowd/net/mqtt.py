@@ -1,8 +1,8 @@
 """The one MQTT session wrapper the daemon, the controller and the requester share (paho-mqtt 2.x,
 callback API v2). It connects with TCP_NODELAY (without it small messages stall ~40 ms behind
 delayed ACKs), re-subscribes after every reconnect, learns the broker's packet limit from CONNACK
-under MQTT 5, and hands each message to ``on_message`` on paho's network thread, which must only
-enqueue."""
+under MQTT 5, falls back to MQTT 3.1.1 by itself when a broker refuses 5, and hands each message
+to ``on_message`` on paho's network thread, which must only enqueue."""
 
 from __future__ import annotations
 
@@ -50,9 +50,22 @@ def _configure(client: paho.Client, settings: BrokerSettings) -> BrokerURL:
     return address
 
 
-def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+def _nodelay(sock: Any) -> None:
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_UNSUPPORTED_VERSION = (1, 132)
+"""CONNACK codes for "unacceptable protocol version": 3.1.1's return code 1, MQTT 5's reason 0x84."""
+
+
+def _speak_311(client: paho.Client) -> None:
+    """Make ``client``'s next CONNECT an MQTT 3.1.1 one. paho fixes the version when a client is
+    made and offers no setter; a new client would need this one's network thread stopped, which
+    cannot be done from that thread, where a refusal is seen. These two fields are all paho reads
+    the version from (paho-mqtt 2.x)."""
+    client._protocol = MQTTProtocolVersion.MQTTv311
+    client._clean_session = True
 
 
 class Connection:
@@ -76,7 +89,8 @@ class Connection:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self._refused: str | None = None
-        self._v5 = settings.mqtt_version == "5"
+        self._v5 = settings.mqtt_version == "5"  # until a broker refuses 5: then 3.1.1 for good
+        self._sent_connect = False  # a CONNECT went out and no CONNACK came back yet
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -84,7 +98,7 @@ class Connection:
         )
         self.broker = _configure(self.client, settings)
         self.keepalive_s = settings.keepalive_s
-        self.client.on_socket_open = _nodelay
+        self.client.on_socket_open = self._socket_open
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
@@ -131,10 +145,29 @@ class Connection:
         """The connection problem last logged ("" once connected)."""
         return self._complaint
 
+    @property
+    def version(self) -> str:
+        """The MQTT version spoken: "5", or "3.1.1" (asked for, or fallen back to)."""
+        return "5" if self._v5 else "3.1.1"
+
+    def _socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        _nodelay(sock)
+        self._sent_connect = True  # paho sends CONNECT as soon as the socket is open
+
+    def _fall_back(self, why: str) -> None:
+        """The broker would not speak MQTT 5: speak 3.1.1 from the next (automatic) reconnect on."""
+        self._v5 = False
+        _speak_311(self.client)
+        log.warning("%s %s; speaking MQTT 3.1.1 to it (set mqtt_version: 3.1.1 to skip the try)", self.broker, why)
+
     def _connect_failed(self, client: paho.Client, userdata: Any) -> None:
         self._complain(f"cannot connect to {self.broker} (is the broker running, and reachable from here?)")
 
     def _connected(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._sent_connect = False
+        if reason.is_failure and self._v5 and reason.value in _UNSUPPORTED_VERSION:
+            self._fall_back(f"refused MQTT 5 ({reason})")  # paho retries in a second, in 3.1.1
+            return
         if reason.is_failure:
             self._refused = str(reason)
             words = str(reason).lower()
@@ -161,6 +194,13 @@ class Connection:
     def _disconnected(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         was_up, self._up = self._up, False
         self.connected.clear()
+        if self._sent_connect and self._v5:
+            # Hung up on our MQTT 5 CONNECT without a CONNACK: what brokers that speak only 3.1.1
+            # do (RabbitMQ's MQTT plugin before 3.13), rather than refuse the version.
+            self._sent_connect = False
+            self._fall_back("closed the connection on an MQTT 5 CONNECT")
+            return
+        self._sent_connect = False
         if reason.is_failure and was_up:  # after a refusal the broker hangs up too: the refusal said it
             self._complain(f"lost the broker at {self.broker} ({reason})")
 

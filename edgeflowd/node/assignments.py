@@ -21,7 +21,7 @@ import torch
 
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.node.weights import WeightFetch, WeightStore
-from edgeflowd.wire.assignment import Assignment, AssignmentDoc
+from edgeflowd.wire.assignment import Assignment, AssignmentDoc, BlobRef
 from edgeflowd.wire.schema import decode
 from edgeflowd.wire.topics import Topics
 
@@ -131,8 +131,13 @@ class Assignments:
             len(assignment.weights),
         )
         actions.append(Say(f"fetching weights for generation {assignment.generation}"))
-        actions += [Subscribe(self.topics.blob_parts(sha)) for sha in sorted(fetch.missing)]
+        actions += [Subscribe(topic) for sha in sorted(fetch.missing) for topic in self._parts(fetch.missing[sha])]
         return actions + self._activate_if_fetched()
+
+    def _parts(self, ref: BlobRef) -> list[str]:
+        """Each part's own topic, never a ``blob/<sha>/+`` filter: some brokers (RabbitMQ's MQTT
+        plugin) hand retained messages only to subscriptions of their exact topic."""
+        return [self.topics.blob(ref.sha256, part) for part in range(ref.parts)]
 
     def _refused(self, payload: bytes, topic: str, reason: str) -> list[AssignmentAction]:
         """The report for an assignment refused at load. The node serves on what it served: when
@@ -161,7 +166,7 @@ class Assignments:
         if got is None:
             return []
         self.store.put(*got)
-        return [Unsubscribe(self.topics.blob_parts(sha256)), *self._activate_if_fetched()]
+        return [*(Unsubscribe(topic) for topic in self._parts(got[0])), *self._activate_if_fetched()]
 
     def tick(self, now: float) -> list[AssignmentAction]:
         """Abandon a fetch that has waited longer than ``timeout_s``."""
@@ -216,4 +221,4 @@ class Assignments:
             return []
         fetch = self.fetch[1]
         self.fetch = None
-        return [Unsubscribe(self.topics.blob_parts(sha)) for sha in sorted(fetch.missing)]
+        return [Unsubscribe(topic) for sha in sorted(fetch.missing) for topic in self._parts(fetch.missing[sha])]

@@ -59,7 +59,7 @@ class DaemonConfig:
     )
     threads: int | None = _declare(None, "torch threads (default: the profile's, else 1)", "N")
     workers: int = _declare(1, "units computed at once; with torch threads, the node's CPU use", "N")
-    mqtt_version: str = _declare("5", "MQTT protocol version", choices=("5", "3.1.1"))
+    mqtt_version: str = _declare("5", "MQTT version: 5 speaks 3.1.1 to a broker that refuses 5", choices=("5", "3.1.1"))
     ca_file: str | None = _declare(None, "CA that signed the broker's certificate (mqtts://)", "PEM", path=True)
     cert_file: str | None = _declare(None, "client certificate, with --key-file", "PEM", path=True)
     key_file: str | None = _declare(None, "the client certificate's key", "PEM", path=True)

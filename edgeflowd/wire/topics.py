@@ -5,6 +5,7 @@ Topics live under ``edgeflow/v1/<cluster>/``; docs/protocol.md has the tree with
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edgeflowd.errors import ProtocolError
@@ -141,6 +142,16 @@ class Topics:
         """Subscription filter for one leaf of every node (``node/+/<leaf>``)."""
         return f"{self.root}/node/+/{_node_leaf(leaf)}"
 
+    def node_feeds(self, nodes: Iterable[str], leaves: Iterable[str]) -> list[str]:
+        """What a watcher of ``nodes`` subscribes to: each of their ``leaves`` by its exact topic,
+        since some brokers (RabbitMQ's MQTT plugin) hand retained messages only to subscriptions of
+        their exact topic, and every node's status by filter as well, so that a node missing from
+        the cluster file is still heard of when it comes online. A known node's status then comes
+        twice on most brokers; a status says a state, so the second copy changes nothing."""
+        leaves = list(leaves)
+        exact = [self.node(node, leaf) for node in nodes for leaf in leaves]
+        return exact + ([self.node_filter("status")] if "status" in leaves else [])
+
     @property
     def reports(self) -> str:
         """Subscription filter for every node's assignment report."""
@@ -152,11 +163,7 @@ class Topics:
 
     def blob(self, sha256: str, part: int) -> str:
         """Retained part ``part`` of a content-addressed weight blob."""
-        return f"{self.blob_parts(sha256)[:-1]}{part}"
-
-    def blob_parts(self, sha256: str) -> str:
-        """Subscription filter for every part of one blob."""
-        return f"{self.root}/blob/{_level(sha256, 'blob hash')}/+"
+        return f"{self.root}/blob/{_level(sha256, 'blob hash')}/{part}"
 
     @property
     def all_blobs(self) -> str:
