@@ -22,8 +22,11 @@ __all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker"
 class Watcher:
     """Subscribes to a cluster's control topics and keeps the last payload of each topic."""
 
-    def __init__(self, broker: BrokerSettings, cluster: str) -> None:
+    def __init__(self, broker: BrokerSettings, cluster: str, keep: bool = False) -> None:
+        """``keep``: also keep every message in :attr:`seen`, in order (events are not retained)."""
         self.root = f"edgeflow/v1/{cluster}"
+        self.keep = keep
+        self.seen: list[tuple[str, bytes, float]] = []
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.last: dict[str, bytes] = {}
         self.arrived: dict[str, float] = {}  # time.monotonic() when each topic's last payload arrived
@@ -38,13 +41,16 @@ class Watcher:
 
     def _drain(self, timeout_s: float) -> None:
         try:
-            topic, payload, at = self.messages.get(timeout=timeout_s)
-            self.last[topic], self.arrived[topic] = payload, at
+            self._keep(*self.messages.get(timeout=timeout_s))
             while True:
-                topic, payload, at = self.messages.get_nowait()
-                self.last[topic], self.arrived[topic] = payload, at
+                self._keep(*self.messages.get_nowait())
         except queue.Empty:
             pass
+
+    def _keep(self, topic: str, payload: bytes, at: float) -> None:
+        self.last[topic], self.arrived[topic] = payload, at
+        if self.keep:
+            self.seen.append((topic, payload, at))
 
     def wait_for(self, what: str, check: Callable[[dict[str, bytes]], bool], timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

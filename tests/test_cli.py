@@ -11,7 +11,7 @@ import torch
 import controller.control.verify
 from controller.cli.cluster import _check
 from controller.cli.main import main
-from controller.cli.service import _Seen, _table
+from controller.cli.status import Seen, status_doc, status_lines
 from controller.control.registry import Registry
 from controller.control.requester import Result
 from controller.control.verify import relative_error
@@ -85,7 +85,7 @@ def test_status_shows_a_node_never_heard_from_as_unknown_not_offline() -> None:
         Cluster("c", (Device("a", load_device_profile("local-core")), Device("b", load_device_profile("local-core"))))
     )
     reg.on_status("a", Status("offline", "i1", 1), 5.0)  # its last will: it was there, and left
-    states = {line.split()[0]: line.split()[1] for line in _table(reg, _Seen())[1:3]}
+    states = {line.split()[0]: line.split()[1] for line in status_lines(status_doc(reg, Seen()))[1:3]}
     assert states == {"a": "offline", "b": "unknown"}
     reg.on_status("b", Status("online", "i2", 1), 6.0)
-    assert _table(reg, _Seen())[2].split()[1] == "online"
+    assert status_lines(status_doc(reg, Seen()))[2].split()[1] == "online"

@@ -220,10 +220,10 @@ def test_every_setting_is_a_key_a_variable_and_a_flag(capsys: pytest.CaptureFixt
     help_text = capsys.readouterr().out
     for s in SETTINGS.values():
         assert s.flag in help_text
-        value = s.choices[-1] if s.choices else ("7" if int in s.kinds else "x")
+        value = s.choices[-1] if s.choices else ("true" if bool in s.kinds else "7" if int in s.kinds else "x")
         report = read_config(None, {}, {s.variable: value})
         assert report.source(s.name) == f"environment {s.variable}"
-        assert str(getattr(report.config, s.name)) in (value, "7.0")
+        assert str(getattr(report.config, s.name)) in (value, "7.0", "True")
 
 
 def test_a_setting_that_is_not_a_finite_number_is_refused(tmp_path: Path) -> None:

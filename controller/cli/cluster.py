@@ -28,10 +28,12 @@ from controller.lab.demo import CLUSTER as DEMO_CLUSTER
 from controller.lab.demo import CORES as DEMO_CORES
 from controller.lab.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.lab.launch import unwind_on_signals
+from controller.planner.gantt import draw_timelines
 from controller.planner.methods import METHODS, plan_model
 from controller.terminal import progress_bar
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError
+from edgeflowd.node.spans import KEEP
 from edgeflowd.profiles.devices import load_cluster
 from edgeflowd.wire.messages import PlanInfo
 
@@ -102,6 +104,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             print(f"plan {client.info.plan} admits {admits} requests at once: those beyond are refused as busy")
         tick = progress_bar(len(inputs))
         results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=tick)
+        if args.timeline:
+            _timeline(client, results, args)
     finally:
         client.close()
     info = client.info
@@ -120,6 +124,22 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                 np.savez(args.output, *arrays)
             print(f"wrote {args.output}")
     return status
+
+
+def _timeline(client: InferenceClient, results: list[Result], args: argparse.Namespace) -> None:
+    """Draw the request of median latency among the last the nodes remember, as measured, under
+    the controller's prediction for the plan."""
+    recent = sorted((r for r in results[-KEEP:] if r.ok), key=lambda r: r.latency_s)
+    if not recent:
+        print("no request completed: no timeline to draw")
+        return
+    chosen = recent[len(recent) // 2]
+    measured, predicted = client.timeline(chosen)
+    panels = [("predicted", predicted)] if predicted else []
+    title = f"{client.info.model} plan {client.info.plan} ({client.info.method})"
+    draw_timelines([*panels, (f"measured ({chosen.request})", measured)], client.info.nodes, title, args.timeline)
+    said = "beside the prediction" if predicted else "(no prediction published for this plan)"
+    print(f"wrote {args.timeline}: request {chosen.request}, {chosen.latency_s * 1e3:.1f} ms, {said}")
 
 
 def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args: argparse.Namespace) -> None:
@@ -231,6 +251,11 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="count the broker's data messages per request (reads the whole data plane: more than "
         "`edgeflow acl` lets a requester read)",
+    )
+    infer.add_argument(
+        "--timeline",
+        metavar="OUT.png",
+        help="draw one request (of median latency) as the nodes measured it, under the plan's prediction",
     )
     infer.add_argument("--seed", type=int, default=0, help="seed of the model's weights and of random inputs")
     infer.add_argument("--plan-wait", type=float, default=5.0, help="seconds to wait for the retained plan")

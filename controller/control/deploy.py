@@ -58,7 +58,7 @@ def deploy_plan(
             generation,
             planned.method,
             conn.max_packet - FRAME_HEADER_BYTES,
-            planned.latency_s * 1e3,
+            planned.timeline,
         )
         progress(f"deploying generation {generation} to {topics.root}/ on {conn.broker}")
         publish_deployment(conn, topics, deployment, messages, timeout_s, previous, progress=progress)

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from controller.graph.layers import LayerGraph
 from controller.planner.placement import refuse_unpluggable
 from controller.planner.plan import Plan
+from controller.planner.simulate import Timeline
 from edgeflowd.core.units import CLIENT, SINK
 from edgeflowd.errors import PlanError
 from edgeflowd.wire.assignment import Assignment, BlobRef, blob_of
 from edgeflowd.wire.frames import FrameKeys
-from edgeflowd.wire.messages import Output, PlanInfo, Sender
+from edgeflowd.wire.messages import Interval, Output, PlanInfo, Sender, TimelineDoc
 from edgeflowd.wire.units import unit_doc
 
 __all__ = ["Deployment", "make_deployment"]
@@ -25,6 +26,7 @@ class Deployment:
     info: PlanInfo
     assignments: dict[str, Assignment]
     blobs: dict[str, tuple[BlobRef, bytes]]
+    timeline: TimelineDoc | None = None  # the simulator's, published as controller/timeline
 
     @property
     def blob_bytes(self) -> int:
@@ -38,9 +40,10 @@ def make_deployment(
     generation: int,
     method: str,
     part_bytes: int,
-    predicted_ms: float = 0.0,
+    predicted: Timeline | None = None,
 ) -> Deployment:
-    """Assignments for ``nodes[d]`` = plan device ``d``; weights cut into ``part_bytes`` parts."""
+    """Assignments for ``nodes[d]`` = plan device ``d``; weights cut into ``part_bytes`` parts;
+    ``predicted``: the simulator's timeline of the plan, published beside it."""
     if plan.n_devices != len(nodes):
         raise PlanError(f"plan is for {plan.n_devices} devices, the cluster has {len(nodes)} nodes")
     for unit in plan.units:  # plans made deployable place plugin ops; nothing places these
@@ -73,11 +76,19 @@ def make_deployment(
         nodes=list(nodes),
         sources=sources,
         outputs=outputs,
-        predicted_ms=predicted_ms,
+        predicted_ms=predicted.latency_s * 1e3 if predicted else 0.0,
         blobs={sha: ref.parts for sha, (ref, _) in blobs.items()},
         request_key=keys.request.hex(),
     )
-    return Deployment(info, assignments, blobs)
+    timeline = None
+    if predicted is not None:
+        names = {CLIENT: "client", **dict(enumerate(nodes))}
+        bars = [
+            Interval(names[i.device], i.resource, round(i.start * 1e3, 3), round(i.end * 1e3, 3), i.label)
+            for i in predicted.intervals
+        ]
+        timeline = TimelineDoc(generation, round(predicted.latency_s * 1e3, 3), bars)
+    return Deployment(info, assignments, blobs, timeline)
 
 
 def _senders(plan: Plan, layer: str, nodes: Sequence[str]) -> list[Sender]:

@@ -72,6 +72,16 @@ class NodeView:
     def reachable(self) -> bool:
         return self.online and not self.silent
 
+    @property
+    def state(self) -> str:
+        """refused, silent, online, offline (it said so, or its last will did), or unknown (never
+        heard from: not known to be down)."""
+        if self.refused:
+            return "refused"
+        if self.online:
+            return "silent" if self.silent else "online"
+        return "offline" if self.last_seen > 0 else "unknown"
+
     def silent_after(self) -> float:
         """When this node counts as silent, if no telemetry comes before (inf: never, as for a
         node that did not say its period)."""
@@ -93,7 +103,7 @@ class Event:
 
 
 def others_load(telemetry: Telemetry) -> float:
-    return min(MAX_LOAD, max(0.0, (telemetry.cpu_percent - telemetry.process_cpu_percent) / 100.0))
+    return min(MAX_LOAD, telemetry.others_load)
 
 
 def _number(bench: Mapping[str, object], key: str) -> float:

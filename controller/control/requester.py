@@ -22,14 +22,26 @@ from dataclasses import dataclass, field
 import torch
 
 from controller.control.deploy import current_plan
+from controller.control.timeline import measured_timeline, predicted_timeline
+from controller.planner.simulate import Timeline
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import EdgeFlowError, ProtocolError
-from edgeflowd.net.mqtt import Connection, MessageQueue, listen
+from edgeflowd.net.mqtt import Connection, MessageQueue, listen, received
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError, output_needs
+from edgeflowd.node.spans import KEEP
 from edgeflowd.wire.frames import FrameKeys, key_of_hex, read_header
-from edgeflowd.wire.messages import Busy, Latency, PlanInfo, decode_control, encode_control
+from edgeflowd.wire.messages import (
+    Busy,
+    Latency,
+    PlanInfo,
+    Spans,
+    TimelineDoc,
+    TraceAsk,
+    decode_control,
+    encode_control,
+)
 from edgeflowd.wire.topics import ResultTopic, Topics, UnitInputTopic
 from edgeflowd.wire.units import unit_of
 
@@ -138,6 +150,7 @@ class InferenceClient:
         self.tap = tap
         self.traffic: Traffic | None = Traffic() if tap else None
         self._patterns: list[str] = []
+        self._sent_at: dict[str, float] = {}  # request -> wall clock when sent, for its timeline
         self._adopt(info)
 
     def _adopt(self, info: PlanInfo) -> None:
@@ -202,6 +215,9 @@ class InferenceClient:
         if tuple(x.shape) != self.input_shape:
             raise EdgeFlowError(f"input has shape {tuple(x.shape)}; plan {self.info.plan} takes {self.input_shape}")
         request = self._next_request()
+        self._sent_at[request] = time.time()
+        while len(self._sent_at) > KEEP:
+            del self._sent_at[next(iter(self._sent_at))]
         for action in self.runtime.send(request, x, self.conn.max_packet):
             if isinstance(action, Publish):
                 self.conn.publish(action.topic, action.payload)
@@ -299,6 +315,42 @@ class InferenceClient:
         wall = self.clock() - start
         messages, mib = self.traffic.per_request() if self.traffic is not None else (0.0, 0.0)
         return Measurement(results, wall, messages, mib)
+
+    def timeline(self, result: Result, wait_s: float = 10.0) -> tuple[Timeline, Timeline | None]:
+        """How ``result``'s request went, measured on every node of the plan (they keep the last
+        :data:`~edgeflowd.node.spans.KEEP` requests), and the controller's prediction for the plan
+        when it published one."""
+        if not result.ok or result.request not in self._sent_at:
+            raise EdgeFlowError(f"request {result.request} did not complete here: nothing to draw")
+        info, plan_topic = self.info, self.topics.controller("timeline")
+        spans_topic = self.topics.spans(info.plan)
+        if not self.conn.subscribe_wait([spans_topic, plan_topic], qos=1):
+            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {spans_topic}")
+        self.conn.publish(self.topics.trace(info.plan), encode_control(TraceAsk(result.request)), qos=1)
+        answers: dict[str, tuple[Spans, float]] = {}
+        predicted: TimelineDoc | None = None
+        try:
+            for topic, payload in received(self.messages, wait_s):
+                try:
+                    if topic == spans_topic:
+                        spans = decode_control(payload, topic, Spans)
+                        if spans.request == result.request and spans.node in info.nodes:
+                            answers[spans.node] = (spans, time.time())
+                    elif topic == plan_topic and payload:
+                        doc = decode_control(payload, topic, TimelineDoc)
+                        predicted = doc if doc.generation == info.generation else predicted
+                except ProtocolError as exc:
+                    log.warning("ignored: %s", exc)
+                if len(answers) == len(info.nodes) and predicted is not None:
+                    break
+        finally:
+            self.conn.unsubscribe(spans_topic)
+            self.conn.unsubscribe(plan_topic)
+        if not answers:
+            raise EdgeFlowError(f"no node of plan {info.plan} answered for {result.request} within {wait_s:g} s")
+        sent = self._sent_at[result.request]
+        measured = measured_timeline(info.nodes, answers, self.topics, sent, result.latency_s)
+        return measured, predicted_timeline(predicted, info.nodes) if predicted else None
 
     def _report(self, result: Result) -> None:
         report = Latency(self.info.generation, result.request, round(result.latency_s * 1e3, 3))

@@ -59,7 +59,10 @@ def completion_messages(
     ``others`` (nodes of the cluster that the new plan leaves out: one coming back must run nothing
     stale) and the blobs only ``previous`` used (they would otherwise stay retained forever)."""
     info = msgspec.structs.replace(deployment.info, admits=admits)
-    out = [Publication(topics.controller("plan"), encode_control(info))]
+    out = []
+    if deployment.timeline is not None:  # first: a requester that reads the plan finds its prediction
+        out.append(Publication(topics.controller("timeline"), encode_control(deployment.timeline)))
+    out.append(Publication(topics.controller("plan"), encode_control(info)))
     out += [Publication(topics.node(n, "assignment"), b"") for n in others if n not in deployment.assignments]
     if previous is not None:
         for sha, parts in sorted(previous.blobs.items()):

@@ -24,9 +24,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from controller.control.dashboard import Dashboard, Request
 from controller.control.deployment import make_deployment
 from controller.control.learning import (
     CostLearner,
@@ -50,13 +52,14 @@ from controller.control.registry import (
 from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
 from controller.graph.trace import trace_model
 from controller.planner.fit import Case, fit_message_work, with_message_work
-from controller.planner.methods import plan_model
+from controller.planner.methods import METHODS, plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, queued
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.wire.discovery import HA_STATUS_ONLINE
 from edgeflowd.wire.messages import (
     ControllerEvent,
     Latency,
@@ -88,7 +91,10 @@ class ControllerService:
         deploy_timeout_s: float = 60.0,
         measured_rates: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        homeassistant_prefix: str | None = None,
     ) -> None:
+        """``homeassistant_prefix``: announce the controller to Home Assistant under it (MQTT
+        discovery, retained, again whenever Home Assistant comes online); None: do not."""
         self.broker = broker
         self.cluster = cluster
         self.model_spec = model_spec
@@ -126,9 +132,17 @@ class ControllerService:
             f"edgeflow-controller-{self.instance}",
             lambda t, p: self.messages.put((t, p)),
             will=(self.topics.controller("status"), offline),
-            # At every (re)connect, as if no plan summary: a broker that kept one re-sends it (its blobs).
-            on_connect=lambda: self.messages.put((self.topics.controller("plan"), b"")),
+            on_connect=self._on_connect,
         )
+        operations = {"replan": self._ask_replan, "status": self._status, "set_method": self._set_method}
+        self.dashboard = Dashboard(self.conn, self.topics, operations, homeassistant_prefix)
+
+    def _on_connect(self) -> None:
+        # At every (re)connect, as if no plan summary: a broker that kept one re-sends it (its blobs);
+        # and as if Home Assistant had come online: the broker may have lost the discovery config.
+        self.messages.put((self.topics.controller("plan"), b""))
+        if self.dashboard.ha_status:
+            self.messages.put((self.dashboard.ha_status, HA_STATUS_ONLINE))
 
     def run(self) -> int:
         model, shape = build_model(self.model_spec, None, 0)
@@ -137,6 +151,8 @@ class ControllerService:
             self.conn.subscribe(topic, qos=1)
         self.conn.subscribe(self.topics.controller("plan"), qos=1)  # the generation deployed before us
         self.conn.subscribe(self.topics.latencies, qos=0)
+        for topic in self.dashboard.subscriptions():
+            self.conn.subscribe(topic, qos=1)
         self.conn.start()
         online = Status(state="online", instance=self.instance, session=1)
         self.conn.publish(self.topics.controller("status"), encode_control(online), qos=1, retain=True)
@@ -174,6 +190,8 @@ class ControllerService:
             log.exception("error while handling a message")
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.dashboard.heard(topic, payload):
+            return
         about = self.topics.parse(topic)
         if about == ControllerTopic("plan"):
             info = decode_control(payload, topic, PlanInfo) if payload else None
@@ -201,6 +219,35 @@ class ControllerService:
         if view is not None and about.leaf == "telemetry" and payload and view.telemetry and self.measured_rates:
             self._on_telemetry(node, view.telemetry)
         self._membership(node, events, about.leaf in ("status", "info") or bool(events))
+
+    # -- what dashboards may ask (controller/request/<op>) ----------------------------------------
+    def _ask_replan(self, request: Request) -> dict[str, Any]:
+        self._mark("asked for over MQTT", debounce=False, due=True)
+        return {"generation": self.generation, "nodes": self.registry.live()}
+
+    def _set_method(self, request: Request) -> dict[str, Any]:
+        methods = [m for m in METHODS if m != "optimal"]  # as `edgeflow controller --method` offers
+        if request.method not in methods:
+            raise EdgeFlowError(f"method {request.method!r}: expected one of {', '.join(methods)}")
+        before, self.method = self.method, request.method
+        if before != self.method:
+            self._mark(f"method {before} -> {self.method}, asked for over MQTT", debounce=False, due=True)
+        return {"method": self.method, "was": before}
+
+    def _status(self, request: Request) -> dict[str, Any]:
+        plan = self.deployed
+        measured, requests = self.latencies.median(plan.generation) if plan else (0.0, 0)
+        return {
+            "model": self.model_spec,
+            "method": self.method,
+            "nodes": {d.id: self.registry.views[d.id].state for d in self.cluster.devices},
+            "plan": plan.plan if plan else None,
+            "generation": plan.generation if plan else None,
+            "predicted_ms": plan.predicted_ms if plan else None,
+            "measured_ms": measured if requests else None,
+            "requests": requests,
+            "replanning": self.rolling is not None or self._dirty_since is not None,
+        }
 
     def _membership(self, node: str, events: list[Event], check: bool = True) -> None:
         """Say ``events``; re-plan (``check``) if the live nodes are no longer those planned."""
@@ -334,8 +381,9 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         live = self.live
-        # The nodes run the live plan (no failed rollout since): a new one must beat it (keep_live).
-        running = live is not None and live.rollout.nodes == live_nodes
+        # The nodes run the live plan (no failed rollout since): a new one must beat it (keep_live),
+        # unless it was made by another method than the one asked for now.
+        running = live is not None and live.rollout.nodes == live_nodes and live.planned.method == planned.method
         kept = keep_live(live.planned, planned, self.graph, cluster) if live and running else None
         if live is not None and kept is not None and self._published == live.rollout.deployment.info.generation:
             self.live = dataclasses.replace(live, cluster=cluster, planned=kept, base=base)
@@ -349,7 +397,7 @@ class ControllerService:
             generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1, reported + 1)
             part_bytes = self.conn.max_packet - FRAME_HEADER_BYTES
             deployment = make_deployment(
-                planned.plan, self.graph, live_nodes, generation, planned.method, part_bytes, planned.latency_s * 1e3
+                planned.plan, self.graph, live_nodes, generation, planned.method, part_bytes, planned.timeline
             )
         except EdgeFlowError as exc:
             self._failed(reason, str(exc))

@@ -16,6 +16,8 @@ from edgeflowd.node.allocator import keep_freed_memory
 from edgeflowd.node.check import check_config
 from edgeflowd.node.config import SETTINGS, DaemonConfig, add_arguments, load_config
 from edgeflowd.profiles.devices import DeviceProfile, load_device_profile
+from edgeflowd.wire.discovery import discovery_topic, object_id
+from edgeflowd.wire.topics import Topics
 
 __all__ = ["main"]
 
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="measure this board (compute, and its link through --broker if one answers), print a device "
         "profile YAML named NAME for profiles/devices/, then exit",
     )
+    parser.add_argument(
+        "--forget",
+        action="store_true",
+        help="clear what this node keeps on the broker (its retained status, info and report, and its Home "
+        "Assistant device), then exit: for a board that leaves the cluster (the package's removal runs it)",
+    )
     add_arguments(parser, SETTINGS)
     return parser
 
@@ -57,7 +65,9 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "check_config", "measure_profile")}
+    overrides = {
+        k: v for k, v in vars(args).items() if k not in ("config", "check_config", "measure_profile", "forget")
+    }
     if args.measure_profile and not overrides.get("node_id"):
         overrides["node_id"] = "measure"  # names only its echo topic
     if args.check_config:
@@ -73,7 +83,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(config.log_level)
     if args.measure_profile:
         return measure_profile(args.measure_profile, config, profile)
+    if args.forget:
+        return forget(config)
     return serve(config, profile)
+
+
+def forget(config: DaemonConfig, timeout_s: float = 10.0) -> int:
+    """Clear the node's retained topics; 1 (saying why) when the broker does not take them in time."""
+    from edgeflowd.net.mqtt import Connection  # noqa: PLC0415 - paho: keep --help and --check-config light
+
+    topics = Topics(config.cluster)
+    node = config.node_id
+    mine = [topics.node(node, leaf) for leaf in ("status", "info", "assignment/reported")]
+    mine.append(discovery_topic(config.homeassistant_prefix, object_id(config.cluster, node)))
+    conn = Connection(config.broker_settings(), f"edgeflowd-forget-{node}", lambda topic, payload: None)
+    try:
+        conn.start(timeout_s)
+        for topic in mine:
+            conn.publish_wait(topic, b"", timeout_s=timeout_s, retain=True)
+    except EdgeFlowError as exc:
+        print(f"edgeflowd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.stop()
+    print(f"edgeflowd: node {node} forgotten on {config.broker}: {', '.join(mine)} cleared")
+    return 0
 
 
 def measure_profile(name: str, config: DaemonConfig, profile: DeviceProfile | None) -> int:

@@ -36,6 +36,7 @@ __all__ = [
 ENV_PREFIX = "EDGEFLOWD_"
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _NOT_SETTINGS = {"EDGEFLOWD_ARGS"}  # extra flags, expanded by the unit's ExecStart
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def _declare(
@@ -87,6 +88,8 @@ class DaemonConfig:
     plugins: str = _declare(
         "", "Python modules installed here whose functions this node runs as ops (YAML: a list)", "MOD[,MOD...]"
     )
+    homeassistant_discovery: bool = _declare(False, "announce this node to Home Assistant (MQTT discovery)")
+    homeassistant_prefix: str = _declare("homeassistant", "Home Assistant's MQTT discovery prefix", "PREFIX")
 
     @property
     def plugin_modules(self) -> tuple[str, ...]:
@@ -114,6 +117,11 @@ class DaemonConfig:
                 found.append((name, f"{name} must be at least 1, got {getattr(self, name)}"))
         if self.threads is not None and self.threads < 1:
             found.append(("threads", f"threads must be at least 1, got {self.threads}"))
+        prefix = self.homeassistant_prefix
+        if not prefix or prefix.startswith("/") or any(c in prefix for c in "#+\x00"):
+            found.append(
+                ("homeassistant_prefix", f"homeassistant_prefix must be a topic with no '#', '+' (got {prefix!r})")
+            )
         levels = SETTINGS["log_level"].choices
         if self.log_level not in levels:
             found.append(("log_level", f"log_level must be {', '.join(levels)}, got {self.log_level!r}"))
@@ -175,8 +183,11 @@ def add_arguments(
     must = set(required)
     for name in names:
         s = SETTINGS[name]
-        kind: Callable[[str], Any] = s.kinds[-1]
         default = f" (default {s.default})" if s.default not in (None, "") else ""
+        if s.kinds == (bool,):  # --name / --no-name
+            parser.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=None, help=f"{s.help}{default}")
+            continue
+        kind: Callable[[str], Any] = s.kinds[-1]
         parser.add_argument(
             s.flag,
             type=kind,
@@ -205,6 +216,10 @@ def _setting(doc: YamlDoc, key: str, value: Any) -> Any:
     kinds = SETTINGS[key].kinds
     if float in kinds:
         return number(doc, value, (key,))
+    if kinds == (bool,):
+        if not isinstance(value, bool):
+            raise doc.error((key,), f"expected true or false, got {value!r}")
+        return value
     if key == "mqtt_version" and isinstance(value, (int, float)):
         return str(value)  # YAML reads 5 as a number
     if key == "plugins" and isinstance(value, list):
@@ -256,6 +271,13 @@ def _from_environment(environ: Mapping[str, str], report: ConfigReport) -> dict[
             )
             continue
         kinds = setting.kinds
+        if kinds == (bool,):
+            if text.lower() not in _BOOLEANS:
+                report.errors.append(f"environment {name}: expected one of {', '.join(_BOOLEANS)}, got {text!r}")
+                continue
+            values[key] = _BOOLEANS[text.lower()]
+            report.sources[key] = f"environment {name}"
+            continue
         try:
             values[key] = float(text) if float in kinds else int(text) if int in kinds else text
             if isinstance(values[key], float) and not math.isfinite(values[key]):

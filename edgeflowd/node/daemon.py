@@ -13,7 +13,6 @@ A new assignment is switched in by the engine; frames of any other plan are drop
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import queue
@@ -32,18 +31,19 @@ from edgeflowd.node import assignments as a
 from edgeflowd.node.benchmark import RateDrift, conv_gflops, cpu_quota, run_benchmark
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.events import Connected, Counts, Event, Message
+from edgeflowd.node.homeassistant import Announcer
 from edgeflowd.node.linkprobe import LinkProbe
 from edgeflowd.node.notify import Notifier
 from edgeflowd.node.plugins import load_plugins
-from edgeflowd.node.runtime import Dropped, NodeRuntime
+from edgeflowd.node.runtime import Compute, Dropped, NodeRuntime
 from edgeflowd.node.slices import BufferFullError
 from edgeflowd.node.telemetry import sample_telemetry
 from edgeflowd.node.weights import WeightStore
 from edgeflowd.node.workers import Workers
 from edgeflowd.profiles.devices import DeviceProfile
 from edgeflowd.wire.assignment import Assignment
-from edgeflowd.wire.messages import AssignmentReport, Info, Status, encode_control
-from edgeflowd.wire.topics import BlobTopic, BusyTopic, NodeTopic, Topics, UnitInputTopic
+from edgeflowd.wire.messages import AssignmentReport, Info, Status, TraceAsk, decode_control, encode_control
+from edgeflowd.wire.topics import BlobTopic, BusyTopic, NodeTopic, Topics, TraceTopic, UnitInputTopic
 
 __all__ = ["Daemon"]
 
@@ -101,6 +101,7 @@ class Daemon:
             packet_bytes=config.packet_bytes,
         )
         self.probe = LinkProbe(self.conn, self._echo_topic, self.node)
+        self.announcer = Announcer.configured(self.conn, self.topics, config)
         self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, lambda: self.runtime)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
@@ -209,10 +210,7 @@ class Daemon:
                     "node=%s: no broker at %s within %g s; link not measured", self.node, self.conn.broker, connect_s
                 )
         finally:
-            offline = encode_control(Status(state="offline", instance=self.instance, session=self._sessions))
-            with contextlib.suppress(EdgeFlowError):  # it was online only to measure: say it is gone
-                if self.conn.connected.is_set():
-                    self.conn.publish_wait(self.topics.node(self.node, "status"), offline, timeout_s=2.0, retain=True)
+            self._say_offline()  # it was online only to measure: say it is gone
             self.conn.stop()
         return figures
 
@@ -229,6 +227,8 @@ class Daemon:
                 # served here, so that no deploy hands it out again (controller.control.deploy).
                 self._report(a.Report(current.generation, "ready"))
             self._publish_info()
+            if self.announcer is not None:
+                self.announcer.connected()
             if self.runtime is not None:
                 self.notifier.ready(self._serving())
             else:
@@ -237,6 +237,8 @@ class Daemon:
             self._on_message(event.topic, event.payload)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.announcer is not None and self.announcer.heard(topic, payload):
+            return
         about = self.topics.parse(topic)
         if isinstance(about, UnitInputTopic):
             if self.runtime is None:
@@ -246,11 +248,18 @@ class Daemon:
                 actions = self.runtime.receive(about, payload, self.clock(), topic)
             if not any(isinstance(action, Dropped) for action in actions):
                 self.counts.add("frames_in")
+            for action in actions:
+                if isinstance(action, Compute):
+                    self.workers.spans.ready(action.request, action.unit.uid)
             self.workers.act(self.runtime, actions)
         elif isinstance(about, BusyTopic):
             if self.runtime is not None:
                 with self.workers.buffers:
                     self.runtime.refused(about, payload, self.clock(), topic)
+        elif isinstance(about, TraceTopic) and self.runtime is not None and about.plan == self.runtime.plan:
+            asked = decode_control(payload, topic, TraceAsk).request
+            answer = self.workers.spans.spans(self.node, asked)
+            self.conn.publish(self.topics.spans(about.plan), encode_control(answer))
         elif isinstance(about, BlobTopic):
             self._apply(self.assignments.on_blob(about.sha256, about.part, payload, topic))
         elif about == NodeTopic(self.node, "assignment"):
@@ -319,7 +328,7 @@ class Daemon:
                 node=self.node,
                 resolve=plugin_resolver(self.plugin_ops),
             )
-        new_topics, old_topics = (r.input_topics() if r else set() for r in (new, old))
+        new_topics, old_topics = (r.input_topics() | {self.topics.trace(r.plan)} if r else set() for r in (new, old))
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):
             log.warning("node=%s: the broker did not acknowledge the new input subscriptions", self.node)
         self.runtime = new
@@ -388,17 +397,22 @@ class Daemon:
         generation, pending = (current.generation, runtime.slices.pending) if current and runtime else (-1, 0)
         times = self.workers.times.take()
         interval = self.config.telemetry_interval_s
-        telemetry = sample_telemetry(self.counts.snapshot(), generation, pending, times, interval, quiet_s)
+        gflops = self.benchmark.get("conv_gflops", 0.0)
+        telemetry = sample_telemetry(self.counts.snapshot(), generation, pending, times, interval, quiet_s, gflops)
         self.conn.publish(self.topics.node(self.node, "telemetry"), encode_control(telemetry))
 
-    def _shutdown(self) -> None:
-        self.notifier.stopping()
-        log.info("node=%s stopping", self.node)
+    def _say_offline(self) -> None:
+        """The retained offline status, while connected (a clean stop leaves no last will)."""
         offline = encode_control(Status(state="offline", instance=self.instance, session=self._sessions))
         try:
             if self.conn.connected.is_set():
                 self.conn.publish_wait(self.topics.node(self.node, "status"), offline, timeout_s=2.0, retain=True)
         except EdgeFlowError as exc:
             log.warning("node=%s could not publish offline status: %s", self.node, exc)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("node=%s stopping", self.node)
+        self._say_offline()
         self.workers.shutdown()
         self.conn.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import msgspec
 import psutil
 
 from edgeflowd.wire.messages import Telemetry
@@ -39,14 +40,18 @@ def sample_telemetry(
     unit_s: dict[str, list[float]] | None = None,
     interval_s: float = 0.0,
     quiet_s: float = 0.0,
+    conv_gflops: float = 0.0,
 ) -> Telemetry:
     """CPU figures are since the previous call (psutil keeps the baseline), over this process's
-    allowed CPUs; ``unit_s``: the units' times since then."""
+    allowed CPUs; ``unit_s``: the units' times since then; ``conv_gflops``: the node's measured
+    speed, of which others' load leaves it a share."""
     cpus = _cpus()
     per_cpu = psutil.cpu_percent(interval=None, percpu=True)
     mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
     known = set(Telemetry.__struct_fields__)
-    return Telemetry(
+    unit_s = unit_s or {}
+    requests = max((runs for runs, _ in unit_s.values()), default=0)  # each unit runs once per request
+    telemetry = Telemetry(
         cpu_percent=round(sum(mine) / len(mine), 1),
         process_cpu_percent=round(_SELF.cpu_percent(interval=None) / len(cpus), 1),
         memory_percent=psutil.virtual_memory().percent,
@@ -54,8 +59,10 @@ def sample_telemetry(
         temperature_c=_temperature_c(),
         generation=generation,
         pending=pending,
-        unit_s=unit_s or {},
+        unit_s=unit_s,
         interval_s=interval_s,
         quiet_s=round(quiet_s, 3),
+        request_ms=round(1000 * sum(seconds for _, seconds in unit_s.values()) / requests, 3) if requests else 0.0,
         **{k: int(v) for k, v in counts.items() if k in known},
     )
+    return msgspec.structs.replace(telemetry, gflops=round(conv_gflops * (1 - telemetry.others_load), 2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from edgeflowd.net.mqtt import Connection
 from edgeflowd.node.events import Counts, UnitTimes
 from edgeflowd.node.runtime import Action, Compute, Deliver, Dropped, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError
+from edgeflowd.node.spans import SpanLog
 
 __all__ = ["Workers"]
 
@@ -41,6 +43,7 @@ class Workers:
         self.clock = clock
         self.current = current
         self.times = UnitTimes()
+        self.spans = SpanLog()
         self._busy = 0  # work chains submitted and not finished: the node is not idle while any runs
         self._busy_lock = threading.Lock()
         self.buffers = threading.Lock()  # guards the runtime's slice buffer and frame assembler
@@ -80,7 +83,10 @@ class Workers:
             self.counts.add("malformed")
             log.warning("node=%s refused: %s", self.node, exc)
             return
-        work.extend(a for a in ready if isinstance(a, Compute))
+        for action in ready:
+            if isinstance(action, Compute):
+                self.spans.ready(action.request, action.unit.uid)
+                work.append(action)
 
     def _run(self, runtime: NodeRuntime, first: Compute) -> None:
         """Worker thread: run a unit, send what its forwarding table names, and run the units its
@@ -100,14 +106,17 @@ class Workers:
         work: deque[Compute] = deque([first])
         while work and runtime is self.current():  # a replaced plan's work stops here
             unit = work.popleft()
-            start = self.clock()
+            start, began = self.clock(), time.time()
             try:
                 for action in runtime.compute(unit, self.conn.max_packet):
                     if isinstance(action, Deliver):
                         self._deliver(runtime, action, work)
                     else:
+                        if isinstance(action, Publish):
+                            self.spans.sent(unit.request, unit.unit.uid, action.topic, len(action.payload))
                         self.act(runtime, (action,))
                 self.times.add(unit.unit.uid, self.clock() - start)
+                self.spans.ran(unit.request, unit.unit.uid, began, time.time())
                 self.counts.add("units_run")
             except Exception:
                 self.counts.add("errors")

@@ -18,12 +18,18 @@ __all__ = [
     "ControllerEvent",
     "Costs",
     "Info",
+    "Interval",
     "Latency",
     "NodeCosts",
     "PlanInfo",
+    "SendSpan",
     "Sender",
+    "Spans",
     "Status",
     "Telemetry",
+    "TimelineDoc",
+    "TraceAsk",
+    "UnitSpan",
     "decode_control",
     "encode_control",
 ]
@@ -89,6 +95,17 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     signal beside the broker's keepalive)."""
     quiet_s: float = 0.0
     """How long the node may now say nothing beyond its period: it is about to measure itself."""
+    gflops: float = 0.0
+    """The node's measured speed (its convolution benchmark) times the CPU share others leave it:
+    what it can give a plan now (0: not measured yet)."""
+    request_ms: float = 0.0
+    """The node's own work per request since the previous telemetry: its units' times summed, over
+    the requests they served (0: none)."""
+
+    @property
+    def others_load(self) -> float:
+        """The share of the node's CPUs that others use (0-1): its load, less its own."""
+        return max(0.0, (self.cpu_percent - self.process_cpu_percent) / 100.0)
 
 
 class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"):
@@ -150,6 +167,64 @@ class ControllerEvent(Document, frozen=True, tag="edgeflow.event/1"):
     node: str = ""
     detail: str = ""
     generation: int = -1
+
+
+class TraceAsk(Document, frozen=True, tag="edgeflow.trace/1"):
+    """``data/<plan>/trace``: a requester asks every node of the plan how ``request`` went there."""
+
+    request: str
+
+
+class UnitSpan(msgspec.Struct, frozen=True, array_like=True):
+    """One unit's run, in seconds of the node's wall clock: its inputs complete (``ready``; 0: not
+    seen), its start and its end (its last frame handed to the broker client)."""
+
+    unit: str
+    ready: Measure
+    start: Measure
+    end: Measure
+
+
+class SendSpan(msgspec.Struct, frozen=True, array_like=True):
+    """Frames a unit published for another node's unit (``to``: the topic), first and last."""
+
+    unit: str
+    to: str
+    first: Measure
+    last: Measure
+    nbytes: int
+
+
+class Spans(Document, frozen=True, tag="edgeflow.spans/1"):
+    """``data/<plan>/spans``: how one request went on one node, answering a :class:`TraceAsk`.
+    ``clock``: the node's wall clock when it sent this, from which the requester corrects the
+    node's times onto its own."""
+
+    node: str
+    request: str
+    clock: float
+    units: list[UnitSpan] = msgspec.field(default_factory=list)
+    sends: list[SendSpan] = msgspec.field(default_factory=list)
+
+
+class Interval(msgspec.Struct, frozen=True, array_like=True):
+    """One bar of a timeline: ``node`` (a node id, or ``client``) busy with ``resource`` (compute,
+    up, down) from ``start_ms`` to ``end_ms`` after the request was sent."""
+
+    node: str
+    resource: str
+    start_ms: float
+    end_ms: float
+    label: str
+
+
+class TimelineDoc(Document, frozen=True, tag="edgeflow.timeline/1"):
+    """Retained ``controller/timeline``: the simulator's prediction of one request through the
+    deployed plan, beside which ``edgeflow infer --timeline`` draws what it measured."""
+
+    generation: int
+    latency_ms: float
+    intervals: list[Interval]
 
 
 class Latency(Document, frozen=True, tag="edgeflow.latency/1"):

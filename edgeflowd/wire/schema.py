@@ -12,7 +12,7 @@ import msgspec
 
 from edgeflowd.errors import ProtocolError
 
-__all__ = ["Document", "decode", "encode"]
+__all__ = ["Document", "decode", "decode_foreign", "encode"]
 
 
 class Document(msgspec.Struct, frozen=True, tag_field="schema"):
@@ -25,6 +25,7 @@ class _Untagged(Document, frozen=True, tag=""):
 
 
 D = TypeVar("D", bound=Document)
+S = TypeVar("S", bound=msgspec.Struct)
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _ENCODER = msgspec.json.Encoder()
@@ -40,14 +41,28 @@ def decode(payload: bytes | memoryview, cls: type[D], where: str) -> D:
     decoder = _DECODERS.get(cls)
     if decoder is None:
         decoder = _DECODERS[cls] = msgspec.json.Decoder(cls | _Untagged)
+    document = _decoded(decoder, payload, where)
+    if not isinstance(document, cls):
+        raise ProtocolError(f"{where}: field 'schema' is empty")
+    return document
+
+
+def decode_foreign(payload: bytes | memoryview, cls: type[S], where: str) -> S:
+    """A document in a shape others define, with no ``schema`` field (a dashboard's request):
+    decoded as strictly, with the same errors."""
+    decoder = _DECODERS.get(cls)
+    if decoder is None:
+        decoder = _DECODERS[cls] = msgspec.json.Decoder(cls)
+    document: S = _decoded(decoder, payload, where)
+    return document
+
+
+def _decoded(decoder: msgspec.json.Decoder[Any], payload: bytes | memoryview, where: str) -> Any:
     try:
-        document = decoder.decode(payload)
+        return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"{where}: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"{where}: not JSON: {exc}") from exc
     except RecursionError as exc:  # msgspec recurses per nesting level, in free-form fields too
         raise ProtocolError(f"{where}: JSON nested too deeply") from exc
-    if not isinstance(document, cls):
-        raise ProtocolError(f"{where}: field 'schema' is empty")
-    return document

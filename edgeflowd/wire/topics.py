@@ -19,9 +19,12 @@ __all__ = [
     "DataTopic",
     "LatencyTopic",
     "NodeTopic",
+    "RequestTopic",
     "ResultTopic",
+    "SpansTopic",
     "Topic",
     "Topics",
+    "TraceTopic",
     "UnitInputTopic",
 ]
 
@@ -33,7 +36,7 @@ def _level(value: str, what: str) -> str:
 
 
 NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported", "echo")
-CONTROLLER_LEAVES = ("status", "plan", "event", "costs")
+CONTROLLER_LEAVES = ("status", "plan", "event", "costs", "timeline")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class ControllerTopic:
     """``controller/<leaf>``: the controller's status, the deployed plan's summary, its events."""
 
     leaf: str
+
+
+@dataclass(frozen=True)
+class RequestTopic:
+    """``controller/request/<op>``: a dashboard asks the controller to do ``op``; the answer goes
+    to ``controller/response/<op>``."""
+
+    op: str
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,20 @@ class BusyTopic:
 
 
 @dataclass(frozen=True)
+class TraceTopic:
+    """``data/<plan>/trace``: a requester asks how one of its requests went on each node."""
+
+    plan: str
+
+
+@dataclass(frozen=True)
+class SpansTopic:
+    """``data/<plan>/spans``: a node's answer to a trace request."""
+
+    plan: str
+
+
+@dataclass(frozen=True)
 class BlobTopic:
     """``blob/<sha256>/<part>``: one retained part of a content-addressed weight blob."""
 
@@ -90,7 +115,18 @@ class BlobTopic:
     part: int
 
 
-Topic = NodeTopic | ControllerTopic | UnitInputTopic | ResultTopic | LatencyTopic | BusyTopic | BlobTopic
+Topic = (
+    NodeTopic
+    | ControllerTopic
+    | RequestTopic
+    | UnitInputTopic
+    | ResultTopic
+    | LatencyTopic
+    | BusyTopic
+    | TraceTopic
+    | SpansTopic
+    | BlobTopic
+)
 DataTopic = UnitInputTopic | ResultTopic
 
 
@@ -121,6 +157,17 @@ class Topics:
             raise ProtocolError(f"unknown controller topic leaf {leaf!r}")
         return f"{self.root}/controller/{leaf}"
 
+    def request(self, op: str) -> str:
+        return f"{self.root}/controller/request/{_level(op, 'operation')}"
+
+    def response(self, op: str) -> str:
+        return f"{self.root}/controller/response/{_level(op, 'operation')}"
+
+    @property
+    def requests(self) -> str:
+        """Subscription filter for every request to the controller."""
+        return f"{self.root}/controller/request/+"
+
     def unit_input(self, plan: str, unit: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/{_level(unit, 'unit id')}/in"
 
@@ -129,6 +176,12 @@ class Topics:
 
     def latency(self, plan: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/latency"
+
+    def trace(self, plan: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/trace"
+
+    def spans(self, plan: str) -> str:
+        return f"{self.root}/data/{_level(plan, 'plan id')}/spans"
 
     def busy(self, plan: str) -> str:
         return f"{self.root}/data/{_level(plan, 'plan id')}/busy"
@@ -189,6 +242,8 @@ class Topics:
             return NodeTopic(parts[1], "/".join(parts[2:]))
         if parts[0] == "controller" and len(parts) == 2 and parts[1] in CONTROLLER_LEAVES:
             return ControllerTopic(parts[1])
+        if parts[0] == "controller" and len(parts) == 3 and parts[1] == "request" and parts[2]:
+            return RequestTopic(parts[2])
         if parts[0] == "data" and len(parts) == 4 and parts[3] == "in":
             return UnitInputTopic(parts[1], parts[2])
         if parts[0] == "data" and len(parts) == 4 and parts[2] == "result":
@@ -197,6 +252,10 @@ class Topics:
             return LatencyTopic(parts[1])
         if parts[0] == "data" and len(parts) == 3 and parts[2] == "busy":
             return BusyTopic(parts[1])
+        if parts[0] == "data" and len(parts) == 3 and parts[2] == "trace":
+            return TraceTopic(parts[1])
+        if parts[0] == "data" and len(parts) == 3 and parts[2] == "spans":
+            return SpansTopic(parts[1])
         if parts[0] == "blob" and len(parts) == 3 and parts[2].isdigit():
             return BlobTopic(parts[1], int(parts[2]))
         raise ProtocolError(f"topic {topic!r}: unknown topic")
