@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -25,9 +26,12 @@ def _children() -> set[int]:
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
-def test_demo_compares_methods_and_leaves_nothing_behind(broker: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_compares_methods_and_leaves_nothing_behind(
+    broker: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     before = _children()  # other tests' processes
-    code = main(["demo", "--model", "small_dag", "--requests", "3", "--methods", "single", "--broker", broker])
+    drawn = ["--timelines", str(tmp_path)]
+    code = main(["demo", "--model", "small_dag", "--requests", "3", "--methods", "single", "--broker", broker, *drawn])
     captured = capsys.readouterr()
     out = captured.out
     print(out)
@@ -38,6 +42,8 @@ def test_demo_compares_methods_and_leaves_nothing_behind(broker: str, capsys: py
         assert re.search(rf"^{method} +[\d.]+ +[\d.]+ +[\d.]+ +3/3 ", out, re.M), out
     assert re.search(r"^edgeflow's measured p50 is \d+% (below|above) the best other method \(single", out, re.M)
     assert "equals the local model's within 0.0001: yes" in out
+    for method in ("edgeflow", "single"):  # one request of each, as measured, under its prediction
+        assert f"wrote {tmp_path / method}.png: request" in out and (tmp_path / f"{method}.png").stat().st_size
     assert _children() - before == set()  # broker, daemons and controller are gone
     if not missing_rights(True):
         assert leftovers() == []  # no cgroup, namespace or veth
@@ -54,7 +60,7 @@ def test_demo_stops_everything_on_ctrl_c() -> None:
     started = set()
     try:
         assert demo.stdout is not None
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 420  # the demo waits up to 300 s for the nodes to measure themselves
         said: list[str] = []
         for line in demo.stdout:  # until the requests are under way
             said.append(line)

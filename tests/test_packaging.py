@@ -113,6 +113,9 @@ def test_install_into_a_clean_root_check_config_and_purge(deb: Path, tmp_path: P
 
     python, edgeflowd = root / "opt/edgeflow/bin/python", root / "opt/edgeflow/bin/edgeflowd"
     config = root / "etc/edgeflow/edgeflowd.yaml"
+    modeline = config.read_text().splitlines()[0]  # editors check the file against the installed schema
+    assert modeline.startswith("# yaml-language-server: $schema=/opt/edgeflow/"), modeline
+    assert (root / modeline.split("$schema=/", 1)[1]).is_file(), modeline
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLOWD_", "PYTHON", "VIRTUAL_ENV"))}
     fresh = _run(python, edgeflowd, "--check-config", "--config", config, env=env, check=False)
     assert fresh.returncode == 2  # the shipped file leaves node_id to the administrator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,12 +29,10 @@ from controller.lab.demo import CLUSTER as DEMO_CLUSTER
 from controller.lab.demo import CORES as DEMO_CORES
 from controller.lab.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.lab.launch import unwind_on_signals
-from controller.planner.gantt import draw_timelines
 from controller.planner.methods import METHODS, plan_model
 from controller.terminal import progress_bar
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError
-from edgeflowd.node.spans import KEEP
 from edgeflowd.profiles.devices import load_cluster
 from edgeflowd.wire.messages import PlanInfo
 
@@ -105,7 +104,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         tick = progress_bar(len(inputs))
         results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=tick)
         if args.timeline:
-            _timeline(client, results, args)
+            print(client.draw_timeline(results, args.timeline))
     finally:
         client.close()
     info = client.info
@@ -124,22 +123,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                 np.savez(args.output, *arrays)
             print(f"wrote {args.output}")
     return status
-
-
-def _timeline(client: InferenceClient, results: list[Result], args: argparse.Namespace) -> None:
-    """Draw the request of median latency among the last the nodes remember, as measured, under
-    the controller's prediction for the plan."""
-    recent = sorted((r for r in results[-KEEP:] if r.ok), key=lambda r: r.latency_s)
-    if not recent:
-        print("no request completed: no timeline to draw")
-        return
-    chosen = recent[len(recent) // 2]
-    measured, predicted = client.timeline(chosen)
-    panels = [("predicted", predicted)] if predicted else []
-    title = f"{client.info.model} plan {client.info.plan} ({client.info.method})"
-    draw_timelines([*panels, (f"measured ({chosen.request})", measured)], client.info.nodes, title, args.timeline)
-    said = "beside the prediction" if predicted else "(no prediction published for this plan)"
-    print(f"wrote {args.timeline}: request {chosen.request}, {chosen.latency_s * 1e3:.1f} ms, {said}")
 
 
 def _report(info: PlanInfo, results: list[Result], client: InferenceClient, args: argparse.Namespace) -> None:
@@ -193,7 +176,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     try:
         rows = run_demo(
-            args.model, args.methods, args.requests, args.broker, cluster_spec=args.cluster, cores=args.cores
+            args.model,
+            args.methods,
+            args.requests,
+            args.broker,
+            cluster_spec=args.cluster,
+            cores=args.cores,
+            timelines=Path(args.timelines) if args.timelines else None,
         )
     except KeyboardInterrupt:
         print("interrupted; the broker and the daemons were stopped", file=sys.stderr)
@@ -270,6 +259,11 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     demo.add_argument("--model", default="yolov5s", help=model_help)
     demo.add_argument("--requests", type=positive_int, default=10)
+    demo.add_argument(
+        "--timelines",
+        metavar="DIR",
+        help="draw one request of each method (of median latency) as measured, under its prediction: DIR/METHOD.png",
+    )
     demo.add_argument(
         "--cluster",
         default=DEMO_CLUSTER,

@@ -18,11 +18,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from controller.control.deploy import current_plan
 from controller.control.timeline import measured_timeline, predicted_timeline
+from controller.planner.gantt import draw_timelines
 from controller.planner.simulate import Timeline
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import EdgeFlowError, ProtocolError
@@ -351,6 +353,20 @@ class InferenceClient:
         sent = self._sent_at[result.request]
         measured = measured_timeline(info.nodes, answers, self.topics, sent, result.latency_s)
         return measured, predicted_timeline(predicted, info.nodes) if predicted else None
+
+    def draw_timeline(self, results: list[Result], out: str | Path) -> str:
+        """Draw the request of median latency among the last the nodes remember, as measured,
+        under the controller's prediction for the plan; returns what was drawn, to say."""
+        recent = sorted((r for r in results[-KEEP:] if r.ok), key=lambda r: r.latency_s)
+        if not recent:
+            return "no request completed: no timeline to draw"
+        chosen = recent[len(recent) // 2]
+        measured, predicted = self.timeline(chosen)
+        panels = [("predicted", predicted)] if predicted else []
+        title = f"{self.info.model} plan {self.info.plan} ({self.info.method})"
+        draw_timelines([*panels, (f"measured ({chosen.request})", measured)], self.info.nodes, title, out)
+        said = "beside the prediction" if predicted else "(no prediction published for this plan)"
+        return f"wrote {out}: request {chosen.request}, {chosen.latency_s * 1e3:.1f} ms, {said}"
 
     def _report(self, result: Result) -> None:
         report = Latency(self.info.generation, result.request, round(result.latency_s * 1e3, 3))

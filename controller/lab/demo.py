@@ -63,10 +63,14 @@ def _measure(
     method: str,
     inputs: list[torch.Tensor],
     want: list[torch.Tensor],
+    timeline: Path | None,
+    say: Callable[[str], None],
 ) -> DemoRow:
     client = InferenceClient.connect(broker.settings, cluster, model_spec, tap=True)
     try:
         m = client.measure(inputs, 1, timeout_s=120.0, on_result=progress_bar(len(inputs), f"  {method:<10}"))
+        if timeline is not None:
+            say(f"  {client.draw_timeline(m.results, timeline)}")
     finally:
         client.close()
     if not m.succeeded:
@@ -86,7 +90,11 @@ def run_demo(
     say: Callable[[str], None] = print,
     cluster_spec: str = CLUSTER,
     cores: float = CORES,
+    timelines: Path | None = None,
 ) -> list[DemoRow]:
+    """``timelines``: a directory to draw one request of each method in (``METHOD.png``)."""
+    if timelines is not None:
+        timelines.mkdir(parents=True, exist_ok=True)
     cluster = load_cluster(cluster_spec)
     nodes = [d.id for d in cluster.devices]
     model, shape = build_model(model_spec, None, 0)
@@ -138,7 +146,10 @@ def run_demo(
         with controller_process(broker, tmp, cluster_spec, model_spec, "--method", "edgeflow", "--rates", "measured"):
             say("controller: plans with EdgeFlow on what the nodes measure, and deploys as they come online")
             t0 = time.perf_counter()
-            watch.until(lambda: watch.measured_since(nodes, throttled), 120.0, "every node measuring itself")
+            # Each node measures itself again once idle and its probe sees the new quota; with the
+            # controller re-planning meanwhile this took 12-130 s on 2026-12-03 (not yet understood
+            # why some nodes stay unprobed for a minute or more), hence the long wait.
+            watch.until(lambda: watch.measured_since(nodes, throttled), 300.0, "every node measuring itself")
             say(f"every node measured itself as emulated after {time.perf_counter() - t0:.1f} s; warm-up requests")
             costs = learn_costs(watch, broker, model_spec, inputs, nodes)
             say(
@@ -154,7 +165,8 @@ def run_demo(
             t0 = time.perf_counter()
             info = deploy_plan(broker.settings, cluster.name, planned, graph, nodes, timeout_s=300.0)
             say(f"{method}: generation {info.generation} live in {time.perf_counter() - t0:.1f} s; {requests} requests")
-            rows.append(_measure(broker, cluster.name, model_spec, method, inputs, want))
+            drawn = timelines / f"{method}.png" if timelines else None
+            rows.append(_measure(broker, cluster.name, model_spec, method, inputs, want, drawn, say))
         say("stopping the daemons, the broker and the emulation")
     return rows
 

@@ -195,12 +195,13 @@ def fit_link(
     return out
 
 
-def run_benchmark(repeats: int = 5) -> dict[str, float]:
+def run_benchmark(repeats: int = 5, stamped: bool = False) -> dict[str, float]:
     """Median rates of representative ops of every kind the cost model knows (each counted in
     FLOPs as controller/graph/flops.py counts it: one per element and op for element-wise work,
     one per window element for pooling, one per output element for a concatenation or an
     upsampling), the weight-pass rate and a unit's floor (about 0.7 s on one core of a 2020s x86).
-    The cheap ops run four times as often, so that their medians are as steady."""
+    The cheap ops run four times as often, so that their medians are as steady. ``stamped``: with
+    the wall-clock time it was measured at (``measured_at``), as a node publishes it."""
     gen = torch.Generator().manual_seed(0)
     many = 4 * repeats
     with torch.no_grad():
@@ -210,7 +211,7 @@ def run_benchmark(repeats: int = 5) -> dict[str, float]:
         skip = torch.randn(1, 256, 56, 56, generator=gen)
         stem = torch.randn(1, 64, 112, 112, generator=gen)
         half = torch.randn(1, 128, 40, 40, generator=gen)
-        return {
+        figures = {
             "conv_gflops": conv_gflops(repeats),
             "dwconv_gflops": _gflops(lambda: F.conv2d(xd, wd, padding=1, groups=256), 2.0 * 256 * 9 * 56 * 56, repeats),
             "matmul_gflops": _gflops(lambda: a @ a, 2.0 * 512**3, repeats),
@@ -225,3 +226,4 @@ def run_benchmark(repeats: int = 5) -> dict[str, float]:
             "unit_overhead_ms": unit_overhead_ms(),
             "threads": float(torch.get_num_threads()),
         }
+    return {**figures, "measured_at": round(time.time(), 3)} if stamped else figures

@@ -35,14 +35,14 @@ from edgeflowd.node.homeassistant import Announcer
 from edgeflowd.node.linkprobe import LinkProbe
 from edgeflowd.node.notify import Notifier
 from edgeflowd.node.plugins import load_plugins
-from edgeflowd.node.runtime import Compute, Dropped, NodeRuntime
+from edgeflowd.node.runtime import NodeRuntime
 from edgeflowd.node.slices import BufferFullError
 from edgeflowd.node.telemetry import sample_telemetry
 from edgeflowd.node.weights import WeightStore
 from edgeflowd.node.workers import Workers
 from edgeflowd.profiles.devices import DeviceProfile
 from edgeflowd.wire.assignment import Assignment
-from edgeflowd.wire.messages import AssignmentReport, Info, Status, TraceAsk, decode_control, encode_control
+from edgeflowd.wire.messages import AssignmentReport, Info, Status, encode_control
 from edgeflowd.wire.topics import BlobTopic, BusyTopic, NodeTopic, Topics, TraceTopic, UnitInputTopic
 
 __all__ = ["Daemon"]
@@ -148,7 +148,7 @@ class Daemon:
         threads = self._threads()
         torch.set_num_threads(threads)
         started = self.clock()
-        self.benchmark = self._measured(run_benchmark())
+        self.benchmark = run_benchmark(stamped=True)
         self._measuring_s = self.clock() - started
         log.info("node=%s instance=%s threads=%d benchmark: %s", self.node, self.instance, threads, self.benchmark)
         self.conn.subscribe(self.topics.node(self.node, "assignment"), qos=1)
@@ -240,26 +240,11 @@ class Daemon:
         if self.announcer is not None and self.announcer.heard(topic, payload):
             return
         about = self.topics.parse(topic)
-        if isinstance(about, UnitInputTopic):
-            if self.runtime is None:
-                self.counts.add("stale")
-                return
-            with self.workers.buffers:
-                actions = self.runtime.receive(about, payload, self.clock(), topic)
-            if not any(isinstance(action, Dropped) for action in actions):
-                self.counts.add("frames_in")
-            for action in actions:
-                if isinstance(action, Compute):
-                    self.workers.spans.ready(action.request, action.unit.uid)
-            self.workers.act(self.runtime, actions)
-        elif isinstance(about, BusyTopic):
+        if isinstance(about, UnitInputTopic | BusyTopic | TraceTopic):
             if self.runtime is not None:
-                with self.workers.buffers:
-                    self.runtime.refused(about, payload, self.clock(), topic)
-        elif isinstance(about, TraceTopic) and self.runtime is not None and about.plan == self.runtime.plan:
-            asked = decode_control(payload, topic, TraceAsk).request
-            answer = self.workers.spans.spans(self.node, asked)
-            self.conn.publish(self.topics.spans(about.plan), encode_control(answer))
+                self.workers.receive(self.runtime, about, payload, topic)
+            elif isinstance(about, UnitInputTopic):
+                self.counts.add("stale")
         elif isinstance(about, BlobTopic):
             self._apply(self.assignments.on_blob(about.sha256, about.part, payload, topic))
         elif about == NodeTopic(self.node, "assignment"):
@@ -353,9 +338,6 @@ class Daemon:
         self.conn.publish(topic, encode_control(message), qos=1, retain=report.retain)
 
     # -- measuring itself (engine, when idle) ---------------------------------------------------
-    def _measured(self, figures: dict[str, float]) -> dict[str, float]:
-        return {**figures, "measured_at": round(time.time(), 3)}
-
     def _measure_if_idle(self, now: float) -> None:
         """Every ``measure_interval_s`` of idleness, probe the conv rate; when it has moved
         (:class:`RateDrift`: a new CPU quota, throttling, a governor), benchmark again and
@@ -379,7 +361,7 @@ class Daemon:
         self._publish_telemetry(quiet_s=2 * self._measuring_s * slower + 1.0)
         if moved:
             log.info("node=%s conv rate %.1f GFLOP/s, published %.1f: measuring again", self.node, probe, published)
-            self.benchmark = self._measured(run_benchmark())
+            self.benchmark = run_benchmark(stamped=True)
         self.benchmark.update(self._measure_link())
         self._publish_info()
         self._last_event = self._last_probe = self.clock()  # what the measuring took is not idleness

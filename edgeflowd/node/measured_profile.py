@@ -58,6 +58,7 @@ def profile_yaml(
         why = "its rates could not be fitted" if latency else "no broker answered"
         link_note = f"# link: NOT measured ({why} at {broker}); {'declared' if fallback else 'a guess'}.\n"
     header = (
+        "# yaml-language-server: $schema=../schema/device.schema.json\n"  # saved under profiles/devices/
         f"# Measured by `edgeflowd --measure-profile` on {when}, {threads} torch thread(s) (measure an idle board).\n"
         "# gflops: a 3x3 convolution of 64 channels on 56x56 (weights packed where oneDNN can, as units\n"
         "# run it); per_kind: the rates of the other kinds over it (depthwise convolution, matrix product,\n"

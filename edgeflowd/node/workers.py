@@ -19,6 +19,8 @@ from edgeflowd.node.events import Counts, UnitTimes
 from edgeflowd.node.runtime import Action, Compute, Deliver, Dropped, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError
 from edgeflowd.node.spans import SpanLog
+from edgeflowd.wire.messages import TraceAsk, decode_control, encode_control
+from edgeflowd.wire.topics import BusyTopic, TraceTopic, UnitInputTopic
 
 __all__ = ["Workers"]
 
@@ -67,6 +69,28 @@ class Workers:
                 self.act(runtime, ready)
             elif isinstance(action, Dropped):
                 self.counts.add(action.why)
+
+    def receive(
+        self, runtime: NodeRuntime, about: UnitInputTopic | BusyTopic | TraceTopic, payload: bytes, topic: str
+    ) -> None:
+        """A data-plane message for ``runtime`` (engine thread): a frame, a refusal of a request,
+        or a requester asking how one of its requests went here."""
+        if isinstance(about, UnitInputTopic):
+            with self.buffers:
+                actions = runtime.receive(about, payload, self.clock(), topic)
+            if not any(isinstance(action, Dropped) for action in actions):
+                self.counts.add("frames_in")
+            for action in actions:
+                if isinstance(action, Compute):
+                    self.spans.ready(action.request, action.unit.uid)
+            self.act(runtime, actions)
+        elif isinstance(about, BusyTopic):
+            with self.buffers:
+                runtime.refused(about, payload, self.clock(), topic)
+        elif about.plan == runtime.plan:
+            asked = decode_control(payload, topic, TraceAsk).request
+            answer = self.spans.spans(self.node, asked)
+            self.conn.publish(runtime.topics.spans(about.plan), encode_control(answer))
 
     def _deliver(self, runtime: NodeRuntime, local: Deliver, work: deque[Compute]) -> None:
         try:

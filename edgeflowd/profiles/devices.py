@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeflowd.profiles.yamldoc import YamlDoc, check_keys, number, read_text, require
+from edgeflowd.profiles.formats import ClusterDoc, DeviceProfileDoc, LinkDoc
+from edgeflowd.profiles.yamldoc import YamlDoc, convert, read_text
 
 __all__ = [
     "DEFAULT_KIND_FACTORS",
@@ -130,49 +131,26 @@ class Cluster:
 
 
 def _device_profile(doc: YamlDoc, data: Any, path: tuple[str | int, ...], name: str) -> DeviceProfile:
+    """A profile from its document (:class:`DeviceProfileDoc`, which says what is valid)."""
     if not isinstance(data, dict):
         raise doc.error(path, "a device profile is a mapping")
-    check_keys(doc, data, path, {"schema", "name", "description", "compute", "memory_mb", "threads", "link"})
-    compute = require(doc, data, path, "compute")
-    cpath = (*path, "compute")
-    if not isinstance(compute, dict):
-        raise doc.error(cpath, "expected a mapping with gflops")
-    check_keys(doc, compute, cpath, {"gflops", "per_kind", "op_overhead_ms", "weights_gbps"})
-    factors = dict(DEFAULT_KIND_FACTORS)
-    per_kind = compute.get("per_kind", {}) or {}
-    if not isinstance(per_kind, dict):
-        raise doc.error((*cpath, "per_kind"), "expected a mapping of op kind to factor")
-    for kind, factor in per_kind.items():
-        if kind not in DEFAULT_KIND_FACTORS:
-            raise doc.error((*cpath, "per_kind", kind), f"unknown op kind (known: {', '.join(DEFAULT_KIND_FACTORS)})")
-        factors[kind] = number(doc, factor, (*cpath, "per_kind", kind))
-    link = require(doc, data, path, "link")
-    lpath = (*path, "link")
-    if not isinstance(link, dict):
-        raise doc.error(lpath, "expected a mapping with up_mbps, down_mbps, latency_ms")
-    check_keys(doc, link, lpath, {"up_mbps", "down_mbps", "latency_ms"})
-    threads = require(doc, data, path, "threads", 1)
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise doc.error((*path, "threads"), f"expected a positive integer, got {threads!r}")
+    profile = convert(doc, data, path, DeviceProfileDoc)
+    compute = profile.compute
     return DeviceProfile(
-        name=str(data.get("name", name)),
-        description=str(data.get("description", "")),
-        gflops=number(doc, require(doc, compute, cpath, "gflops"), (*cpath, "gflops")),
-        op_overhead_ms=number(doc, compute.get("op_overhead_ms", 0.2), (*cpath, "op_overhead_ms"), strict=False),
-        weights_gbps=number(doc, compute.get("weights_gbps", 0.0), (*cpath, "weights_gbps"), strict=False),
-        kind_factors=factors,
-        memory_mb=number(doc, require(doc, data, path, "memory_mb"), (*path, "memory_mb")),
-        threads=threads,
-        link=_link(doc, link, lpath),
+        name=profile.name or name,
+        description=profile.description,
+        gflops=compute.gflops,
+        op_overhead_ms=compute.op_overhead_ms,
+        weights_gbps=compute.weights_gbps,
+        kind_factors={**DEFAULT_KIND_FACTORS, **{str(kind): f for kind, f in compute.per_kind.items()}},
+        memory_mb=profile.memory_mb,
+        threads=profile.threads,
+        link=_link(profile.link),
     )
 
 
-def _link(doc: YamlDoc, link: dict[str, Any], lpath: tuple[str | int, ...]) -> Link:
-    return Link(
-        up_mbps=number(doc, require(doc, link, lpath, "up_mbps"), (*lpath, "up_mbps")),
-        down_mbps=number(doc, require(doc, link, lpath, "down_mbps"), (*lpath, "down_mbps")),
-        latency_ms=number(doc, require(doc, link, lpath, "latency_ms"), (*lpath, "latency_ms"), strict=False),
-    )
+def _link(link: LinkDoc) -> Link:
+    return Link(link.up_mbps, link.down_mbps, link.latency_ms)
 
 
 def load_device_profile(path: str | Path) -> DeviceProfile:
@@ -200,49 +178,28 @@ def parse_cluster(text: str, source: str, base_dir: Path) -> Cluster:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a cluster profile is a mapping with 'devices'")
-    check_keys(doc, data, (), {"schema", "name", "description", "devices", "client"})
-    raw_devices = require(doc, data, (), "devices")
-    if not isinstance(raw_devices, list) or not raw_devices:
-        raise doc.error(("devices",), "expected a non-empty list of devices")
+    cluster = convert(doc, data, (), ClusterDoc)
     devices: list[Device] = []
     seen: set[str] = set()
-    for i, entry in enumerate(raw_devices):
+    for i, entry in enumerate(cluster.devices):
         path: tuple[str | int, ...] = ("devices", i)
-        if not isinstance(entry, dict):
-            raise doc.error(path, "each device is a mapping with 'id' and 'profile'")
-        check_keys(doc, entry, path, {"id", "profile", "overrides", "load"})
-        dev_id = require(doc, entry, path, "id")
-        if not isinstance(dev_id, str) or not dev_id or "/" in dev_id or "#" in dev_id or "+" in dev_id:
-            raise doc.error((*path, "id"), f"expected a name without '/', '#', '+', got {dev_id!r}")
-        if dev_id in seen:
-            raise doc.error((*path, "id"), f"device id {dev_id!r} appears twice")
-        seen.add(dev_id)
-        ref = require(doc, entry, path, "profile")
+        if entry.id in seen:
+            raise doc.error((*path, "id"), f"device id {entry.id!r} appears twice")
+        seen.add(entry.id)
+        ref = data["devices"][i]["profile"]  # as written: the profile's own file names its errors
         ppath: tuple[str | int, ...]
         if isinstance(ref, str):
             profile_path = _resolve_profile(ref, base_dir)
             pdoc = YamlDoc(read_text(profile_path), str(profile_path))
             raw, pdoc_used, ppath = pdoc.data, pdoc, ()
-        elif isinstance(ref, dict):
-            raw, pdoc_used, ppath = ref, doc, (*path, "profile")
         else:
-            raise doc.error((*path, "profile"), "expected a profile name, a path, or an inline profile mapping")
-        overrides = entry.get("overrides")
-        if overrides is not None:
-            raw, pdoc_used, ppath = _merge(raw, overrides), doc, (*path, "overrides")
-        profile = _device_profile(pdoc_used, raw, ppath, str(ref) if isinstance(ref, str) else dev_id)
-        load = number(doc, entry.get("load", 0.0), (*path, "load"), strict=False)
-        if load >= 1.0:
-            raise doc.error((*path, "load"), f"expected a CPU fraction in [0, 1), got {load}")
-        devices.append(Device(dev_id, profile, load))
-    client = Cluster.client
-    if "client" in data:
-        raw_client = data["client"]
-        if not isinstance(raw_client, dict):
-            raise doc.error(("client",), "expected a mapping with up_mbps, down_mbps, latency_ms")
-        check_keys(doc, raw_client, ("client",), {"up_mbps", "down_mbps", "latency_ms"})
-        client = _link(doc, raw_client, ("client",))
-    return Cluster(name=str(data.get("name", Path(source).stem)), devices=tuple(devices), client=client)
+            raw, pdoc_used, ppath = ref, doc, (*path, "profile")
+        if entry.overrides is not None:
+            raw, pdoc_used, ppath = _merge(raw, entry.overrides), doc, (*path, "overrides")
+        profile = _device_profile(pdoc_used, raw, ppath, ref if isinstance(ref, str) else entry.id)
+        devices.append(Device(entry.id, profile, entry.load))
+    client = _link(cluster.client) if cluster.client is not None else Cluster.client
+    return Cluster(name=cluster.name or Path(source).stem, devices=tuple(devices), client=client)
 
 
 def load_cluster(path: str | Path) -> Cluster:

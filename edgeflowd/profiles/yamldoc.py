@@ -4,14 +4,18 @@ name the file, the line and the field (``pi4.yaml:12: link.up_mbps: expected a p
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import yaml
 
 from edgeflowd.errors import ProfileError
 
-__all__ = ["YamlDoc", "check_keys", "number", "read_text", "require"]
+__all__ = ["YamlDoc", "check_keys", "convert", "number", "read_text"]
+
+T = TypeVar("T")
 
 
 class YamlDoc:
@@ -63,16 +67,6 @@ class YamlDoc:
         return ProfileError(f"{self.source}:{self.line(path)}: {dotted or '(top)'}: {message}")
 
 
-def require(doc: YamlDoc, data: Any, path: tuple[str | int, ...], key: str, default: Any = ...) -> Any:
-    if not isinstance(data, dict):
-        raise doc.error(path, f"expected a mapping, got {type(data).__name__}")
-    if key not in data:
-        if default is ...:
-            raise doc.error(path, f"missing required field {key!r}")
-        return default
-    return data[key]
-
-
 def number(doc: YamlDoc, value: Any, path: tuple[str | int, ...], minimum: float = 0.0, strict: bool = True) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= minimum if strict else value < minimum):
@@ -85,6 +79,55 @@ def check_keys(doc: YamlDoc, data: dict[str, Any], path: tuple[str | int, ...], 
     for key in data:
         if key not in allowed:
             raise doc.error((*path, key), f"unknown field (expected one of {', '.join(sorted(allowed))})")
+
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?:key` in `)?\$(?P<path>[^`]*)`)?$", re.S)
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")
+_PLAIN = (  # msgspec's words -> the ones a person editing YAML reads more easily
+    (re.compile(r"^Expected `float` > 0\.0$"), "expected a positive number"),
+    (re.compile(r"^Expected `float` >= 0\.0$"), "expected a number >= 0.0"),
+    (re.compile(r"^Expected `float` < 1000000000000\.0$"), "expected a finite number"),
+    (re.compile(r"^Expected `int` >= 1$"), "expected a positive integer"),
+    (re.compile(r"^Expected `float` < 1\.0$"), "expected a CPU fraction in [0, 1)"),
+    (re.compile(r"^Expected `str` matching regex .*$"), "expected a name without '/', '#', '+'"),
+    (re.compile(r"^Expected `(float|int)`, got `\w+`$"), "expected a number"),
+    (re.compile(r"^Object missing required field `(\w+)`$"), "missing required field '\\1'"),
+    (re.compile(r"^Expected `object`, got `\w+`$"), "expected a mapping"),
+    (re.compile(r"^Expected `array` of length >= 1$"), "expected a non-empty list"),
+)
+
+
+def convert(doc: YamlDoc, data: Any, path: tuple[str | int, ...], cls: type[T]) -> T:
+    """``data`` (found at ``path`` in ``doc``) as a ``cls``, one of the formats declared in
+    :mod:`edgeflowd.profiles.formats`; raises :class:`ProfileError` naming the file, the line,
+    the field and the value at fault."""
+    try:
+        return msgspec.convert(data, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _refusal(doc, data, path, str(exc)) from exc
+
+
+def _refusal(doc: YamlDoc, data: Any, path: tuple[str | int, ...], text: str) -> ProfileError:
+    match = _AT.match(text)
+    message, at = (match["message"], match["path"] or "") if match else (text, "")
+    steps: list[str | int] = [int(m[2]) if m[2] else m[1] for m in _STEP.finditer(at) if m[1] or m[2]]
+    unknown = re.match(r"Object contains unknown field `(\w+)`", message)
+    kind = re.match(r"Invalid enum value '(.*)'$", message)
+    if unknown:
+        steps.append(unknown[1])
+        message = "unknown field"
+    elif kind and "key` in" in text:
+        steps.append(kind[1])
+        message = "unknown op kind"
+    for pattern, plain in _PLAIN:
+        message = pattern.sub(plain, message)
+    value: Any = data
+    for step in steps:  # the value at fault, when the error is about one
+        held = isinstance(value, dict) and step in value
+        listed = isinstance(value, list) and isinstance(step, int) and step < len(value)
+        value = value[step] if held or listed else ...
+    shown = f", got {value!r}" if value is not ... and not isinstance(value, (dict, list)) and not unknown else ""
+    return doc.error((*path, *steps), f"{message[:1].lower()}{message[1:]}{shown}")
 
 
 def read_text(path: Path) -> str:
