@@ -20,9 +20,10 @@ DEB_OUT   ?= dist
 .PHONY: install test test-fast test-vision test-brokers lint demo bench deb clean
 
 $(STAMP): pyproject.toml Makefile
-	@if [ "$$(id -u)" = 0 ] && ! command -v mosquitto >/dev/null 2>&1; then \
-		echo "installing mosquitto (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	@# Mosquitto for the tests' broker; systemd-container for the test that boots the package under systemd.
+	@if [ "$$(id -u)" = 0 ] && { ! command -v mosquitto >/dev/null 2>&1 || ! command -v systemd-nspawn >/dev/null 2>&1; }; then \
+		echo "installing mosquitto and systemd-container (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients systemd-container >/dev/null; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)

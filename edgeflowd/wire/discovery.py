@@ -104,8 +104,13 @@ def _online(device: str, topic: str) -> tuple[str, _Component]:
     return "online", msgspec.structs.replace(component, payload_on="ON", payload_off="OFF")
 
 
-def _encode(config: _Config) -> bytes:
-    return msgspec.json.encode(config)
+def _announced(
+    prefix: str, device: str, name: str, model: str, version: str, components: dict[str, _Component], status: str
+) -> tuple[str, bytes]:
+    """(topic, payload) of one device's config, available while ``status`` says online."""
+    origin = _Origin(model.split(maxsplit=1)[0], version)
+    config = _Config(_Device([device], name, model, version), origin, components, [_Availability(status)])
+    return discovery_topic(prefix, device), msgspec.json.encode(config)
 
 
 def node_config(topics: Topics, cluster: str, node: str, version: str, prefix: str) -> tuple[str, bytes]:
@@ -140,13 +145,7 @@ def node_config(topics: Topics, cluster: str, node: str, version: str, prefix: s
             ),
         ]
     )
-    config = _Config(
-        _Device([device], f"EdgeFlow {node}", "edgeflowd", version),
-        _Origin("edgeflowd", version),
-        components,
-        [_Availability(status)],
-    )
-    return discovery_topic(prefix, device), _encode(config)
+    return _announced(prefix, device, f"EdgeFlow {node}", "edgeflowd", version, components, status)
 
 
 def controller_config(topics: Topics, cluster: str, version: str, prefix: str) -> tuple[str, bytes]:
@@ -170,10 +169,5 @@ def controller_config(topics: Topics, cluster: str, version: str, prefix: str) -
             _sensor(device, "single_ms", "Best single device", costs, "{{ value_json.single_ms | round(1) }}", "ms"),
         ]
     )
-    config = _Config(
-        _Device([device], f"EdgeFlow controller {cluster}", "edgeflow controller", version),
-        _Origin("edgeflow", version),
-        components,
-        [_Availability(status)],
-    )
-    return discovery_topic(prefix, device), _encode(config)
+    name = f"EdgeFlow controller {cluster}"
+    return _announced(prefix, device, name, "edgeflow controller", version, components, status)
