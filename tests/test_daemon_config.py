@@ -247,3 +247,12 @@ def test_the_inbound_queue_holds_at_most_buffer_mb_of_data_payloads() -> None:
     for part in range(8):
         daemon._on_wire(topics.blob("a" * 64, part), bytes(1 << 20))
     assert daemon.events.qsize() == 12
+
+
+def test_a_file_that_cannot_be_read_says_so_beside_what_it_leaves_unset(tmp_path: Path) -> None:
+    path = tmp_path / "edgeflowd.yaml"
+    path.write_text("node_id: a\ncluster: lab\ncluster: lab2\n")  # a repeated key: the file is not read
+    assert read_config(path, {}, {}).errors == [
+        f"{path}:3: cluster: repeated key (first at line 2)",
+        f"default: node_id must be set and contain no '/', '#', '+' (got '') ({path} could not be read: see above)",
+    ]

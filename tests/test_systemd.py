@@ -4,7 +4,8 @@ stays), with Mosquitto on this machine's loopback. Boot 1 installs the package (
 returns; the unit is enabled, not started, its configuration not yet valid) and configures it.
 Boot 2 reaches ``multi-user.target`` with the daemon active and ``READY`` though nothing is
 deployed (STATUS: waiting for an assignment); a deploy from this machine reaches it and requests
-through it are exact; ``systemctl stop`` publishes offline; a configuration error fails the start
+through it are exact; a frozen daemon (SIGSTOP) is restarted by the watchdog (shortened to 6 s by a
+drop-in); ``systemctl stop`` publishes offline; a configuration error fails the start
 without a restart loop; the journal holds the daemon's lines. Needs root and ``systemd-nspawn``
 (``apt-get install systemd-container``; ``make install`` does as root), else it is skipped."""
 
@@ -56,6 +57,8 @@ echo "enabled=$(systemctl is-enabled edgeflowd) active=$(systemctl is-active edg
 sed -i "s#^broker: .*#broker: mqtt://127.0.0.1:{port}#; s#^cluster: .*#cluster: {cluster}#" /etc/edgeflow/edgeflowd.yaml
 echo 'node_id: {node}' >> /etc/edgeflow/edgeflowd.yaml
 echo 'PYTHONPATH=/mnt/site' >> /etc/default/edgeflowd
+mkdir -p /etc/systemd/system/edgeflowd.service.d  # the unit's 60 s watchdog, shortened for the test
+printf '[Service]\nWatchdogSec=6\n' > /etc/systemd/system/edgeflowd.service.d/watchdog.conf
 """
 
 RUN = """set -x
@@ -64,6 +67,12 @@ reached=$(systemctl show multi-user.target -P ActiveEnterTimestampMonotonic)
 echo "multi-user.target after $(( (reached - up) / 1000 )) ms"
 echo "state=$(systemctl is-active edgeflowd) $(systemctl show edgeflowd -p StatusText)"
 touch /mnt/out/checked
+for i in $(seq 240); do [ -e /mnt/out/freeze ] && break; sleep 0.5; done
+frozen=$(systemctl show -P MainPID edgeflowd); kill -STOP "$frozen"
+for i in $(seq 120); do [ "$(systemctl show -P NRestarts edgeflowd)" = 1 ] && break; sleep 0.5; done
+for i in $(seq 120); do [ "$(systemctl is-active edgeflowd)" = active ] && break; sleep 0.5; done
+restarts=$(systemctl show -P NRestarts edgeflowd); pid=$(systemctl show -P MainPID edgeflowd)
+echo "after the freeze: NRestarts=$restarts $(systemctl is-active edgeflowd) pid $frozen -> $pid"
 for i in $(seq 240); do [ -e /mnt/out/stop ] && break; sleep 0.5; done
 systemctl stop edgeflowd; echo "stopped=$(systemctl is-active edgeflowd)"
 echo 'colour: red' >> /etc/edgeflow/edgeflowd.yaml
@@ -118,17 +127,19 @@ def _sweep_nspawn() -> None:
                 subprocess.run(["rmdir", str(path)], capture_output=True, check=False)
 
 
-def _site(into: Path) -> Path:
+def _site(into: Path) -> tuple[Path, Path]:
     """torch and what it needs, as a board's own install would provide beside the package's venv
-    (the .deb is built without torch): this environment's packages, less EdgeFlow itself."""
+    (the .deb is built without torch): this environment's packages, less EdgeFlow itself, as
+    links into where the container mounts them (``/mnt/hostsite``: the service's PrivateTmp
+    would hide a checkout under /tmp). Returns (the links, the packages)."""
     import torch  # noqa: PLC0415 - only to find this environment's site-packages
 
     packages = Path(torch.__file__).parents[1]
     into.mkdir()
     for entry in packages.iterdir():
         if not entry.name.startswith(("edgeflow", "__editable__", "_edgeflow")) and entry.suffix != ".pth":
-            (into / entry.name).symlink_to(entry)
-    return into
+            (into / entry.name).symlink_to(Path("/mnt/hostsite") / entry.name)
+    return into, packages
 
 
 def _boot(root: Path, probe: Path, script: str, binds: list[str], wait: bool = True) -> subprocess.Popen[str]:
@@ -153,12 +164,14 @@ def _boot(root: Path, probe: Path, script: str, binds: list[str], wait: bool = T
     return boot
 
 
-def _status(broker: Broker, wanted: str, timeout_s: float) -> Status:
+def _status(broker: Broker, wanted: str, timeout_s: float, other_than: str = "", of: str = "") -> Status:
+    """The node's status once it says ``wanted`` (from an instance other than ``other_than``, or
+    from instance ``of``)."""
     conn, messages = listen(broker.settings, "systemd-test", [Topics(CLUSTER).node(NODE, "status")])
     try:
         for topic, payload in received(messages, timeout_s):
             status = decode_control(payload, topic, Status)
-            if status.state == wanted:
+            if status.state == wanted and status.instance != other_than and status.instance == (of or status.instance):
                 return status
     finally:
         conn.stop()
@@ -171,12 +184,12 @@ def test_the_package_under_systemd(overlay_root: Path, tmp_path: Path, capsys: p
         folder.mkdir()
     _run("make", "-C", REPO, "deb", "DEB_TORCH=none", f"DEB_OUT={dist}")
     (deb,) = dist.glob("edgeflowd_*.deb")
-    site = _site(tmp_path / "site")
+    site, packages = _site(tmp_path / "site")
     with mosquitto_broker(tmp_path) as broker:
         (probe / "install").write_text(INSTALL.format(port=broker.port, cluster=CLUSTER, node=NODE))
         (probe / "run").write_text(RUN.format(node=NODE))
         binds = [f"--bind-ro={probe}:/mnt/probe", f"--bind-ro={dist}:/mnt/deb", f"--bind={out}:/mnt/out"]
-        binds += [f"--bind-ro={site}:/mnt/site"]
+        binds += [f"--bind-ro={site}:/mnt/site", f"--bind-ro={packages}:/mnt/hostsite"]
         (dist / "edgeflowd.deb").symlink_to(deb.name)
 
         _boot(overlay_root, probe, "install", binds)
@@ -203,10 +216,12 @@ def test_the_package_under_systemd(overlay_root: Path, tmp_path: Path, capsys: p
             assert code == 0, said
             code, said = run_cli(capsys, "infer", "--model", "small_dag", "--cluster", CLUSTER, *where, "--check")
             assert code == 0 and ": ok" in said, said
+            (out / "freeze").touch()  # SIGSTOP: the watchdog restarts it, a new instance comes online
+            restarted = _status(broker, "online", 120, other_than=online.instance)
             (out / "stop").touch()
-            offline = _status(broker, "offline", 60)
-            assert offline.instance == online.instance
+            offline = _status(broker, "offline", 60, of=restarted.instance)  # said by the stop, not a will
             assert boot.wait(120) == 0, boot.stderr.read() if boot.stderr else ""
+            print(f"instances: {online.instance} frozen, {restarted.instance} restarted, {offline.instance} stopped")
         finally:
             (out / "stop").touch()
             if boot.poll() is None:
@@ -218,6 +233,7 @@ def test_the_package_under_systemd(overlay_root: Path, tmp_path: Path, capsys: p
     assert reached, ran
     print(f"booted to multi-user.target in {int(reached[1]) / 1e3:.2f} s, nothing deployed")
     assert "state=active StatusText=connected to" in ran and "waiting for an assignment" in ran
+    assert re.search(r"after the freeze: NRestarts=1 active pid (\d+) -> (?!\1)\d+", ran), ran
     assert "stopped=inactive" in ran
     broken = re.search(r"broken: (.*)", ran)
     assert broken and "NRestarts=0" in broken[1] and "ExecMainStatus=2" in broken[1], ran

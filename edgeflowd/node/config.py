@@ -298,8 +298,10 @@ def read_config(
     process's environment by default), then the non-None ``overrides`` (command-line flags)."""
     report = ConfigReport()
     values: dict[str, Any] = {}
+    unread = False  # the file could not be read as a whole: its settings are not known
     if path is not None:
         values.update(_from_file(Path(path), report))
+        unread = bool(report.errors) and not values
     values.update(_from_environment(os.environ if environ is None else environ, report))
     for key, value in overrides.items():
         if value is not None and key in SETTINGS:
@@ -307,7 +309,11 @@ def read_config(
             report.sources[key] = SETTINGS[key].flag
     report.config = replace(DaemonConfig(), **values)
     problems = report.config.problems()
-    report.errors += [f"{report.source(name)}: {problem}" for name, problem in problems]
+    unknown = f" ({path} could not be read: see above)" if unread else ""
+    report.errors += [
+        f"{report.source(name)}: {problem}{unknown if report.source(name) == 'default' else ''}"
+        for name, problem in problems
+    ]
     if report.config.plugin_modules and not any(name == "plugins" for name, _ in problems):
         for module in report.config.plugin_modules:
             try:  # a plugin that does not import is a configuration error, found before serving
