@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from controller.control.requester import InferenceClient
+from controller.control.traced import request_timeline
 from edgeflowd.core.units import CLIENT
 from tests.cluster import DaemonProcess, mosquitto_broker, run_cli
 
@@ -35,7 +36,7 @@ def test_a_request_is_drawn_as_the_nodes_measured_it(tmp_path: Path, capsys: pyt
             try:
                 results = client.run(iter([torch.randn(client.input_shape) for _ in range(3)]), 1, 30.0)
                 assert all(r.ok for r in results)
-                measured, predicted = client.timeline(results[-1])
+                measured, predicted = request_timeline(client, results[-1])
             finally:
                 client.close()
             latency = results[-1].latency_s

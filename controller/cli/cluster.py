@@ -23,6 +23,7 @@ from controller.cli.args import (
 from controller.control.deploy import deploy_plan
 from controller.control.measured import measured_cluster
 from controller.control.requester import InferenceClient, Result
+from controller.control.traced import draw_request
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.lab.demo import CLUSTER as DEMO_CLUSTER
@@ -104,7 +105,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         tick = progress_bar(len(inputs))
         results = client.run(iter(inputs), args.concurrency, args.timeout, on_result=tick)
         if args.timeline:
-            print(client.draw_timeline(results, args.timeline))
+            print(draw_request(client, results, args.timeline))
     finally:
         client.close()
     info = client.info

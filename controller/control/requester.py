@@ -18,17 +18,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from controller.control.deploy import current_plan
-from controller.control.timeline import measured_timeline, predicted_timeline
-from controller.planner.gantt import draw_timelines
-from controller.planner.simulate import Timeline
 from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import EdgeFlowError, ProtocolError
-from edgeflowd.net.mqtt import Connection, MessageQueue, listen, received
+from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.runtime import Complete, NodeRuntime, Publish
 from edgeflowd.node.slices import BufferFullError, output_needs
@@ -38,9 +34,6 @@ from edgeflowd.wire.messages import (
     Busy,
     Latency,
     PlanInfo,
-    Spans,
-    TimelineDoc,
-    TraceAsk,
     decode_control,
     encode_control,
 )
@@ -318,55 +311,9 @@ class InferenceClient:
         messages, mib = self.traffic.per_request() if self.traffic is not None else (0.0, 0.0)
         return Measurement(results, wall, messages, mib)
 
-    def timeline(self, result: Result, wait_s: float = 10.0) -> tuple[Timeline, Timeline | None]:
-        """How ``result``'s request went, measured on every node of the plan (they keep the last
-        :data:`~edgeflowd.node.spans.KEEP` requests), and the controller's prediction for the plan
-        when it published one."""
-        if not result.ok or result.request not in self._sent_at:
-            raise EdgeFlowError(f"request {result.request} did not complete here: nothing to draw")
-        info, plan_topic = self.info, self.topics.controller("timeline")
-        spans_topic = self.topics.spans(info.plan)
-        if not self.conn.subscribe_wait([spans_topic, plan_topic], qos=1):
-            raise EdgeFlowError(f"{self.conn.broker} did not acknowledge the subscription to {spans_topic}")
-        self.conn.publish(self.topics.trace(info.plan), encode_control(TraceAsk(result.request)), qos=1)
-        answers: dict[str, tuple[Spans, float]] = {}
-        predicted: TimelineDoc | None = None
-        try:
-            for topic, payload in received(self.messages, wait_s):
-                try:
-                    if topic == spans_topic:
-                        spans = decode_control(payload, topic, Spans)
-                        if spans.request == result.request and spans.node in info.nodes:
-                            answers[spans.node] = (spans, time.time())
-                    elif topic == plan_topic and payload:
-                        doc = decode_control(payload, topic, TimelineDoc)
-                        predicted = doc if doc.generation == info.generation else predicted
-                except ProtocolError as exc:
-                    log.warning("ignored: %s", exc)
-                if len(answers) == len(info.nodes) and predicted is not None:
-                    break
-        finally:
-            self.conn.unsubscribe(spans_topic)
-            self.conn.unsubscribe(plan_topic)
-        if not answers:
-            raise EdgeFlowError(f"no node of plan {info.plan} answered for {result.request} within {wait_s:g} s")
-        sent = self._sent_at[result.request]
-        measured = measured_timeline(info.nodes, answers, self.topics, sent, result.latency_s)
-        return measured, predicted_timeline(predicted, info.nodes) if predicted else None
-
-    def draw_timeline(self, results: list[Result], out: str | Path) -> str:
-        """Draw the request of median latency among the last the nodes remember, as measured,
-        under the controller's prediction for the plan; returns what was drawn, to say."""
-        recent = sorted((r for r in results[-KEEP:] if r.ok), key=lambda r: r.latency_s)
-        if not recent:
-            return "no request completed: no timeline to draw"
-        chosen = recent[len(recent) // 2]
-        measured, predicted = self.timeline(chosen)
-        panels = [("predicted", predicted)] if predicted else []
-        title = f"{self.info.model} plan {self.info.plan} ({self.info.method})"
-        draw_timelines([*panels, (f"measured ({chosen.request})", measured)], self.info.nodes, title, out)
-        said = "beside the prediction" if predicted else "(no prediction published for this plan)"
-        return f"wrote {out}: request {chosen.request}, {chosen.latency_s * 1e3:.1f} ms, {said}"
+    def sent_at(self, request: str) -> float | None:
+        """The wall clock when ``request`` was sent (for the last requests only)."""
+        return self._sent_at.get(request)
 
     def _report(self, result: Result) -> None:
         report = Latency(self.info.generation, result.request, round(result.latency_s * 1e3, 3))

@@ -22,6 +22,7 @@ import torch
 
 from controller.control.deploy import deploy_plan
 from controller.control.requester import InferenceClient
+from controller.control.traced import draw_request
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.lab.launch import Broker, DaemonProcess, controller_process, local_broker, wait_online
@@ -70,7 +71,7 @@ def _measure(
     try:
         m = client.measure(inputs, 1, timeout_s=120.0, on_result=progress_bar(len(inputs), f"  {method:<10}"))
         if timeline is not None:
-            say(f"  {client.draw_timeline(m.results, timeline)}")
+            say(f"  {draw_request(client, m.results, timeline)}")
     finally:
         client.close()
     if not m.succeeded:
