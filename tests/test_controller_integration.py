@@ -23,7 +23,7 @@ from controller.control.verify import TOLERANCE, reference_outputs, relative_err
 from controller.lab.launch import controller_process
 from controller.zoo import build_model
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.messages import PlanInfo, decode_control
 from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
 
@@ -153,7 +153,7 @@ def _row_shares(watcher: Watcher, generation: int) -> dict[str, float]:
     rows = {}
     for node in NODES:
         payload = watcher.payload(node, "assignment")
-        assignment = Assignment.from_bytes(payload, node) if payload else None
+        assignment = next(iter(NodeWork.from_bytes(payload, node).plans.values())) if payload else None
         ok = assignment is not None and assignment.generation == generation
         rows[node] = sum(len(u.rows) for u in assignment.units) if ok and assignment else 0
     total = sum(rows.values()) or 1

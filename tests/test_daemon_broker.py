@@ -213,7 +213,7 @@ def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Pat
             conn.publish_wait(topics.node("node-b", "assignment/reported"), encode_control(report), retain=True)
             stopped = make_deployment(planned.plan, graph, nodes, 7, "equal", 1 << 20)  # never completed
             conn.publish_wait(
-                topics.node("node-c", "assignment"), stopped.assignments["node-c"].to_bytes(), retain=True
+                topics.node("node-c", "assignment"), stopped.assignments["node-c"].work().to_bytes(), retain=True
             )
         finally:
             conn.stop()

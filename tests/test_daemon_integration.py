@@ -19,7 +19,7 @@ import torch
 
 from edgeflowd.core.rows import RowRange
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.wire.assignment import Assignment, BlobRef
+from edgeflowd.wire.assignment import Assignment, BlobRef, NodeWork
 from edgeflowd.wire.frames import encode_frames
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, Telemetry, decode_control
 from edgeflowd.wire.topics import Topics
@@ -132,7 +132,8 @@ def test_vision_models_of_every_row_rule_deploy_and_answer_exactly(
 
 def _node_assignment(local: Local, node: str) -> Assignment:
     payload = local.watcher.payload(node, "assignment")
-    return Assignment.from_bytes(payload, "assignment")
+    (assignment,) = NodeWork.from_bytes(payload, "assignment").plans.values()
+    return assignment
 
 
 def _telemetry(local: Local, node: str) -> Telemetry:
@@ -173,7 +174,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
             encode_frames("bad-3", info.plan, "x@d9", need.producer, need.rows, good, 1 << 20, bytes(32))[0],
         ),  # forged
         (topics.node("node-a", "assignment"), b"{not json"),  # garbage assignment (not retained)
-        (topics.node("node-a", "assignment"), json.dumps({"schema": "edgeflow.assignment/1"}).encode()),
+        (topics.node("node-a", "assignment"), json.dumps({"schema": "edgeflow.node-work/1"}).encode()),
     ]
     for t, payload in bad:
         local.watcher.conn.publish(t, payload, qos=1)
@@ -187,7 +188,7 @@ def test_malformed_input_on_every_topic_leaves_the_daemon_serving(
     corrupt = replace(assignment, generation=info.generation + 100, weights=refs)
     local.watcher.conn.publish_wait(topics.blob(fake_sha, 0), b"\x01" * refs[name].nbytes, retain=True)
     try:
-        local.watcher.conn.publish(topics.node("node-a", "assignment"), corrupt.to_bytes(), qos=1)
+        local.watcher.conn.publish(topics.node("node-a", "assignment"), corrupt.work().to_bytes(), qos=1)
         root = local.watcher.root
         local.watcher.wait_for(
             "node-a to refuse the corrupt weight",
@@ -299,7 +300,8 @@ def test_systemd_notify_protocol_over_mqtt_311(local: Local, capsys: pytest.Capt
                     "3.1.1",
                 )
                 assert code == 0, out
-                serving = _notify_messages(sock, "STATUS=serving small_dag plan", 30)
+                serving = _notify_messages(sock, "STATUS=serving generation", 30)
+                assert "small_dag plan" in serving[-1], serving
                 assert not any("READY=1" in m for m in serving), serving  # sent once, at start
                 assert "WATCHDOG=1" in "".join(_notify_messages(sock, "WATCHDOG=1", 5))
                 saved = local.tmp / "out.npy"

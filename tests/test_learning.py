@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from controller.control.learning import (
+    PLANS_KEPT,
     REPLAN_GAIN,
     CostLearner,
     LatencyBook,
@@ -101,10 +102,11 @@ def test_latency_book_keeps_the_last_generations() -> None:
     for ms in (10.0, 30.0, 20.0, 40.0):
         book.add(1, ms)
     assert book.median(1) == (30.0, 3)  # the last three: 30, 20, 40
-    for generation in (2, 3, 4):
+    newer = range(2, 2 + PLANS_KEPT)  # as many newer generations as are kept
+    for generation in newer:
         book.add(generation, 5.0)
     assert book.median(1) == (0.0, 0)
-    assert book.median(4) == (5.0, 1)
+    assert book.median(newer[-1]) == (5.0, 1)
 
 
 def test_published_costs_read_back_as_the_same_device() -> None:

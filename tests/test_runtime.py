@@ -259,9 +259,10 @@ def test_blob_refs_validate_their_fields() -> None:
 
 
 def _forged(assignment: Assignment, generation: int, change: object) -> bytes:
-    data = json.loads(assignment.to_bytes())
-    data["generation"] = generation
-    change(data)  # type: ignore[operator]
+    """The node's work of ``assignment`` alone, under ``generation``, its plan changed by ``change``."""
+    data = json.loads(assignment.work().to_bytes())
+    data["plans"][0]["generation"] = generation
+    change(data["plans"][0])  # type: ignore[operator]
     return json.dumps(data).encode()
 
 
@@ -274,18 +275,18 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     good = deployment.assignments["n0"]
     topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
-    actions = machine.on_assignment(good.to_bytes(), topic, 0.0)
+    actions = machine.on_assignment(good.work().to_bytes(), topic, 0.0)
     for sha in good.weights.values():
         ref, raw = deployment.blobs[sha.sha256]
         for part, chunk in enumerate(split_blob(raw, ref)):
             actions += machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
     activated = [a for a in actions if isinstance(a, Activate)]
     assert activated and machine.current is None  # served only once the daemon's runtime is built
-    assert [(r.generation, r.state) for r in machine.activated(good) if isinstance(r, Report)] == [
+    assert [(r.generation, r.state) for r in machine.activated(good.work()) if isinstance(r, Report)] == [
         (good.generation, "ready")
     ]
-    assert machine.current == good
-    weights = {name: t.clone() for name, t in activated[0].tensors.items()}
+    assert machine.current == good.work()
+    weights = {name: t.clone() for name, t in activated[0].tensors[good.model].items()}
     weight = next(iter(good.weights))
 
     def writes_a_weight(d: dict[str, Any]) -> None:
@@ -298,10 +299,10 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     assert (report.generation, report.state) == (good.generation + 1, "error")
     assert "writes in place" in report.error and f"still serving generation {good.generation}" in report.error
     assert not report.retain  # heard by deploy; the retained report keeps saying what is served
-    assert machine.current == good
-    again = machine.on_assignment(good.to_bytes(), topic, 2.0)  # the original, retained again
+    assert machine.current == good.work()
+    again = machine.on_assignment(good.work().to_bytes(), topic, 2.0)  # the original, retained again
     assert [(a.generation, a.state) for a in again if isinstance(a, Report)] == [(good.generation, "ready")]
-    assert all(torch.equal(activated[0].tensors[n], weights[n]) for n in weights)  # nothing wrote to them
+    assert all(torch.equal(activated[0].tensors[good.model][n], weights[n]) for n in weights)  # nothing wrote to them
     # Bytes that are no assignment at all (nor name a generation) change nothing in the report.
     noise = machine.on_assignment(b"{]", topic, 3.0)
     assert [(a.generation, a.state) for a in noise if isinstance(a, Report)] == [(good.generation, "ready")]
@@ -309,7 +310,7 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     older = machine.on_assignment(_forged(good, good.generation - 1, lambda d: None), topic, 4.0)
     (stale,) = [a for a in older if isinstance(a, Report)]
     assert (stale.generation, stale.state, stale.retain) == (good.generation - 1, "error", False)
-    assert f"older than generation {good.generation}" in stale.error and machine.current == good
+    assert f"older than generation {good.generation}" in stale.error and machine.current == good.work()
     # The same generation with a refused content (a broker that lost its state) is not "ready".
     same = machine.on_assignment(_forged(good, good.generation, writes_a_weight), topic, 5.0)
     assert [(a.generation, a.state, a.retain) for a in same if isinstance(a, Report)] == [
@@ -336,15 +337,15 @@ def test_an_assignment_under_a_generation_already_served_but_other_content_is_ta
     assert good.generation == changed.generation and good.weights != changed.weights
     topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
-    machine.on_assignment(good.to_bytes(), topic, 0.0)
+    machine.on_assignment(good.work().to_bytes(), topic, 0.0)
     for ref, raw in deployment.blobs.values():
         for part, chunk in enumerate(split_blob(raw, ref)):
             machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
-    machine.activated(good)
-    assert machine.current == good
-    actions = machine.on_assignment(changed.to_bytes(), topic, 1.0)
+    machine.activated(good.work())
+    assert machine.current == good.work()
+    actions = machine.on_assignment(changed.work().to_bytes(), topic, 1.0)
     assert not any(isinstance(a, Report) and a.state == "ready" for a in actions)  # nothing claimed
-    assert machine.fetch is not None and machine.fetch[0] == changed  # the new weights are fetched
+    assert machine.fetch is not None and machine.fetch[0] == changed.work()  # the new weights are fetched
 
 
 def test_an_assignment_whose_runtime_cannot_be_built_is_reported_failed_and_the_old_one_served() -> None:
@@ -356,17 +357,19 @@ def test_an_assignment_whose_runtime_cannot_be_built_is_reported_failed_and_the_
     topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
     for assignment, blobs in ((good, deployment.blobs), (new, other.blobs)):
-        actions = machine.on_assignment(assignment.to_bytes(), topic, 0.0)
+        actions = machine.on_assignment(assignment.work().to_bytes(), topic, 0.0)
         for ref, raw in blobs.values():
             for part, chunk in enumerate(split_blob(raw, ref)):
                 actions += machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
-        assert [a.assignment for a in actions if isinstance(a, Activate)] == [assignment]
+        assert [a.work for a in actions if isinstance(a, Activate)] == [assignment.work()]
         if assignment is good:
-            machine.activated(good)
-    (report,) = [a for a in machine.not_activated(new, "no room for the packed weights") if isinstance(a, Report)]
+            machine.activated(good.work())
+    (report,) = [
+        a for a in machine.not_activated(new.work(), "no room for the packed weights") if isinstance(a, Report)
+    ]
     assert (report.generation, report.state, report.retain) == (6, "error", False)
     assert "no room for the packed weights" in report.error and "still serving generation 5" in report.error
-    assert machine.current == good
+    assert machine.current == good.work()
     assert all(machine.store.get(ref) is not None for ref in good.weights.values())  # the old weights stay
-    again = machine.on_assignment(good.to_bytes(), topic, 1.0)  # a reconnect replays what is served
+    again = machine.on_assignment(good.work().to_bytes(), topic, 1.0)  # a reconnect replays what is served
     assert [(a.generation, a.state) for a in again if isinstance(a, Report)] == [(5, "ready")]

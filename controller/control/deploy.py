@@ -20,7 +20,7 @@ from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen, received
 from edgeflowd.net.settings import BrokerSettings
-from edgeflowd.wire.assignment import AssignmentDoc
+from edgeflowd.wire.assignment import NodeWorkDoc
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, decode_control
 from edgeflowd.wire.schema import decode
 from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
@@ -85,7 +85,7 @@ def held_generations(topics: Topics, messages: MessageQueue, wait_s: float) -> t
             elif isinstance(about, NodeTopic) and about.leaf == "assignment/reported":
                 newest = max(newest, decode_control(payload, topic, AssignmentReport).generation)
             elif isinstance(about, NodeTopic) and about.leaf == "assignment":
-                newest = max(newest, decode(payload, AssignmentDoc, topic).generation)
+                newest = max(newest, *(p.generation for p in decode(payload, NodeWorkDoc, topic).plans))
         except ProtocolError as exc:
             log.warning("ignored: %s", exc)
     return plan, newest

@@ -18,7 +18,18 @@ from edgeflowd.wire.frames import FrameKeys
 from edgeflowd.wire.messages import Interval, Output, PlanInfo, Sender, TimelineDoc
 from edgeflowd.wire.units import unit_doc
 
-__all__ = ["Deployment", "make_deployment"]
+__all__ = ["Deployment", "generation_of", "make_deployment", "plan_id"]
+
+
+def plan_id(generation: int) -> str:
+    """The plan id of ``generation``: the topic level of its data plane."""
+    return f"g{generation}"
+
+
+def generation_of(plan: str) -> int:
+    """The generation a plan id names (-1: not one of ours)."""
+    digits = plan[1:]
+    return int(digits) if plan.startswith("g") and digits.isdigit() else -1
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ def make_deployment(
         raise PlanError(f"plan is for {plan.n_devices} devices, the cluster has {len(nodes)} nodes")
     for unit in plan.units:  # plans made deployable place plugin ops; nothing places these
         refuse_unpluggable(unit.layer, [op.target for op in unit.ops if not op.portable])
-    plan_id = f"g{generation}"
+    pid = plan_id(generation)
     blobs: dict[str, tuple[BlobRef, bytes]] = {}
     refs: dict[str, BlobRef] = {}
     for name in sorted({n for u in plan.units for n in u.const_names()}):
@@ -63,13 +74,13 @@ def make_deployment(
     for device, node in enumerate(nodes):
         units = tuple(plan.on_device(device))
         weights = {n: refs[n] for u in units for n in u.const_names()}
-        assignments[node] = Assignment(generation, plan_id, plan.model, node, device, units, weights, keys)
+        assignments[node] = Assignment(generation, pid, plan.model, node, device, units, weights, keys)
     sources = [unit_doc(u) for u in clients]
     outputs = [Output(name, graph[name].out_shape, _senders(plan, name, nodes)) for name in plan.outputs]
     source_shape = graph.sources[0].out_shape if graph.sources else ()
     info = PlanInfo(
         generation=generation,
-        plan=plan_id,
+        plan=pid,
         model=plan.model,
         method=method,
         input_shape=list(source_shape),

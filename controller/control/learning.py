@@ -34,6 +34,7 @@ from edgeflowd.profiles.devices import Cluster, Device, Link
 from edgeflowd.wire.messages import Costs, NodeCosts
 
 __all__ = [
+    "PLANS_KEPT",
     "PREDICTION_OFF",
     "REPLAN_GAIN",
     "SINGLE_MARGIN",
@@ -49,7 +50,7 @@ __all__ = [
     "verdict",
 ]
 
-_PLANS_KEPT = 3  # generations whose late reports are still matched to their units
+PLANS_KEPT = 6  # generations (of every model) whose late reports are still matched to their units
 SINGLE_MARGIN = 1.1  # a split this much slower than the best single device's prediction: re-plan
 PREDICTION_OFF = 0.2  # a measured median this far from the prediction: re-plan with the corrected model
 REPLAN_GAIN = 0.05  # a new plan on the nodes that run the live one must be predicted this much faster
@@ -111,7 +112,7 @@ class CostLearner:
     def add_plan(self, generation: int, plan: Plan, graph: LayerGraph, nodes: list[str]) -> None:
         """``nodes[d]`` ran plan device ``d`` in ``generation``."""
         self.plans[generation] = (plan, graph, list(nodes))
-        for old in sorted(self.plans)[:-_PLANS_KEPT]:
+        for old in sorted(self.plans)[:-PLANS_KEPT]:
             del self.plans[old]
         self._terms = {k: v for k, v in self._terms.items() if k[0] in self.plans}
 
@@ -177,7 +178,7 @@ class LatencyBook:
 
     def add(self, generation: int, ms: float) -> None:
         self._ms.setdefault(generation, deque(maxlen=self.keep)).append(ms)
-        for old in sorted(self._ms)[:-_PLANS_KEPT]:
+        for old in sorted(self._ms)[:-PLANS_KEPT]:
             del self._ms[old]
 
     def median(self, generation: int) -> tuple[float, int]:

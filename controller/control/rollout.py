@@ -19,11 +19,11 @@ from controller.control.deployment import Deployment
 from controller.control.learning import row_shares
 from controller.planner.methods import Planned
 from edgeflowd.profiles.devices import Cluster
-from edgeflowd.wire.assignment import split_blob
+from edgeflowd.wire.assignment import NodeWork, split_blob
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, encode_control
 from edgeflowd.wire.topics import Topics
 
-__all__ = ["Publication", "Rolling", "Rollout", "completion_messages", "rollout_messages"]
+__all__ = ["Publication", "Rolling", "Rollout", "completion_messages", "rollout_messages", "works_with"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,24 @@ class Publication:
     payload: bytes
 
 
+def works_with(deployment: Deployment, works: Mapping[str, NodeWork] | None = None) -> dict[str, NodeWork]:
+    """What each node of ``deployment`` runs once it is out: its work in ``works`` (what its
+    retained assignment holds now: the other models' plans) with this model's plan replaced."""
+    works, model = works or {}, deployment.info.model
+    return {n: works.get(n, NodeWork(n, {})).replace(a, model) for n, a in deployment.assignments.items()}
+
+
 def rollout_messages(
-    topics: Topics, deployment: Deployment, held: Mapping[str, int] | None = None
+    topics: Topics,
+    deployment: Deployment,
+    held: Mapping[str, int] | None = None,
+    works: Mapping[str, NodeWork] | None = None,
 ) -> list[Publication]:
     """Blobs first, then assignments: a node that reads its assignment finds every blob retained.
     ``held``: the blobs (sha256 -> parts) of the plan summary the broker holds, read from it on
     this connection; blobs are content-addressed, so those of them the new plan uses (all of
-    them, when a re-plan only moves rows) are not published again."""
+    them, when a re-plan only moves rows) are not published again. ``works``: each node's current
+    work, whose other models' plans each node's new assignment carries on (:func:`works_with`)."""
     held = held or {}
     out = [
         Publication(topics.blob(sha, part), payload)
@@ -48,25 +59,38 @@ def rollout_messages(
         if held.get(sha) != ref.parts
         for part, payload in enumerate(split_blob(raw, ref))
     ]
-    out += [Publication(topics.node(n, "assignment"), a.to_bytes()) for n, a in deployment.assignments.items()]
+    out += [Publication(topics.node(n, "assignment"), w.to_bytes()) for n, w in works_with(deployment, works).items()]
     return out
 
 
 def completion_messages(
-    topics: Topics, deployment: Deployment, previous: PlanInfo | None, others: Sequence[str] = (), admits: int = 0
+    topics: Topics,
+    deployment: Deployment,
+    previous: PlanInfo | None,
+    others: Sequence[str] = (),
+    admits: int = 0,
+    works: Mapping[str, NodeWork] | None = None,
 ) -> list[Publication]:
     """The plan summary (with ``admits``: :attr:`Rollout.admits`), then the retained assignments of
     ``others`` (nodes of the cluster that the new plan leaves out: one coming back must run nothing
-    stale) and the blobs only ``previous`` used (they would otherwise stay retained forever)."""
+    stale of this model; ``works``: what each runs now, the other models' plans of which it keeps)
+    and the blobs only ``previous`` used (they would otherwise stay retained forever), unless
+    another model's plan in ``works`` uses them."""
     info = msgspec.structs.replace(deployment.info, admits=admits)
+    works, model = works or {}, deployment.info.model
     out = []
     if deployment.timeline is not None:  # first: a requester that reads the plan finds its prediction
         out.append(Publication(topics.controller("timeline"), encode_control(deployment.timeline)))
     out.append(Publication(topics.controller("plan"), encode_control(info)))
-    out += [Publication(topics.node(n, "assignment"), b"") for n in others if n not in deployment.assignments]
+    out += [
+        Publication(topics.node(n, "assignment"), works.get(n, NodeWork(n, {})).replace(None, model).to_bytes())
+        for n in others
+        if n not in deployment.assignments
+    ]
+    shared = {r.sha256 for w in works.values() for m, a in w.plans.items() if m != model for r in a.weights.values()}
     if previous is not None:
         for sha, parts in sorted(previous.blobs.items()):
-            if sha not in deployment.blobs:
+            if sha not in deployment.blobs and sha not in shared:
                 out += [Publication(topics.blob(sha, part), b"") for part in range(parts)]
     return out
 

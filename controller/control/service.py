@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from controller.control.dashboard import Dashboard, Request
-from controller.control.deployment import make_deployment
+from controller.control.deployment import generation_of, make_deployment
 from controller.control.learning import (
     CostLearner,
     LatencyBook,
@@ -49,7 +49,7 @@ from controller.control.registry import (
     others_load,
     reference_device,
 )
-from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
+from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages, works_with
 from controller.graph.trace import trace_model
 from controller.planner.fit import Case, fit_message_work, with_message_work
 from controller.planner.methods import METHODS, plan_model
@@ -59,6 +59,7 @@ from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, queued
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.discovery import HA_STATUS_ONLINE
 from edgeflowd.wire.messages import (
     ControllerEvent,
@@ -122,6 +123,7 @@ class ControllerService:
         self.generation = -1
         self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
         self._held: dict[str, int] = {}  # blobs of the plan summary the broker holds (as it last said)
+        self.works: dict[str, NodeWork] = {}  # each node's retained assignment, as published last
         self.rolling: Rolling | None = None
         self._next_generation = 1
         self._dirty_since: float | None = None
@@ -262,7 +264,9 @@ class ControllerService:
         now = self.clock()
         device = next(d for d in self.cluster.devices if d.id == node)
         reference = reference_device(device, self.registry.views[node])
-        fit = self.learner.observe(node, telemetry.generation, telemetry.unit_s, reference, now)
+        fit = self.learner.observe(node, telemetry.generation, {}, reference, now)
+        for plan, unit_s in telemetry.unit_s.items():  # one entry per plan (model) it ran
+            fit = self.learner.observe(node, generation_of(plan), unit_s, reference, now)
         live = self.live
         if fit is None or live is None or node not in live.rollout.nodes:
             load = others_load(telemetry)
@@ -403,8 +407,9 @@ class ControllerService:
             self._failed(reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment, self._held):
+        for publication in rollout_messages(self.topics, deployment, self._held, self.works):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        self.works.update(works_with(deployment, self.works))
         self._published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
@@ -424,8 +429,12 @@ class ControllerService:
         self.rolling = None
         deployment = rolling.rollout.deployment
         others = [d.id for d in self.cluster.devices]
-        for publication in completion_messages(self.topics, deployment, self.deployed, others, rolling.rollout.admits):
+        admits = rolling.rollout.admits
+        for publication in completion_messages(self.topics, deployment, self.deployed, others, admits, self.works):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        for node in others:
+            if node not in deployment.assignments and node in self.works:
+                self.works[node] = self.works[node].replace(None, deployment.info.model)
         info = self.deployed = deployment.info
         self._held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         live = rolling.rollout.nodes

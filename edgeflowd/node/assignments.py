@@ -1,11 +1,12 @@
 """What a node runs, and the weights it still waits for, as a state machine: the retained
-assignment, blob parts and ``now`` in, actions out (subscribe to a blob, report, activate).
+assignment (the node's :class:`~edgeflowd.wire.assignment.NodeWork`: a plan per model), blob
+parts and ``now`` in, actions out (subscribe to a blob, report, activate).
 
-A new generation starts a fetch of the blobs the weight store lacks; once every blob is held and
-hash-checked, :class:`Activate` hands the assignment and its tensors to the daemon, which switches
-its runtime and says whether it could (:meth:`Assignments.activated`,
-:meth:`Assignments.not_activated`): only a runtime that was built makes an assignment the one
-served and reported ready. The current assignment again (a reconnect replays the retained copy)
+New work starts a fetch of the blobs the weight store lacks; once every blob is held and
+hash-checked, :class:`Activate` hands the work and its tensors to the daemon, which switches
+its runtimes and says whether it could (:meth:`Assignments.activated`,
+:meth:`Assignments.not_activated`): only runtimes that were built make work the one
+served and reported ready. The current work again (a reconnect replays the retained copy)
 is answered with its report; an older generation is ignored; a fetch that stalls is abandoned with an error
 report. Sockets and threads stay in the daemon; the weight store is the caller's.
 """
@@ -21,7 +22,7 @@ import torch
 
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.node.weights import WeightFetch, WeightStore
-from edgeflowd.wire.assignment import Assignment, AssignmentDoc, BlobRef
+from edgeflowd.wire.assignment import BlobRef, NodeWork, NodeWorkDoc
 from edgeflowd.wire.schema import decode
 from edgeflowd.wire.topics import Topics
 
@@ -61,10 +62,11 @@ class Say:
 
 @dataclass(frozen=True)
 class Activate:
-    """Run ``assignment`` with ``tensors`` from now on; ``None``: the assignment was cleared."""
+    """Run ``work`` from now on, each model's plan with its ``tensors[model]``; ``None``: the
+    assignment was cleared."""
 
-    assignment: Assignment | None
-    tensors: Mapping[str, torch.Tensor]
+    work: NodeWork | None
+    tensors: Mapping[str, Mapping[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ AssignmentAction = Subscribe | Unsubscribe | Report | Say | Activate | Refuse
 
 
 class Assignments:
-    """The current assignment and the fetch of the next one, for node ``node``."""
+    """The current work and the fetch of the next, for node ``node``."""
 
     def __init__(
         self,
@@ -93,8 +95,8 @@ class Assignments:
         self.topics = topics
         self.store = store
         self.timeout_s = timeout_s
-        self.current: Assignment | None = None
-        self.fetch: tuple[Assignment, WeightFetch] | None = None
+        self.current: NodeWork | None = None
+        self.fetch: tuple[NodeWork, WeightFetch] | None = None
 
     def on_assignment(self, payload: bytes, topic: str, now: float) -> list[AssignmentAction]:
         """The retained assignment changed; a malformed one is reported and refused."""
@@ -102,35 +104,36 @@ class Assignments:
             self.current = None
             return [*self._cancel(), Activate(None, {}), Say("assignment cleared; idle")]
         try:
-            assignment = Assignment.from_bytes(payload, topic, self.plugins)
-            if assignment.node != self.node:
-                raise ProtocolError(f"{topic}: assignment is for node {assignment.node!r}, not {self.node!r}")
+            work = NodeWork.from_bytes(payload, topic, self.plugins)
+            if work.node != self.node:
+                raise ProtocolError(f"{topic}: assignment is for node {work.node!r}, not {self.node!r}")
         except ProtocolError as exc:
             return [*self._refused(payload, topic, str(exc)), Refuse(str(exc))]
         current = self.current
-        if current is not None and assignment == current:
+        if current is not None and work == current:
             return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
         # Compared whole, never by generation alone: a deploy that reused a generation (a broker
         # that lost its state) with other weights or units is another assignment, and taken as one.
-        if current is not None and assignment.generation < current.generation:
+        if current is not None and work.generation < current.generation:
             reason = (
-                f"generation {assignment.generation} is older than generation {current.generation}, which this "
+                f"generation {work.generation} is older than generation {current.generation}, which this "
                 "node serves (a broker that lost its retained state hands out old generations): deploy again"
             )
             log.warning("node=%s ignores %s", self.node, reason)
-            return [Report(assignment.generation, "error", reason, retain=False)]
+            return [Report(work.generation, "error", reason, retain=False)]
         actions: list[AssignmentAction] = list(self._cancel())
-        fetch = WeightFetch(assignment.weights, self.store, now)
-        self.fetch = (assignment, fetch)
+        weights = {f"{m}/{name}": ref for m, a in work.plans.items() for name, ref in a.weights.items()}
+        fetch = WeightFetch(weights, self.store, now)
+        self.fetch = (work, fetch)
         log.info(
-            "node=%s generation %d: %d units, %d of %d weights to fetch",
+            "node=%s generation %d: %s; %d of %d weights to fetch",
             self.node,
-            assignment.generation,
-            len(assignment.units),
+            work.generation,
+            ", ".join(f"{m} {len(a.units)} units" for m, a in work.plans.items()) or "nothing",
             len(fetch.missing),
-            len(assignment.weights),
+            len(weights),
         )
-        actions.append(Say(f"fetching weights for generation {assignment.generation}"))
+        actions.append(Say(f"fetching weights for generation {work.generation}"))
         actions += [Subscribe(topic) for sha in sorted(fetch.missing) for topic in self._parts(fetch.missing[sha])]
         return actions + self._activate_if_fetched()
 
@@ -148,7 +151,7 @@ class Assignments:
         current = self.current
         serving = self._still_serving()
         try:
-            generation = decode(payload, AssignmentDoc, topic).generation
+            generation = max((p.generation for p in decode(payload, NodeWorkDoc, topic).plans), default=-1)
         except ProtocolError:
             generation = -1
         if current is not None and generation == -1:
@@ -178,28 +181,29 @@ class Assignments:
     def _activate_if_fetched(self) -> list[AssignmentAction]:
         if self.fetch is None or not self.fetch[1].done:
             return []
-        assignment, _ = self.fetch
+        work, _ = self.fetch
         self.fetch = None
-        tensors = {}
-        for name, ref in assignment.weights.items():
-            tensor = self.store.get(ref)
-            if tensor is None:  # pragma: no cover - the fetch is done only when every blob is held
-                raise EdgeFlowError(f"weight {name} vanished from the store")
-            tensors[name] = tensor
-        return [Activate(assignment, tensors)]
+        tensors: dict[str, dict[str, torch.Tensor]] = {}
+        for model, assignment in work.plans.items():
+            for name, ref in assignment.weights.items():
+                tensor = self.store.get(ref)
+                if tensor is None:  # pragma: no cover - the fetch is done only when every blob is held
+                    raise EdgeFlowError(f"weight {name} of {model} vanished from the store")
+                tensors.setdefault(model, {})[name] = tensor
+        return [Activate(work, tensors)]
 
-    def activated(self, assignment: Assignment) -> list[AssignmentAction]:
-        """The daemon runs ``assignment`` now: it is what this node serves, and is reported so."""
-        self.current = assignment
-        self.store.keep_only(ref.sha256 for ref in assignment.weights.values())
-        return [Report(assignment.generation, "ready")]
+    def activated(self, work: NodeWork) -> list[AssignmentAction]:
+        """The daemon runs ``work`` now: it is what this node serves, and is reported so."""
+        self.current = work
+        self.store.keep_only(ref.sha256 for a in work.plans.values() for ref in a.weights.values())
+        return [Report(work.generation, "ready")]
 
-    def not_activated(self, assignment: Assignment, reason: str) -> list[AssignmentAction]:
-        """The daemon could not build a runtime for ``assignment``: the node serves what it served
+    def not_activated(self, work: NodeWork, reason: str) -> list[AssignmentAction]:
+        """The daemon could not build the runtimes of ``work``: the node serves what it served
         (its weights stay in the store) and the generation is reported failed, retained only when
         nothing is served."""
-        error = f"generation {assignment.generation} could not start: {reason}{self._still_serving()}"
-        return [Report(assignment.generation, "error", error, retain=self.current is None), Say(error)]
+        error = f"generation {work.generation} could not start: {reason}{self._still_serving()}"
+        return [Report(work.generation, "error", error, retain=self.current is None), Say(error)]
 
     def _still_serving(self) -> str:
         """What a failure's report adds while an earlier generation keeps being served."""

@@ -8,7 +8,8 @@ Threads and what they own:
 - workers run units (:meth:`NodeRuntime.compute`), publish what leaves the node, and deliver
   slices for units of this node themselves (never through the broker), under the one lock that
   guards the runtime's buffers; the engine takes it to receive frames and to expire.
-A new assignment is switched in by the engine; frames of any other plan are dropped as stale.
+New work (a plan per model) is switched in by the engine; frames of any other plan are dropped
+as stale.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from edgeflowd.node.telemetry import sample_telemetry
 from edgeflowd.node.weights import WeightStore
 from edgeflowd.node.workers import Workers
 from edgeflowd.profiles.devices import DeviceProfile
-from edgeflowd.wire.assignment import Assignment
+from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.messages import AssignmentReport, Info, Status, encode_control
 from edgeflowd.wire.topics import BlobTopic, BusyTopic, NodeTopic, Topics, TraceTopic, UnitInputTopic
 
@@ -75,7 +76,7 @@ class Daemon:
         self.assignments = a.Assignments(
             self.node, self.topics, WeightStore(config.cache_dir), config.assignment_timeout_s, self.plugin_ops
         )
-        self.runtime: NodeRuntime | None = None
+        self.runtimes: dict[str, NodeRuntime] = {}  # by plan id: one per model served
         self._sessions = 0
         self.benchmark: dict[str, float] = {}
         self._echo_topic = self.topics.node(self.node, "echo")
@@ -102,7 +103,7 @@ class Daemon:
         )
         self.probe = LinkProbe(self.conn, self._echo_topic, self.node)
         self.announcer = Announcer.configured(self.conn, self.topics, config)
-        self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, lambda: self.runtime)
+        self.workers = Workers(config.workers, self.node, self.conn, self.counts, clock, self._serves)
 
     # -- network thread and workers: only enqueue ------------------------------------------------
     def _on_wire(self, topic: str, payload: bytes) -> None:
@@ -222,14 +223,14 @@ class Daemon:
                 except EdgeFlowError as exc:  # the info goes out all the same: the node serves unmeasured
                     log.warning("node=%s: link not measured: %s", self.node, exc)
             current = self.assignments.current
-            if current is not None and self.runtime is not None:
+            if current is not None:
                 # Again on every connect: a broker that lost its retained state learns the generation
                 # served here, so that no deploy hands it out again (controller.control.deploy).
                 self._report(a.Report(current.generation, "ready"))
             self._publish_info()
             if self.announcer is not None:
                 self.announcer.connected()
-            if self.runtime is not None:
+            if self.assignments.current is not None:
                 self.notifier.ready(self._serving())
             else:
                 self.notifier.status(f"connected to {self.conn.broker}; waiting for an assignment")
@@ -241,8 +242,9 @@ class Daemon:
             return
         about = self.topics.parse(topic)
         if isinstance(about, UnitInputTopic | BusyTopic | TraceTopic):
-            if self.runtime is not None:
-                self.workers.receive(self.runtime, about, payload, topic)
+            runtime = self.runtimes.get(about.plan)
+            if runtime is not None:
+                self.workers.receive(runtime, about, payload, topic)
             elif isinstance(about, UnitInputTopic):
                 self.counts.add("stale")
         elif isinstance(about, BlobTopic):
@@ -254,13 +256,12 @@ class Daemon:
 
     def _expire(self, now: float) -> None:
         self._apply(self.assignments.tick(now))
-        if self.runtime is None:
-            return
-        with self.workers.buffers:
-            partial, buffers = self.runtime.expire(now)
-        for request, unit in buffers:
-            log.info("node=%s unit=%s req=%s: inputs incomplete in time; dropped", self.node, unit, request)
-        self.counts.add("dropped", partial + len(buffers))
+        for runtime in list(self.runtimes.values()):
+            with self.workers.buffers:
+                partial, buffers = runtime.expire(now)
+            for request, unit in buffers:
+                log.info("node=%s unit=%s req=%s: inputs incomplete in time; dropped", self.node, unit, request)
+            self.counts.add("dropped", partial + len(buffers))
 
     # -- carrying out the assignment state machine's actions (engine) ----------------------------
     def _apply(self, actions: list[a.AssignmentAction]) -> None:
@@ -280,32 +281,43 @@ class Daemon:
                 log.warning("node=%s refused: %s", self.node, action.message)
 
     def _activate(self, action: a.Activate) -> None:
-        assignment = action.assignment
-        if assignment is None:
+        work = action.work
+        if work is None:
             self._switch(None, {})
             return
         try:
-            self._switch(assignment, action.tensors)
+            self._switch(work, action.tensors)
         except (EdgeFlowError, RuntimeError, ValueError) as exc:  # torch's own errors are RuntimeErrors
-            self._apply(self.assignments.not_activated(assignment, str(exc)))  # its report is logged
+            self._apply(self.assignments.not_activated(work, str(exc)))  # its report is logged
         else:
-            self._apply(self.assignments.activated(assignment))
+            self._apply(self.assignments.activated(work))
             serving = self._serving()
             self.notifier.ready(serving)
             log.info("node=%s %s", self.node, serving)
 
-    def _switch(self, assignment: Assignment | None, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Subscribe the new units' inputs, then swap, then unsubscribe the old ones: frames of the
-        new plan are never missed, frames of the old plan find no buffers and are dropped."""
-        old, new = self.runtime, None
-        if assignment is not None:
-            limit = int(self.config.buffer_mb * 2**20)
-            new = NodeRuntime(
+    def _serves(self, runtime: NodeRuntime) -> bool:
+        """Whether ``runtime`` is still one the node serves (workers stop a replaced one's work)."""
+        return self.runtimes.get(runtime.plan) is runtime
+
+    def _switch(self, work: NodeWork | None, tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Build the runtimes of the plans that changed (a plan the node already runs keeps its
+        runtime, and the requests in it), subscribe their inputs, then swap, then unsubscribe the
+        old ones: frames of a new plan are never missed, frames of an old plan find no runtime and
+        are dropped. Nothing is swapped unless every new runtime could be built."""
+        old = self.runtimes
+        new: dict[str, NodeRuntime] = {}
+        served = self.assignments.current.plans if self.assignments.current else {}
+        for model, assignment in (work.plans if work else {}).items():
+            kept = old.get(assignment.plan)
+            if kept is not None and served.get(model) == assignment:
+                new[assignment.plan] = kept
+                continue
+            new[assignment.plan] = NodeRuntime(
                 assignment.plan,
                 self.topics,
                 assignment.units,
-                tensors,
-                limit,
+                tensors.get(model, {}),
+                int(self.config.buffer_mb * 2**20),
                 self.config.request_ttl_s,
                 assignment.keys,
                 timer=time.perf_counter,  # packs a convolution's weights where that runs faster here
@@ -313,25 +325,29 @@ class Daemon:
                 node=self.node,
                 resolve=plugin_resolver(self.plugin_ops),
             )
-        new_topics, old_topics = (r.input_topics() | {self.topics.trace(r.plan)} if r else set() for r in (new, old))
+        new_topics, old_topics = (
+            {t for r in runtimes.values() for t in r.input_topics() | {self.topics.trace(r.plan)}}
+            for runtimes in (new, old)
+        )
         if not self.conn.subscribe_wait(sorted(new_topics - old_topics), qos=0):
             log.warning("node=%s: the broker did not acknowledge the new input subscriptions", self.node)
-        self.runtime = new
-        self.workers.times.take()  # the old plan's times: the controller fits per generation
+        self.runtimes = new
         for topic in sorted(old_topics - new_topics):
             self.conn.unsubscribe(topic)
 
     def _serving(self) -> str:
         current = self.assignments.current
         assert current is not None
-        return (
-            f"serving {current.model} plan {current.plan} (generation {current.generation}): {len(current.units)} units"
-        )
+        plans = [f"{a.model} plan {a.plan}: {len(a.units)} units" for a in current.plans.values()]
+        return f"serving generation {current.generation}: " + ("; ".join(plans) or "nothing")
 
     def _report(self, report: a.Report) -> None:
-        units = sorted(self.runtime.units) if self.runtime and report.state == "ready" else []
-        admits = self.config.max_requests if report.state == "ready" else 0  # a node with no units too
-        message = AssignmentReport(report.generation, report.state, report.error, units, self.instance, admits)
+        ready = report.state == "ready"
+        units = sorted(u for r in self.runtimes.values() for u in r.units) if ready else []
+        current = self.assignments.current
+        models = {m: a.generation for m, a in current.plans.items()} if ready and current else {}
+        admits = self.config.max_requests if ready else 0  # a node with no units too
+        message = AssignmentReport(report.generation, report.state, report.error, units, self.instance, admits, models)
         if report.error:
             log.error("node=%s generation %d: %s", self.node, report.generation, report.error)
         topic = self.topics.node(self.node, "assignment/reported")
@@ -345,7 +361,7 @@ class Daemon:
         is measured again with it, and on its own every thirty intervals."""
         interval = self.config.measure_interval_s
         quiet = now - self._last_event >= _IDLE_S
-        idle = quiet and not self.workers.busy and not (self.runtime and self.runtime.slices.pending)
+        idle = quiet and not self.workers.busy and not any(r.slices.pending for r in self.runtimes.values())
         if interval <= 0 or not idle or not self.conn.connected.is_set() or now - self._last_probe < interval:
             return
         self._last_probe = now
@@ -375,8 +391,9 @@ class Daemon:
     # -- periodic and shutdown -----------------------------------------------------------------
     def _publish_telemetry(self, quiet_s: float = 0.0) -> None:
         self._last_telemetry = self.clock()
-        current, runtime = self.assignments.current, self.runtime
-        generation, pending = (current.generation, runtime.slices.pending) if current and runtime else (-1, 0)
+        current = self.assignments.current
+        generation = current.generation if current else -1
+        pending = sum(r.slices.pending for r in self.runtimes.values())
         times = self.workers.times.take()
         interval = self.config.telemetry_interval_s
         gflops = self.benchmark.get("conv_gflops", 0.0)

@@ -43,21 +43,24 @@ class Counts:
 
 
 class UnitTimes:
-    """How long each unit took (runs, seconds) since the last :meth:`take`, from the workers: the
-    controller fits the node's cost model to these (controller/planner/fit.py)."""
+    """How long each unit of each plan took (runs, seconds) since the last :meth:`take`, from the
+    workers: the controller fits the node's cost model to these (controller/planner/fit.py)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: dict[str, list[float]] = {}
+        self._values: dict[str, dict[str, list[float]]] = {}
 
-    def add(self, uid: str, seconds: float) -> None:
+    def add(self, plan: str, uid: str, seconds: float) -> None:
         with self._lock:
-            entry = self._values.setdefault(uid, [0.0, 0.0])
+            entry = self._values.setdefault(plan, {}).setdefault(uid, [0.0, 0.0])
             entry[0] += 1
             entry[1] += seconds
 
-    def take(self) -> dict[str, list[float]]:
+    def take(self) -> dict[str, dict[str, list[float]]]:
         """What was gathered, rounded for the wire (runs, seconds to the microsecond); starts over."""
         with self._lock:
             values, self._values = self._values, {}
-        return {uid: [runs, round(seconds, 6)] for uid, (runs, seconds) in values.items()}
+        return {
+            plan: {uid: [runs, round(seconds, 6)] for uid, (runs, seconds) in units.items()}
+            for plan, units in values.items()
+        }

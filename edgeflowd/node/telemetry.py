@@ -37,20 +37,23 @@ def sample_telemetry(
     counts: Mapping[str, int],
     generation: int,
     pending: int,
-    unit_s: dict[str, list[float]] | None = None,
+    unit_s: dict[str, dict[str, list[float]]] | None = None,
     interval_s: float = 0.0,
     quiet_s: float = 0.0,
     conv_gflops: float = 0.0,
 ) -> Telemetry:
     """CPU figures are since the previous call (psutil keeps the baseline), over this process's
-    allowed CPUs; ``unit_s``: the units' times since then; ``conv_gflops``: the node's measured
-    speed, of which others' load leaves it a share."""
+    allowed CPUs; ``unit_s``: the units' times since then, by plan; ``conv_gflops``: the node's
+    measured speed, of which others' load leaves it a share."""
     cpus = _cpus()
     per_cpu = psutil.cpu_percent(interval=None, percpu=True)
     mine = [per_cpu[c] for c in cpus if c < len(per_cpu)] or per_cpu
     known = set(Telemetry.__struct_fields__)
     unit_s = unit_s or {}
-    requests = max((runs for runs, _ in unit_s.values()), default=0)  # each unit runs once per request
+    request_s = 0.0  # the node's work per request of each plan it ran, together
+    for units in unit_s.values():
+        requests = max((runs for runs, _ in units.values()), default=0)  # each unit runs once per request
+        request_s += sum(seconds for _, seconds in units.values()) / requests if requests else 0.0
     telemetry = Telemetry(
         cpu_percent=round(sum(mine) / len(mine), 1),
         process_cpu_percent=round(_SELF.cpu_percent(interval=None) / len(cpus), 1),
@@ -62,7 +65,7 @@ def sample_telemetry(
         unit_s=unit_s,
         interval_s=interval_s,
         quiet_s=round(quiet_s, 3),
-        request_ms=round(1000 * sum(seconds for _, seconds in unit_s.values()) / requests, 3) if requests else 0.0,
+        request_ms=round(1000 * request_s, 3),
         **{k: int(v) for k, v in counts.items() if k in known},
     )
     return msgspec.structs.replace(telemetry, gflops=round(conv_gflops * (1 - telemetry.others_load), 2))

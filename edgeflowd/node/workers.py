@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class Workers:
-    """``current()`` is the runtime the engine serves now: work of a replaced one stops."""
+    """``serving(runtime)``: whether the engine still serves ``runtime`` (one per model): work of a
+    replaced one stops."""
 
     def __init__(
         self,
@@ -37,13 +38,13 @@ class Workers:
         conn: Connection,
         counts: Counts,
         clock: Callable[[], float],
-        current: Callable[[], NodeRuntime | None],
+        serving: Callable[[NodeRuntime], bool],
     ) -> None:
         self.node = node
         self.conn = conn
         self.counts = counts
         self.clock = clock
-        self.current = current
+        self.serving = serving
         self.times = UnitTimes()
         self.spans = SpanLog()
         self._busy = 0  # work chains submitted and not finished: the node is not idle while any runs
@@ -128,7 +129,7 @@ class Workers:
 
     def _chain(self, runtime: NodeRuntime, first: Compute) -> None:
         work: deque[Compute] = deque([first])
-        while work and runtime is self.current():  # a replaced plan's work stops here
+        while work and self.serving(runtime):  # a replaced plan's work stops here
             unit = work.popleft()
             start, began = self.clock(), time.time()
             try:
@@ -139,7 +140,7 @@ class Workers:
                         if isinstance(action, Publish):
                             self.spans.sent(unit.request, unit.unit.uid, action.topic, len(action.payload))
                         self.act(runtime, (action,))
-                self.times.add(unit.unit.uid, self.clock() - start)
+                self.times.add(runtime.plan, unit.unit.uid, self.clock() - start)
                 self.spans.ran(unit.request, unit.unit.uid, began, time.time())
                 self.counts.add("units_run")
             except Exception:

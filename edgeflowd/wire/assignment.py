@@ -27,9 +27,22 @@ from edgeflowd.wire.frames import FrameKeys, key_of_hex
 from edgeflowd.wire.schema import Document, decode, encode
 from edgeflowd.wire.units import UnitDoc, unit_doc, unit_of
 
-__all__ = ["ASSIGNMENT_SCHEMA", "Assignment", "BlobRef", "KeysDoc", "blob_of", "split_blob", "tensor_of_blob"]
+__all__ = [
+    "ASSIGNMENT_SCHEMA",
+    "NODE_WORK_SCHEMA",
+    "Assignment",
+    "AssignmentDoc",
+    "BlobRef",
+    "KeysDoc",
+    "NodeWork",
+    "NodeWorkDoc",
+    "blob_of",
+    "split_blob",
+    "tensor_of_blob",
+]
 
 ASSIGNMENT_SCHEMA = "edgeflow.assignment/1"
+NODE_WORK_SCHEMA = "edgeflow.node-work/1"
 
 
 class BlobRef(msgspec.Struct, frozen=True):
@@ -113,32 +126,109 @@ class Assignment:
     weights: Mapping[str, BlobRef]
     keys: FrameKeys  # the plan's: this assignment's topic is the only place a node learns them
 
+    @classmethod
+    def from_doc(
+        cls, doc: AssignmentDoc, where: str, plugins: Mapping[str, Callable[..., Any]] | None = None
+    ) -> Assignment:
+        """Check a decoded assignment: every unit has ops, each allow-listed (or defined by one of
+        the node's ``plugins``) and writing nothing in place (:func:`~edgeflowd.core.ops.check_call`),
+        belongs to its device, and every weight a unit names has a blob; errors name ``where`` (the
+        topic and the path) at fault."""
+        units = tuple(unit_of(u, f"{where}.units[{i}]") for i, u in enumerate(doc.units))
+        for i, unit in enumerate(units):
+            if not unit.ops:
+                raise ProtocolError(f"{where}.units[{i}] ({unit.uid}) has no ops")
+            for k, call in enumerate(unit.ops):
+                check_call(call, f"{where}.units[{i}].ops[{k}] ({unit.uid})", plugins)
+            if unit.device != doc.device:
+                raise ProtocolError(f"{where}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
+            missing = [n for n in unit.const_names() if n not in doc.weights]
+            if missing:
+                raise ProtocolError(f"{where}: unit {unit.uid} names weights {missing[:3]} the assignment lacks")
+        return cls(doc.generation, doc.plan, doc.model, doc.node, doc.device, units, doc.weights, doc.keys.keys())
+
     def to_bytes(self) -> bytes:
-        units = tuple(unit_doc(u) for u in self.units)
-        weights = dict(sorted(self.weights.items()))
-        doc = AssignmentDoc(
-            self.generation, self.plan, self.model, self.node, self.device, units, weights, KeysDoc.of(self.keys)
-        )
-        return encode(doc)
+        return encode(self.to_doc())
 
     @classmethod
     def from_bytes(
         cls, payload: bytes, topic: str, plugins: Mapping[str, Callable[..., Any]] | None = None
     ) -> Assignment:
-        """Decode and check an assignment: every unit has ops, each allow-listed (or defined by one
-        of the node's ``plugins``) and writing nothing in place
-        (:func:`~edgeflowd.core.ops.check_call`), belongs to its device, and every weight a unit
-        names has a blob; errors name the topic and the path at fault."""
-        doc = decode(payload, AssignmentDoc, topic)
-        units = tuple(unit_of(u, f"{topic}: $.units[{i}]") for i, u in enumerate(doc.units))
-        for i, unit in enumerate(units):
-            if not unit.ops:
-                raise ProtocolError(f"{topic}: $.units[{i}] ({unit.uid}) has no ops")
-            for k, call in enumerate(unit.ops):
-                check_call(call, f"{topic}: $.units[{i}].ops[{k}] ({unit.uid})", plugins)
-            if unit.device != doc.device:
-                raise ProtocolError(f"{topic}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
-            missing = [n for n in unit.const_names() if n not in doc.weights]
-            if missing:
-                raise ProtocolError(f"{topic}: unit {unit.uid} names weights {missing[:3]} the assignment lacks")
-        return cls(doc.generation, doc.plan, doc.model, doc.node, doc.device, units, doc.weights, doc.keys.keys())
+        """One assignment on its own (what :class:`NodeWork` carries one of per model)."""
+        return cls.from_doc(decode(payload, AssignmentDoc, topic), f"{topic}: $", plugins)
+
+    def work(self) -> NodeWork:
+        """The node's work when it runs this one plan only."""
+        return NodeWork(self.node, {self.model: self})
+
+    def to_doc(self) -> AssignmentDoc:
+        units = tuple(unit_doc(u) for u in self.units)
+        weights = dict(sorted(self.weights.items()))
+        return AssignmentDoc(
+            self.generation, self.plan, self.model, self.node, self.device, units, weights, KeysDoc.of(self.keys)
+        )
+
+
+class NodeWorkDoc(Document, frozen=True, tag=NODE_WORK_SCHEMA):
+    node: str
+    plans: tuple[AssignmentDoc, ...]
+
+
+@dataclass(frozen=True)
+class NodeWork:
+    """What node ``node`` runs, as its one retained ``node/<id>/assignment`` says: an assignment
+    for each model the cluster serves on it (several models share the node's memory). One message
+    for all of them, so that a node learns its whole work from one exact topic (some brokers hand
+    retained messages only to exact subscriptions, and a node cannot know the models' names
+    beforehand), and a re-plan of one model hands the others' assignments on unchanged."""
+
+    node: str
+    plans: Mapping[str, Assignment]  # by model
+
+    def __post_init__(self) -> None:
+        for model, assignment in self.plans.items():
+            if assignment.model != model or assignment.node != self.node:
+                raise ProtocolError(f"assignment of {assignment.model!r} for {assignment.node!r} filed under {model!r}")
+
+    @property
+    def generation(self) -> int:
+        """The newest generation in it: the one a rollout of it waits for (-1: nothing to run).
+        Generations are handed out once per cluster, whatever the model, so a node that reports
+        this generation ready runs every plan of the message."""
+        return max((a.generation for a in self.plans.values()), default=-1)
+
+    def replace(self, assignment: Assignment | None, model: str) -> NodeWork:
+        """This work with ``model``'s assignment replaced (``None``: removed)."""
+        plans = {m: a for m, a in self.plans.items() if m != model}
+        if assignment is not None:
+            plans[model] = assignment
+        return NodeWork(self.node, dict(sorted(plans.items())))
+
+    def to_bytes(self) -> bytes:
+        """An empty payload when there is nothing to run: the retained topic is cleared."""
+        if not self.plans:
+            return b""
+        return encode(NodeWorkDoc(self.node, tuple(a.to_doc() for _, a in sorted(self.plans.items()))))
+
+    @classmethod
+    def from_bytes(
+        cls, payload: bytes, topic: str, plugins: Mapping[str, Callable[..., Any]] | None = None
+    ) -> NodeWork:
+        """Decode and check every assignment (:meth:`Assignment.from_doc`): each for this node,
+        one per model, no plan id or generation twice; errors name the topic and the path."""
+        doc = decode(payload, NodeWorkDoc, topic)
+        plans: dict[str, Assignment] = {}
+        for i, plan in enumerate(doc.plans):
+            where = f"{topic}: $.plans[{i}]"
+            assignment = Assignment.from_doc(plan, where, plugins)
+            if assignment.node != doc.node:
+                raise ProtocolError(f"{where}: assignment is for node {assignment.node!r}, not {doc.node!r}")
+            clash = next((a for a in plans.values() if a.model == plan.model or a.plan == plan.plan), None)
+            if clash is None:
+                clash = next((a for a in plans.values() if a.generation == plan.generation), None)
+            if clash is not None:
+                raise ProtocolError(
+                    f"{where}: model {plan.model!r}, plan {plan.plan} repeats {clash.model!r}'s (plan {clash.plan})"
+                )
+            plans[plan.model] = assignment
+        return cls(doc.node, plans)

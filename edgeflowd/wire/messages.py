@@ -86,9 +86,10 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
     pending: int = 0
     generation: int = -1
     process_cpu_percent: float = 0.0  # the daemon's own share of the CPUs it may run on
-    unit_s: dict[str, list[float]] = msgspec.field(default_factory=dict)
-    """Units of ``generation`` run since the previous telemetry: unit id -> [runs, seconds], each
-    run timed from its start to its last frame handed to the broker client."""
+    unit_s: dict[str, dict[str, list[float]]] = msgspec.field(default_factory=dict)
+    """Units run since the previous telemetry, by plan: plan id -> unit id -> [runs, seconds],
+    each run timed from its start to its last frame handed to the broker client (a node serving
+    several models runs units of several plans; ``generation`` is the newest of them)."""
     interval_s: float = 0.0
     """The node's period between telemetry messages (0: not said). A node silent for several
     periods is frozen or cut off, even while its connection stays open (the controller's second
@@ -109,7 +110,9 @@ class Telemetry(Document, frozen=True, tag="edgeflow.telemetry/1"):
 
 
 class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"):
-    """``node/<id>/assignment/reported``: the generation a node runs, or why it cannot."""
+    """``node/<id>/assignment/reported``: the generation a node runs, or why it cannot.
+    ``generation`` is the newest of its work (:class:`~edgeflowd.wire.assignment.NodeWork`):
+    ready, it runs every plan of that message; ``models`` says which generation of each model."""
 
     generation: int
     state: str  # ready | error
@@ -117,6 +120,7 @@ class AssignmentReport(Document, frozen=True, tag="edgeflow.assignment-report/1"
     units: list[str] = msgspec.field(default_factory=list)
     instance: str = ""  # the reporting process (retained reports outlive it)
     admits: int = 0  # requests the node holds at once (its max_requests; 0: not said)
+    models: dict[str, int] = msgspec.field(default_factory=dict)  # model -> generation it serves
 
 
 class Sender(msgspec.Struct, frozen=True):
