@@ -38,7 +38,7 @@ from local_daemons import measure  # bench/local_daemons.py, beside this script
 from save import save_report  # bench/save.py, beside this script
 
 from controller.cli.main import main as edgeflow
-from controller.control.deploy import deploy_plan
+from controller.control.deploy import deploy_plans
 from controller.graph.trace import trace_model
 from controller.lab.launch import Broker, DaemonProcess, controller_process, mosquitto_broker, wait_online
 from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs
@@ -76,7 +76,7 @@ def _learned(broker: Broker, tmp: Path, cluster: Path, model: str, nodes: list[s
     """The cluster as the controller fitted it from warm-up requests (controller.lab.learn)."""
     _, shape = build_model(model, None, 0)
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(6)]
-    watch = PlaneWatch(broker, cluster.stem)
+    watch = PlaneWatch(broker, cluster.stem, model)
     try:
         with controller_process(broker, tmp, str(cluster), model, "--method", "edgeflow", "--rates", "measured"):
             costs = learn_costs(watch, broker, model, inputs, nodes)
@@ -98,7 +98,7 @@ def _deploy(broker: Broker, cluster: Path, model: str, method: str, schedule: st
     graph = trace_model(net, torch.zeros(shape), model)
     planned = plan_model(graph, learned, method, schedule=schedule)
     nodes = [d.id for d in learned.devices]
-    deploy_plan(broker.settings, learned.name, planned, graph, nodes, timeout_s=120.0)
+    deploy_plans(broker.settings, learned.name, [(planned, graph)], nodes, timeout_s=120.0)
 
 
 def _run_model(

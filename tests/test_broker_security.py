@@ -244,7 +244,7 @@ def test_daemons_deploy_and_infer_through_tls_with_acls(
 
         # A requester forges a result for a request and writes a latency report: the broker drops
         # the first (ACL: requesters read results, nodes write them) and delivers the second.
-        plan = decode_control(watcher.last[topics.controller("plan")], "plan", PlanInfo).plan
+        plan = decode_control(watcher.last[topics.controller("plan", "small_dag")], "plan", PlanInfo).plan
         assert watcher.conn.subscribe_wait([topics.all_data], qos=1)
         forger = Connection(secured.as_user("client"), "forger", lambda t, p: None)
         forger.start()

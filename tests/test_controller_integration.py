@@ -34,7 +34,7 @@ MODEL = "resnet18"
 
 
 def _plan(watcher: Watcher) -> PlanInfo | None:
-    payload = watcher.last.get(f"{watcher.root}/controller/plan", b"")
+    payload = watcher.last.get(f"{watcher.root}/controller/plan/{MODEL}", b"")
     return decode_control(payload, "plan", PlanInfo) if payload else None
 
 
@@ -112,7 +112,7 @@ def test_controller_replans_around_a_dead_node_and_grows_back(
             timer.cancel()
             client.close()
         second = _plan_on(watcher, {"node-a", "node-c"}, 60)
-        replan_s = watcher.arrived[f"{watcher.root}/controller/plan"] - killed_at[0]
+        replan_s = watcher.arrived[f"{watcher.root}/controller/plan/{MODEL}"] - killed_at[0]
         assert second.generation > first.generation
         failed = [r for r in results if not r.ok]
         assert all("timed out" in r.error or "was replaced by" in r.error for r in failed), failed

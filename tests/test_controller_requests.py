@@ -50,20 +50,23 @@ def test_status_replan_and_set_method_over_mqtt(tmp_path: Path) -> None:
         asker.start()
         try:
             with controller_process(broker, tmp_path, str(cluster_file), "small_dag", "--method", "edgeflow"):
-                plan_topic = topics.controller("plan")
+                plan_topic = topics.controller("plan", "small_dag")
                 watcher.wait_for("the first plan", lambda last: bool(last.get(plan_topic)), timeout_s=120)
                 plan = decode_control(watcher.last[plan_topic], "plan", PlanInfo)
 
                 status = _ask(asker, watcher, "status", b'{"transaction": "t-1"}')
                 assert status["status"] == "ok" and status["transaction"] == "t-1"
                 data = status["data"]
-                assert data["nodes"] == {"n1": "online"} and data["generation"] == plan.generation
-                assert data["method"] == "edgeflow" and data["model"] == "small_dag"
+                assert data["nodes"] == {"n1": "online"} and data["method"] == "edgeflow"
+                assert (
+                    list(data["models"]) == ["small_dag"]
+                    and data["models"]["small_dag"]["generation"] == plan.generation
+                )
 
                 replan = _ask(asker, watcher, "replan", b'{"transaction": 7}')
                 assert replan == {
                     "status": "ok",
-                    "data": {"generation": plan.generation, "nodes": ["n1"]},
+                    "data": {"generations": {"small_dag": plan.generation}, "nodes": ["n1"]},
                     "transaction": 7,
                 }
                 watcher.wait_for(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from controller.control.deploy import held_generations
+from controller.control.deploy import held_state
 from controller.control.deployment import make_deployment
 from controller.graph.trace import trace_model
 from controller.planner.methods import plan_model
@@ -208,7 +208,7 @@ def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Pat
         conn.start()
         try:
             live = make_deployment(planned.plan, graph, nodes, 3, "equal", 1 << 20)
-            conn.publish_wait(topics.controller("plan"), encode_control(live.info), retain=True)
+            conn.publish_wait(topics.controller("plan", "small_dag"), encode_control(live.info), retain=True)
             report = AssignmentReport(5, "ready", units=[], instance="x")
             conn.publish_wait(topics.node("node-b", "assignment/reported"), encode_control(report), retain=True)
             stopped = make_deployment(planned.plan, graph, nodes, 7, "equal", 1 << 20)  # never completed
@@ -217,14 +217,14 @@ def test_a_deploy_never_reuses_a_generation_a_stopped_rollout_left(tmp_path: Pat
             )
         finally:
             conn.stop()
-        feeds = [topics.controller("plan"), topics.reports, topics.node_filter("assignment")]
+        feeds = [topics.controller("plan", "small_dag"), topics.reports, topics.node_filter("assignment")]
         reader, messages = listen(broker.settings, "stale-reader", feeds)
         try:
-            plan, newest = held_generations(topics, messages, wait_s=1.5)
+            held = held_state(topics, ["small_dag"], messages, wait_s=1.5)
         finally:
             reader.stop()
-    assert plan is not None and plan.generation == 3
-    assert newest == 7
+    assert held.plans["small_dag"].generation == 3
+    assert held.newest == 7 and set(held.works) == {"node-c"}  # its work is carried on by the next deploy
 
 
 def test_a_deploy_publishes_only_the_blobs_the_broker_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -243,10 +243,10 @@ def test_the_inbound_queue_holds_at_most_buffer_mb_of_data_payloads() -> None:
     data = topics.unit_input("g1", "conv@d0")
     for _ in range(10):
         daemon._on_wire(data, bytes(1 << 20))
-    assert daemon.events.qsize() == 4 and daemon.counts.snapshot().get("dropped") == 6
+    assert daemon.events.waiting() == 4 and daemon.counts.snapshot().get("dropped") == 6
     for part in range(8):
         daemon._on_wire(topics.blob("a" * 64, part), bytes(1 << 20))
-    assert daemon.events.qsize() == 12
+    assert daemon.events.waiting() == 12
 
 
 def test_a_file_that_cannot_be_read_says_so_beside_what_it_leaves_unset(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def _deploy(local: Local, capsys: pytest.CaptureFixture[str], model: str, method
     assert code == 0, out
     found = re.search(r"generation (\d+) \(plan (\w+)\) ready on 3 nodes", out)
     assert found, out
-    topic = f"{local.watcher.root}/controller/plan"
+    topic = f"{local.watcher.root}/controller/plan/{model}"
 
     def current(last: dict[str, bytes]) -> bool:
         return topic in last and decode_control(last[topic], topic, PlanInfo).generation == int(found.group(1))

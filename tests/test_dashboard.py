@@ -21,7 +21,7 @@ def _refuse(request: Request) -> dict[str, Any]:
 
 def _dashboard() -> Dashboard:
     operations = {"status": lambda r: {"ok": True}, "set_method": lambda r: {"method": r.method}, "busy": _refuse}
-    return Dashboard(cast(Connection, None), TOPICS, operations, None)  # answer() publishes nothing
+    return Dashboard(cast(Connection, None), TOPICS, operations, None, ["small_dag"])  # answer() publishes nothing
 
 
 def _answer(op: str, payload: bytes) -> dict[str, Any]:
@@ -53,7 +53,8 @@ def test_discovery_ids_are_what_home_assistant_allows_and_unique() -> None:
     assert object_id("lab.1", "pi 4/a") == "edgeflow_lab_1_pi_4_a"
     for topic, payload in (
         node_config(TOPICS, "lab", "pi4-a", "1.0", "homeassistant"),
-        controller_config(TOPICS, "lab", "1.0", "homeassistant"),
+        controller_config(TOPICS, "lab", "1.0", "homeassistant", ["yolov5s"]),
+        controller_config(TOPICS, "lab", "1.0", "homeassistant", ["yolov5s", "pkg.models:seg net"]),
     ):
         config = json.loads(payload)
         device = config["device"]["identifiers"][0]

@@ -68,7 +68,7 @@ MODEL = "resnet18"
 
 
 def _costs(watcher: Watcher) -> Costs | None:
-    payload = watcher.last.get(f"{watcher.root}/controller/costs", b"")
+    payload = watcher.last.get(f"{watcher.root}/controller/costs/{MODEL}", b"")
     return decode_control(payload, "costs", Costs) if payload else None
 
 

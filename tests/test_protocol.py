@@ -30,7 +30,8 @@ def test_topics_build_and_parse() -> None:
     cases = {
         T.node("pi4-a", "status"): NodeTopic("pi4-a", "status"),
         T.node("pi4-a", "assignment/reported"): NodeTopic("pi4-a", "assignment/reported"),
-        T.controller("plan"): ControllerTopic("plan"),
+        T.controller("plan", "yolov5s"): ControllerTopic("plan", "yolov5s"),
+        T.controller("event"): ControllerTopic("event"),
         T.unit_input("g7", "conv1@d2"): UnitInputTopic("g7", "conv1@d2"),
         T.result("g7", "req-9"): ResultTopic("g7", "req-9"),
         T.blob("ab" * 32, 3): BlobTopic("ab" * 32, 3),
@@ -46,12 +47,17 @@ def test_subscription_filters() -> None:
     assert T.data_filter("g7") == "edgeflow/v1/lab/data/g7/#"
     with pytest.raises(ProtocolError, match="plan id"):
         T.results("g/7")
+    with pytest.raises(ProtocolError, match="one model's: name the model"):
+        T.controller("plan")
+    with pytest.raises(ProtocolError, match="model name 'a/b' cannot be an MQTT topic level"):
+        T.controller("costs", "a/b")
 
 
 @pytest.mark.parametrize(
     ("topic", "message"),
     [
-        ("edgeflow/v1/other/controller/plan", "is not under"),
+        ("edgeflow/v1/other/controller/plan/m", "is not under"),
+        ("edgeflow/v1/lab/controller/plan", "unknown topic"),
         ("edgeflow/v1/lab/node/a/secrets", "unknown topic"),
         ("edgeflow/v1/lab/infer/request", "unknown topic"),
     ],

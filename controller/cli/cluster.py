@@ -20,7 +20,7 @@ from controller.cli.args import (
     positive_float,
     positive_int,
 )
-from controller.control.deploy import deploy_plan
+from controller.control.deploy import deploy_plans
 from controller.control.measured import measured_cluster
 from controller.control.requester import InferenceClient, Result
 from controller.control.traced import draw_request
@@ -31,6 +31,7 @@ from controller.lab.demo import CORES as DEMO_CORES
 from controller.lab.demo import DEFAULT_BASELINES, demo_table, run_demo
 from controller.lab.launch import unwind_on_signals
 from controller.planner.methods import METHODS, plan_model
+from controller.planner.methods.evaluate import less_memory, memory_used
 from controller.terminal import progress_bar
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError
@@ -51,31 +52,31 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             "planned on what the nodes measured: "
             + ", ".join(f"{d.id} {d.profile.gflops:.1f} GFLOP/s (others' load {d.load:.0%})" for d in cluster.devices)
         )
-    model, shape = build_model(args.model, args.input_shape, args.seed)
-    graph = trace_model(model, torch.zeros(shape), args.model)
-    planned = plan_model(graph, cluster, args.method, schedule=args.schedule, deployable=True)
+    if len(args.model) != len(set(args.model)) or (args.input_shape and len(args.model) > 1):
+        raise EdgeFlowError(f"--model {' --model '.join(args.model)}: each model once, and --input-shape with one only")
     nodes = [d.id for d in cluster.devices]
-    print(
-        f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "
-        f"predicted {planned.latency_s * 1e3:.1f} ms"
-    )
-    for device, node in enumerate(nodes):
-        units = planned.plan.on_device(device)
-        rows = sum(len(u.rows) for u in units)
-        print(f"  {node:<16} {len(units):>4} units, {rows:>6} rows")
-    info = deploy_plan(
-        broker_settings(args),
-        args.topic_cluster or cluster.name,
-        planned,
-        graph,
-        nodes,
-        args.timeout,
-        progress=print,
-    )
-    print(
-        f"generation {info.generation} (plan {info.plan}) ready on {len(nodes)} nodes "
-        f"in {time.perf_counter() - t0:.1f} s"
-    )
+    plans, taken = [], dict.fromkeys(nodes, 0.0)
+    for spec in args.model:  # each planned on the memory the models before it leave
+        model, shape = build_model(spec, args.input_shape, args.seed)
+        graph = trace_model(model, torch.zeros(shape), spec)
+        planned = plan_model(graph, less_memory(cluster, taken), args.method, schedule=args.schedule, deployable=True)
+        for device, used in enumerate(memory_used(planned.plan, graph)):
+            taken[nodes[device]] += used
+        print(
+            f"{graph.summary()}; planned with {args.method} in {planned.plan_time_s:.2f} s; "
+            f"predicted {planned.latency_s * 1e3:.1f} ms"
+        )
+        for device, node in enumerate(nodes):
+            units = planned.plan.on_device(device)
+            rows = sum(len(u.rows) for u in units)
+            print(f"  {node:<16} {len(units):>4} units, {rows:>6} rows")
+        plans.append((planned, graph))
+    infos = deploy_plans(broker_settings(args), args.topic_cluster or cluster.name, plans, nodes, args.timeout, print)
+    for info in infos:
+        print(
+            f"generation {info.generation} (plan {info.plan}) ready on {len(nodes)} nodes "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
     return 0
 
 
@@ -205,7 +206,12 @@ def add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         description="Plan, publish each node's retained assignment and weights, and wait until every "
         "node reports the new generation ready.",
     )
-    deploy.add_argument("--model", required=True, help=model_help)
+    deploy.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help=model_help + "; again for each further model: the models the cluster serves from then on",
+    )
     deploy.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     add_broker_arguments(deploy)
     deploy.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")

@@ -65,7 +65,12 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     add_broker_arguments(ctl)
     ctl.add_argument("--cluster", required=True, help=CLUSTER_HELP)
-    ctl.add_argument("--model", required=True, help=model_help)
+    ctl.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help=model_help + "; again for each further model the cluster serves (each its own plan)",
+    )
     ctl.add_argument("--method", choices=[m for m in METHODS if m != "optimal"], default="edgeflow")
     ctl.add_argument("--settle", type=float, default=1.0, help="seconds without change before re-planning")
     add_arguments(ctl.add_argument_group("Home Assistant"), ("homeassistant_discovery", "homeassistant_prefix"))

@@ -13,7 +13,7 @@ an error answer."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -57,14 +57,19 @@ Operation = Callable[[Request], dict[str, Any]]
 
 class Dashboard:
     def __init__(
-        self, conn: Connection, topics: Topics, operations: Mapping[str, Operation], homeassistant_prefix: str | None
+        self,
+        conn: Connection,
+        topics: Topics,
+        operations: Mapping[str, Operation],
+        homeassistant_prefix: str | None,
+        models: Sequence[str],
     ) -> None:
         self.conn = conn
         self.topics = topics
         self.operations = dict(operations)
         prefix = homeassistant_prefix
         self.ha_status = ha_status_topic(prefix) if prefix else ""
-        self.ha_config = controller_config(topics, topics.cluster, __version__, prefix) if prefix else None
+        self.ha_config = controller_config(topics, topics.cluster, __version__, prefix, models) if prefix else None
         self._requests = topics.requests[:-1]  # the filter's topics start so
 
     def subscriptions(self) -> list[str]:

@@ -179,16 +179,14 @@ class InferenceClient:
         """A client of the plan deployed under ``cluster`` on ``broker``, which must run ``model``.
         Close it with :meth:`close`."""
         topics = Topics(cluster)
-        conn, messages = listen(broker, "edgeflow-infer", [topics.controller("plan")])
+        conn, messages = listen(broker, "edgeflow-infer", [topics.controller("plan", model)])
         try:
-            info = current_plan(topics, messages, wait_s=plan_wait_s)
+            info = current_plan(topics, model, messages, wait_s=plan_wait_s)
             if info is None:
                 raise EdgeFlowError(
-                    f"no plan is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy`)"
+                    f"no plan of {model} is deployed under {topics.root}/ on {conn.broker} (run `edgeflow deploy "
+                    f"--model {model}`; `edgeflow status` lists the models it serves)"
                 )
-            if info.model != model:
-                serving = f"{info.model!r} (generation {info.generation})"
-                raise EdgeFlowError(f"{topics.root}/ serves {serving}, not {model!r}")
             return cls(conn, topics, info, messages, tap=tap)
         except BaseException:
             conn.stop()
@@ -277,7 +275,7 @@ class InferenceClient:
             topic, payload = self.messages.get(timeout=wait_s) if wait_s else self.messages.get_nowait()
         except queue.Empty:
             return False
-        if topic == self.topics.controller("plan"):
+        if topic == self.topics.controller("plan", self.info.model):
             replaced = self._replaced(payload)
             for request in list(flight.started) if replaced else []:
                 flight.end(request, None, f"request {request}: {replaced}", self.clock())
@@ -322,7 +320,9 @@ class InferenceClient:
     def _replaced(self, payload: bytes) -> str:
         """Adopt a new plan of the same model; returns why in-flight requests fail (or "")."""
         try:
-            new = decode_control(payload, self.topics.controller("plan"), PlanInfo) if payload else None
+            new = (
+                decode_control(payload, self.topics.controller("plan", self.info.model), PlanInfo) if payload else None
+            )
         except ProtocolError as exc:
             log.warning("ignored: %s", exc)
             return ""

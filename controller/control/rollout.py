@@ -80,8 +80,8 @@ def completion_messages(
     works, model = works or {}, deployment.info.model
     out = []
     if deployment.timeline is not None:  # first: a requester that reads the plan finds its prediction
-        out.append(Publication(topics.controller("timeline"), encode_control(deployment.timeline)))
-    out.append(Publication(topics.controller("plan"), encode_control(info)))
+        out.append(Publication(topics.controller("timeline", model), encode_control(deployment.timeline)))
+    out.append(Publication(topics.controller("plan", model), encode_control(info)))
     out += [
         Publication(topics.node(n, "assignment"), works.get(n, NodeWork(n, {})).replace(None, model).to_bytes())
         for n in others
@@ -108,6 +108,10 @@ class Rollout:
     @property
     def generation(self) -> int:
         return self.deployment.info.generation
+
+    @property
+    def model(self) -> str:
+        return self.deployment.info.model
 
     @property
     def nodes(self) -> list[str]:

@@ -1,17 +1,19 @@
-"""``edgeflow controller``: keeps one model's plan right while the cluster changes.
+"""``edgeflow controller``: keeps the plan of each model it serves right while the cluster changes.
 
 It watches every node's status, info and telemetry (through :class:`Registry`) and re-plans when the set of
 live nodes changes (a last will, a restart, a new node) or a node's load moves beyond the hysteresis of
 :class:`LoadWatch`, ``settle_s`` after the last change (a burst costs one plan; a planned node that left, at
-once). It rolls a new generation out on its own connection (:mod:`controller.control.rollout`: blobs, then
-assignments) and takes the nodes' reports as events in the same loop, which never waits for the broker; once
-every node is ready it publishes the plan summary and clears the retained assignment of every other node, so
-that one coming back runs nothing stale. Its status is retained with a last will; what it does goes to
-``controller/event``.
+once). Several models (``--model A --model B``) each keep their own plan, generation and topics; they are
+planned one at a time, each against the nodes' memory less what the others' live plans keep there, and a
+node's one retained assignment carries every model's plan for it. It rolls a new generation out on its own
+connection (:mod:`controller.control.rollout`: blobs, then assignments) and takes the nodes' reports as
+events in the same loop, which never waits for the broker; once every node is ready it publishes the plan
+summary and takes the model off every other node, so that one coming back runs nothing stale. Its status is
+retained with a last will; what it does goes to ``controller/event``.
 
-With measured rates it learns as the model runs (:mod:`controller.control.learning`): it fits each node's
+With measured rates it learns as the models run (:mod:`controller.control.judging`): it fits each node's
 cost model to its units' times and the work of a message to the requesters' reported latencies, publishes
-both on ``controller/costs``, and re-plans when a fitted speed drifts, a plan's median is 20% off its
+both on ``controller/costs/<model>``, and re-plans when a fitted speed drifts, a plan's median is 20% off its
 prediction, or a split is slower than the best single device (the rules: docs/partitioning.md)."""
 
 from __future__ import annotations
@@ -23,23 +25,15 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from controller.control.dashboard import Dashboard, Request
-from controller.control.deployment import generation_of, make_deployment
-from controller.control.learning import (
-    CostLearner,
-    LatencyBook,
-    best_single,
-    costs_report,
-    keep_live,
-    row_shares,
-    slowdown,
-    verdict,
-)
+from controller.control.deployment import make_deployment
+from controller.control.judging import Judge
+from controller.control.learning import best_single, keep_live, slowdown
 from controller.control.registry import (
     NODE_FEEDS,
     Event,
@@ -50,8 +44,9 @@ from controller.control.registry import (
     reference_device,
 )
 from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages, works_with
+from controller.control.served import Served, memory_left
 from controller.graph.trace import trace_model
-from controller.planner.fit import Case, fit_message_work, with_message_work
+from controller.planner.fit import with_message_work
 from controller.planner.methods import METHODS, plan_model
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
@@ -77,7 +72,6 @@ __all__ = ["ControllerService"]
 log = logging.getLogger(__name__)
 
 _RETRY_S = 3.0  # after a failed deploy
-_SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
 _JUDGE_REQUESTS = 5  # latency reports before either judgement
 
 
@@ -86,7 +80,7 @@ class ControllerService:
         self,
         broker: BrokerSettings,
         cluster: Cluster,
-        model_spec: str,
+        model_specs: Sequence[str],
         method: str = "edgeflow",
         settle_s: float = 1.0,
         deploy_timeout_s: float = 60.0,
@@ -94,40 +88,32 @@ class ControllerService:
         clock: Callable[[], float] = time.monotonic,
         homeassistant_prefix: str | None = None,
     ) -> None:
-        """``homeassistant_prefix``: announce the controller to Home Assistant under it (MQTT
+        """``model_specs``: the models to serve, each a topic level (its plan's topics are named by
+        it). ``homeassistant_prefix``: announce the controller to Home Assistant under it (MQTT
         discovery, retained, again whenever Home Assistant comes online); None: do not."""
+        self.topics = Topics(cluster.name)
+        if not model_specs or len(set(model_specs)) != len(model_specs):
+            raise EdgeFlowError(f"models {list(model_specs)}: name one or more, each once")
+        for spec in model_specs:
+            self.topics.controller("plan", spec)  # refuses a name that cannot be a topic level
         self.broker = broker
         self.cluster = cluster
-        self.model_spec = model_spec
+        self.specs = list(model_specs)
         self.method = method
         self.settle_s = settle_s
         self.deploy_timeout_s = deploy_timeout_s
         self.measured_rates = measured_rates
         self.clock = clock
-        self.topics = Topics(cluster.name)
         self.registry = Registry(cluster)
         self.loads = LoadWatch()
-        self.speeds = LoadWatch(_SPEED_DRIFT, samples=3)  # log(fitted / planned unit time) per node
-        self.learner = CostLearner()
-        self.latencies = LatencyBook()
-        self.message_flop = 0.0  # what handling a message costs (controller/planner/fit.py)
-        self._cases: dict[int, Case] = {}  # measured generations, for that fit
-        self.live: Rolling | None = None  # the deployed generation, as it was planned
-        self._single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
-        self._judged = -1  # the generation last judged against the single device
-        self._published = -1  # the generation whose assignments were published last (failed or not)
+        self.judge = Judge()
+        self.models: dict[str, Served] = {}  # by spec, once run() has traced them
+        self.works: dict[str, NodeWork] = {}  # each node's retained assignment, as published last
+        self.rolling: Rolling | None = None  # one rollout at a time, whatever its model
+        self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
-        self.planned_nodes: list[str] = []
-        self.generation = -1
-        self.deployed: PlanInfo | None = None  # the live plan: retained at start, then our own
-        self._held: dict[str, int] = {}  # blobs of the plan summary the broker holds (as it last said)
-        self.works: dict[str, NodeWork] = {}  # each node's retained assignment, as published last
-        self.rolling: Rolling | None = None
-        self._next_generation = 1
-        self._dirty_since: float | None = None
-        self._reason = "start"
         offline = encode_control(Status(state="offline", instance=self.instance))
         self.conn = Connection(
             broker,
@@ -137,30 +123,31 @@ class ControllerService:
             on_connect=self._on_connect,
         )
         operations = {"replan": self._ask_replan, "status": self._status, "set_method": self._set_method}
-        self.dashboard = Dashboard(self.conn, self.topics, operations, homeassistant_prefix)
+        self.dashboard = Dashboard(self.conn, self.topics, operations, homeassistant_prefix, self.specs)
 
     def _on_connect(self) -> None:
         # At every (re)connect, as if no plan summary: a broker that kept one re-sends it (its blobs);
         # and as if Home Assistant had come online: the broker may have lost the discovery config.
-        self.messages.put((self.topics.controller("plan"), b""))
+        for spec in self.specs:
+            self.messages.put((self.topics.controller("plan", spec), b""))
         if self.dashboard.ha_status:
             self.messages.put((self.dashboard.ha_status, HA_STATUS_ONLINE))
 
     def run(self) -> int:
-        model, shape = build_model(self.model_spec, None, 0)
-        self.graph = trace_model(model, torch.zeros(shape), self.model_spec)
+        for spec in self.specs:
+            model, shape = build_model(spec, None, 0)
+            self.models[spec] = Served(spec, trace_model(model, torch.zeros(shape), spec))
         for topic in self.topics.node_feeds([d.id for d in self.cluster.devices], NODE_FEEDS):
             self.conn.subscribe(topic, qos=1)
-        self.conn.subscribe(self.topics.controller("plan"), qos=1)  # the generation deployed before us
+        for spec in self.specs:  # the generation deployed before us
+            self.conn.subscribe(self.topics.controller("plan", spec), qos=1)
         self.conn.subscribe(self.topics.latencies, qos=0)
         for topic in self.dashboard.subscriptions():
             self.conn.subscribe(topic, qos=1)
         self.conn.start()
         online = Status(state="online", instance=self.instance, session=1)
         self.conn.publish(self.topics.controller("status"), encode_control(online), qos=1, retain=True)
-        log.info(
-            "controller for %s on %s: %d nodes in the profile", self.model_spec, self.topics.root, len(self.cluster)
-        )
+        log.info("controller for %s on %s: %d nodes in the profile", self.specs, self.topics.root, len(self.cluster))
         try:
             while not self.stop_event.is_set():
                 for topic, payload in queued(self.messages, 0.2):  # wills that come together: one plan
@@ -168,9 +155,10 @@ class ControllerService:
                 for event in self.registry.silence(self.clock()):  # after the queue: nothing unheard
                     self._membership(event.node, [event])
                 self._check_rollout()
-                settled = self._dirty_since is not None and self.clock() - self._dirty_since >= self.settle_s
-                if settled and self.rolling is None:  # a rollout in flight finishes (or fails) first
-                    self._replan()
+                now = self.clock()
+                due = next((s for s in self.models.values() if s.settled(now, self.settle_s)), None)
+                if due is not None and self.rolling is None:  # a rollout in flight finishes (or fails) first
+                    self._replan(due)
         finally:
             offline = Status(state="offline", instance=self.instance, session=1)
             try:
@@ -195,13 +183,15 @@ class ControllerService:
         if self.dashboard.heard(topic, payload):
             return
         about = self.topics.parse(topic)
-        if about == ControllerTopic("plan"):
+        if isinstance(about, ControllerTopic) and about.leaf == "plan":
+            served = self.models.get(about.model)
             info = decode_control(payload, topic, PlanInfo) if payload else None
             if info is None:  # also what a (re)connect of ours puts in the queue: silences count from now
                 self.registry.heard_all(self.clock())
-            self._held = dict(info.blobs) if info is not None else {}
-            if info is not None and (self.deployed is None or info.generation > self.deployed.generation):
-                self.deployed = info  # retained from before this controller started
+            if served is not None:
+                served.held = dict(info.blobs) if info is not None else {}
+                if info is not None and (served.deployed is None or info.generation > served.deployed.generation):
+                    served.deployed = info  # retained from before this controller started
             return
         if isinstance(about, LatencyTopic):
             self._on_latency(decode_control(payload, topic, Latency))
@@ -214,8 +204,8 @@ class ControllerService:
         events = self.registry.on_message(about, payload, topic, self.clock())
         after = view.info.benchmark if view and view.info else None
         moved = measurements_moved(before, after) if self.measured_rates and before and after else ""
-        if moved and node in self.planned_nodes:
-            self._mark(f"{node} measured itself again: {moved}")
+        if moved:
+            self._mark(f"{node} measured itself again: {moved}", only_on=node)
         if view is not None and about.leaf == "assignment/reported" and self.rolling and view.report:
             self.rolling.rollout.on_report(node, view.report)
         if view is not None and about.leaf == "telemetry" and payload and view.telemetry and self.measured_rates:
@@ -225,7 +215,7 @@ class ControllerService:
     # -- what dashboards may ask (controller/request/<op>) ----------------------------------------
     def _ask_replan(self, request: Request) -> dict[str, Any]:
         self._mark("asked for over MQTT", debounce=False, due=True)
-        return {"generation": self.generation, "nodes": self.registry.live()}
+        return {"generations": {s: m.generation for s, m in self.models.items()}, "nodes": self.registry.live()}
 
     def _set_method(self, request: Request) -> dict[str, Any]:
         methods = [m for m in METHODS if m != "optimal"]  # as `edgeflow controller --method` offers
@@ -237,192 +227,176 @@ class ControllerService:
         return {"method": self.method, "was": before}
 
     def _status(self, request: Request) -> dict[str, Any]:
-        plan = self.deployed
-        measured, requests = self.latencies.median(plan.generation) if plan else (0.0, 0)
+        plans = {}
+        for spec, served in self.models.items():
+            plan = served.deployed
+            measured, requests = self.judge.latencies.median(plan.generation) if plan else (0.0, 0)
+            plans[spec] = {
+                "plan": plan.plan if plan else None,
+                "generation": plan.generation if plan else None,
+                "nodes": plan.nodes if plan else [],
+                "predicted_ms": plan.predicted_ms if plan else None,
+                "measured_ms": measured if requests else None,
+                "requests": requests,
+            }
         return {
-            "model": self.model_spec,
             "method": self.method,
             "nodes": {d.id: self.registry.views[d.id].state for d in self.cluster.devices},
-            "plan": plan.plan if plan else None,
-            "generation": plan.generation if plan else None,
-            "predicted_ms": plan.predicted_ms if plan else None,
-            "measured_ms": measured if requests else None,
-            "requests": requests,
-            "replanning": self.rolling is not None or self._dirty_since is not None,
+            "models": plans,
+            "replanning": self.rolling is not None or any(s.dirty_since is not None for s in self.models.values()),
         }
 
     def _membership(self, node: str, events: list[Event], check: bool = True) -> None:
-        """Say ``events``; re-plan (``check``) if the live nodes are no longer those planned."""
+        """Say ``events``; re-plan (``check``) each model whose live nodes are no longer those planned."""
         for event in events:
             self._event(event.event, event.node, event.detail)
-        target = self.rolling.rollout.nodes if self.rolling else self.planned_nodes
-        if check and set(self.registry.live()) != set(target):
-            change = events[-1].event if events else "ready"
-            self._mark(f"{node} {change}", due=change == "left" and node in target)
+        live = set(self.registry.live())
+        for served in self.models.values() if check else ():
+            rolling = self.rolling if self.rolling and self.rolling.rollout.model == served.spec else None
+            target = rolling.rollout.nodes if rolling else served.planned_nodes
+            if live != set(target):
+                change = events[-1].event if events else "ready"
+                self._mark(f"{node} {change}", served, due=change == "left" and node in target)
 
     def _on_telemetry(self, node: str, telemetry: Telemetry) -> None:
         now = self.clock()
         device = next(d for d in self.cluster.devices if d.id == node)
-        reference = reference_device(device, self.registry.views[node])
-        fit = self.learner.observe(node, telemetry.generation, {}, reference, now)
-        for plan, unit_s in telemetry.unit_s.items():  # one entry per plan (model) it ran
-            fit = self.learner.observe(node, generation_of(plan), unit_s, reference, now)
-        live = self.live
-        if fit is None or live is None or node not in live.rollout.nodes:
+        fit = self.judge.observe(node, telemetry, reference_device(device, self.registry.views[node]), now)
+        planned = [s for s in self.models.values() if s.live is not None and node in s.live.rollout.nodes]
+        if fit is None or not planned:
             load = others_load(telemetry)
             if self.loads.observe(node, load):
-                self._mark(f"load of {node} moved to {load:.0%}", debounce=False)
+                self._mark(f"load of {node} moved to {load:.0%}", debounce=False, only_on=node)
             return
         if not telemetry.unit_s:
             return
-        index, fitted = live.rollout.nodes.index(node), self.learner.device(node, now)
-        ratio = slowdown(live.planned.plan, self.graph, index, live.cluster.devices[index], fitted)
-        if self.speeds.observe(node, math.log(ratio)):
-            self._mark(f"{node} runs its units {ratio:.2f}x the planned time", debounce=False)
-        self._publish_costs()
+        fitted = self.judge.learner.device(node, now)
+        for served in planned:
+            live = served.live
+            assert live is not None
+            index = live.rollout.nodes.index(node)
+            ratio = slowdown(live.planned.plan, served.graph, index, live.cluster.devices[index], fitted)
+            if served.speeds.observe(node, math.log(ratio)):
+                self._mark(f"{node} runs its units {ratio:.2f}x the planned time", served, debounce=False)
+            self._publish_costs(served)
 
     def _on_latency(self, report: Latency) -> None:
-        live = self.live
-        if live is None or report.generation != live.rollout.deployment.info.generation:
+        served = next((s for s in self.models.values() if s.generation == report.generation >= 0), None)
+        if served is None or served.live is None:
             return
         if not 0 < report.ms < 3.6e6:  # a requester's clock or a forged report: not a latency
             log.warning("ignored latency report %s of %r ms", report.request, report.ms)
             return
-        self.latencies.add(report.generation, report.ms)
-        measured, count = self.latencies.median(report.generation)
-        if count >= _JUDGE_REQUESTS and self._judged != report.generation and self._all_fitted(live):
-            self._judged = report.generation
-            self._judge(live, measured / 1e3, count)
-        self._publish_costs()
-
-    def _all_fitted(self, live: Rolling) -> bool:
-        """Every node with work in the live plan has a fit: only then is the rest put down to messages."""
+        self.judge.latencies.add(report.generation, report.ms)
+        measured, count = self.judge.latencies.median(report.generation)
         fitted = self._fitted()
-        return all(n in fitted for i, n in enumerate(live.rollout.nodes) if live.planned.plan.on_device(i))
-
-    def _judge(self, live: Rolling, measured_s: float, count: int) -> None:
-        """The live plan's measured median against its prediction and against the best single
-        device: fit the message work to the plans measured so far, and re-plan with it when the
-        prediction was off by more than 20%, or when a split lost to one device."""
-        generation = live.rollout.deployment.info.generation
-        # The plan as the nodes' units are measured to run now: what they do not explain is messages.
-        now = self.registry.live_cluster(self.measured_rates, self._fitted())
-        devices = {d.id: d for d in now.devices}
-        base = live.base.with_devices(tuple(devices.get(d.id, d) for d in live.base.devices))
-        split = sum(1 for i in range(len(live.rollout.nodes)) if live.planned.plan.on_device(i)) > 1
-        if split:  # a single device's plan sends nothing between devices: it says nothing of messages
-            self._cases[generation] = Case(live.planned.plan, self.graph, base, measured_s)
-        self._cases = {g: c for g, c in self._cases.items() if g in self.learner.plans}
-        self.message_flop = fit_message_work(list(self._cases.values()))
-        predicted = live.planned.latency_s
-        self._single = best_single(self.graph, with_message_work(base, self.message_flop))
-        node, single_ms = self._single
-        said = (
-            f"generation {generation} measured {measured_s * 1e3:.0f} ms over {count} requests, predicted "
-            f"{predicted * 1e3:.0f} ms; handling a message costs {self.message_flop / 1e6:.2f} MFLOP"
-        )
-        judged = verdict(measured_s, predicted, single_ms / 1e3, split)
-        if judged == "slower-than-single":
-            self._event(judged, detail=f"{said}; the best single device ({node}) {single_ms:.0f} ms")
-            self._mark("slower than a single device", debounce=False)
-        elif judged:
-            self._event(judged, detail=said)
-            self._mark("the prediction was off", debounce=False)
+        if (
+            count >= _JUDGE_REQUESTS
+            and served.judged != report.generation
+            and self.judge.all_fitted(served.live, fitted)
+        ):
+            served.judged = report.generation
+            now = self.registry.live_cluster(self.measured_rates, fitted)
+            judged, said = self.judge.judge(served, now, measured / 1e3, count)
+            if judged:
+                self._event(judged, detail=said, served=served)
+                why = "slower than a single device" if judged == "slower-than-single" else "the prediction was off"
+                self._mark(why, served, debounce=False)
+        self._publish_costs(served)
 
     def _fitted(self) -> dict[str, Device]:
-        return {n: d for n in self.registry.live() if (d := self.learner.device(n, self.clock())) is not None}
+        return self.judge.fitted(self.registry.live(), self.clock())
 
-    def _publish_costs(self) -> None:
-        """Retained ``controller/costs`` (see :class:`~edgeflowd.wire.messages.Costs`)."""
-        live = self.live
-        if live is None:
-            return
-        now, info = self.clock(), live.rollout.deployment.info
+    def _publish_costs(self, served: Served) -> None:
+        """Retained ``controller/costs/<model>`` (see :class:`~edgeflowd.wire.messages.Costs`)."""
         cluster = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
-        fits = {d.id: self.learner.fitted(d.id, now) if self.measured_rates else None for d in cluster.devices}
-        report = costs_report(
-            info.generation,
-            live.planned,
-            with_message_work(cluster, self.message_flop),
-            fits,
-            "benchmark" if self.measured_rates else "declared",
-            row_shares(live.planned.plan, live.rollout.nodes),
-            self.latencies.median(info.generation),
-            self._single,
-            self.message_flop,
-        )
-        self.conn.publish(self.topics.controller("costs"), encode_control(report), qos=1, retain=True)
+        report = self.judge.costs(served, cluster, self.measured_rates, self.clock())
+        if report is not None:
+            topic = self.topics.controller("costs", served.spec)
+            self.conn.publish(topic, encode_control(report), qos=1, retain=True)
 
-    def _mark(self, reason: str, debounce: bool = True, due: bool = False) -> None:
-        """Ask for a re-plan ``settle_s`` from now; membership changes (``debounce``) push it back
+    def _mark(
+        self, reason: str, served: Served | None = None, debounce: bool = True, due: bool = False, only_on: str = ""
+    ) -> None:
+        """Ask for a re-plan of ``served`` (None: of every model; ``only_on``: of every model
+        planned on that node) ``settle_s`` from now; membership changes (``debounce``) push it back
         so a burst costs one plan, periodic load reports must not. ``due``: at once (a planned node
         left: every request fails until a plan without it is live)."""
-        if self._dirty_since is None:
-            self._reason = reason
-        if self._dirty_since is None or debounce:
-            self._dirty_since = self.clock() - (self.settle_s if due else 0.0)
+        chosen = [served] if served is not None else list(self.models.values())
+        for model in chosen:
+            if not only_on or only_on in model.planned_nodes:
+                model.mark(reason, self.clock(), debounce, due, self.settle_s)
 
-    def _event(self, event: str, node: str = "", detail: str = "") -> None:
-        log.info("event %s %s %s", event, node, detail)
-        message = ControllerEvent(event=event, node=node, detail=detail, generation=self.generation)
+    def _event(self, event: str, node: str = "", detail: str = "", served: Served | None = None) -> None:
+        log.info("event %s %s %s %s", event, served.spec if served else "", node, detail)
+        generation, model = (served.generation, served.spec) if served else (-1, "")
+        message = ControllerEvent(event=event, node=node, detail=detail, generation=generation, model=model)
         self.conn.publish(self.topics.controller("event"), encode_control(message), qos=1)
 
-    def _replan(self) -> None:
-        """Plan for the live nodes and start rolling the plan out on this connection; the nodes'
-        reports arrive as events (:meth:`_check_rollout`), nothing here waits for them."""
-        reason, self._dirty_since = self._reason, None
+    def _replan(self, served: Served) -> None:
+        """Plan ``served`` for the live nodes and start rolling the plan out on this connection;
+        the nodes' reports arrive as events (:meth:`_check_rollout`), nothing here waits for them."""
+        reason, served.dirty_since = served.reason, None
         live_nodes = self.registry.live()
         if not live_nodes:
-            self._event("idle", detail="no live node to plan with")
-            self.planned_nodes = []
+            self._event("idle", detail="no live node to plan with", served=served)
+            served.planned_nodes = []
             return
         start = self.clock()
-        base = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
-        cluster = with_message_work(base, self.message_flop)
+        fitted = self._fitted() if self.measured_rates else None
+        others = [s for s in self.models.values() if s is not served]
+        base = memory_left(self.registry.live_cluster(self.measured_rates, fitted), others)
+        cluster = with_message_work(base, self.judge.message_flop)
         try:
-            planned = plan_model(self.graph, cluster, self.method, deployable=True)
+            planned = plan_model(served.graph, cluster, self.method, deployable=True)
         except EdgeFlowError as exc:
-            self._failed(reason, str(exc))
+            self._failed(served, reason, str(exc))
             return
-        live = self.live
+        live = served.live
         # The nodes run the live plan (no failed rollout since): a new one must beat it (keep_live),
         # unless it was made by another method than the one asked for now.
         running = live is not None and live.rollout.nodes == live_nodes and live.planned.method == planned.method
-        kept = keep_live(live.planned, planned, self.graph, cluster) if live and running else None
-        if live is not None and kept is not None and self._published == live.rollout.deployment.info.generation:
-            self.live = dataclasses.replace(live, cluster=cluster, planned=kept, base=base)
-            self._baselines(self.live)
+        kept = keep_live(live.planned, planned, served.graph, cluster) if live and running else None
+        if live is not None and kept is not None and served.published == live.rollout.generation:
+            served.live = dataclasses.replace(live, cluster=cluster, planned=kept, base=base)
+            self._baselines(served)
             said = f"the live plan is predicted {kept.latency_s * 1e3:.1f} ms, a new one {planned.latency_s * 1e3:.1f}"
-            self._event("kept", detail=f"{reason}: {said}")
-            self._publish_costs()
+            self._event("kept", detail=f"{reason}: {said}", served=served)
+            self._publish_costs(served)
             return
         try:
-            reported = max((v.report.generation for v in self.registry.views.values() if v.report), default=0)
-            generation = max(self._next_generation, self.deployed.generation + 1 if self.deployed else 1, reported + 1)
+            generation = self._generation()
             part_bytes = self.conn.max_packet - FRAME_HEADER_BYTES
             deployment = make_deployment(
-                planned.plan, self.graph, live_nodes, generation, planned.method, part_bytes, planned.timeline
+                planned.plan, served.graph, live_nodes, generation, planned.method, part_bytes, planned.timeline
             )
         except EdgeFlowError as exc:
-            self._failed(reason, str(exc))
+            self._failed(served, reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment, self._held, self.works):
+        for publication in rollout_messages(self.topics, deployment, served.held, self.works):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         self.works.update(works_with(deployment, self.works))
-        self._published = generation
+        served.published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
+
+    def _generation(self) -> int:
+        """The next generation: above every one the broker or a node has said, of any model."""
+        reported = max((v.report.generation for v in self.registry.views.values() if v.report), default=0)
+        deployed = max((s.deployed.generation for s in self.models.values() if s.deployed), default=0)
+        return max(self._next_generation, deployed + 1, reported + 1)
 
     def _check_rollout(self) -> None:
         rolling = self.rolling
         if rolling is None:
             return
+        served = self.models[rolling.rollout.model]
         offline = [n for n in rolling.rollout.nodes if not self.registry.views[n].reachable]
         failure = rolling.rollout.failure(self.clock(), offline)
         if failure:
             self.rolling = None
-            self._failed(rolling.reason, failure, 0.0 if offline else _RETRY_S)  # offline: plan around it now
+            self._failed(served, rolling.reason, failure, 0.0 if offline else _RETRY_S)  # offline: plan around it now
             return
         if not rolling.rollout.ready:
             return
@@ -430,28 +404,29 @@ class ControllerService:
         deployment = rolling.rollout.deployment
         others = [d.id for d in self.cluster.devices]
         admits = rolling.rollout.admits
-        for publication in completion_messages(self.topics, deployment, self.deployed, others, admits, self.works):
+        for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, self.works):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         for node in others:
             if node not in deployment.assignments and node in self.works:
-                self.works[node] = self.works[node].replace(None, deployment.info.model)
-        info = self.deployed = deployment.info
-        self._held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
-        live = rolling.rollout.nodes
-        self.generation, self.planned_nodes = info.generation, live
-        self.learner.add_plan(info.generation, rolling.planned.plan, self.graph, live)
-        self.live = rolling
-        self._baselines(rolling)
-        self._publish_costs()
-        self._event("replanned", detail=rolling.summary(self.clock()))
+                self.works[node] = self.works[node].replace(None, served.spec)
+        info = served.deployed = deployment.info
+        served.held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
+        served.planned_nodes = rolling.rollout.nodes
+        self.judge.learner.add_plan(info.generation, rolling.planned.plan, served.graph, served.planned_nodes)
+        served.live = rolling
+        self._baselines(served)
+        self._publish_costs(served)
+        self._event("replanned", detail=rolling.summary(self.clock()), served=served)
 
-    def _baselines(self, live: Rolling) -> None:
-        """What the watches and the safeguard compare with from now on: the model ``live`` was
-        planned with."""
+    def _baselines(self, served: Served) -> None:
+        """What the watches and the safeguard compare with from now on: the model ``served``'s
+        live plan was planned with."""
+        live = served.live
+        assert live is not None
         self.loads.planned_with({d.id: d.load for d in live.cluster.devices})
-        self.speeds.planned_with(dict.fromkeys(live.rollout.nodes, 0.0))
-        self._single = best_single(self.graph, live.cluster)
+        served.speeds.planned_with(dict.fromkeys(live.rollout.nodes, 0.0))
+        served.single = best_single(served.graph, live.cluster)
 
-    def _failed(self, reason: str, error: str, retry_s: float = _RETRY_S) -> None:
-        self._event("replan-failed", detail=error)
-        self._dirty_since, self._reason = self.clock() - self.settle_s + retry_s, reason
+    def _failed(self, served: Served, reason: str, error: str, retry_s: float = _RETRY_S) -> None:
+        self._event("replan-failed", detail=error, served=served)
+        served.dirty_since, served.reason = self.clock() - self.settle_s + retry_s, reason

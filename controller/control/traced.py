@@ -30,7 +30,8 @@ def request_timeline(client: InferenceClient, result: Result, wait_s: float = 10
     sent = client.sent_at(result.request)
     if not result.ok or sent is None:
         raise EdgeFlowError(f"request {result.request} did not complete here: nothing to draw")
-    info, plan_topic = client.info, client.topics.controller("timeline")
+    info = client.info
+    plan_topic = client.topics.controller("timeline", info.model)
     spans_topic = client.topics.spans(info.plan)
     if not client.conn.subscribe_wait([spans_topic, plan_topic], qos=1):
         raise EdgeFlowError(f"{client.conn.broker} did not acknowledge the subscription to {spans_topic}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from controller.control.deploy import deploy_plan
+from controller.control.deploy import deploy_plans
 from controller.control.requester import InferenceClient
 from controller.control.traced import draw_request
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
@@ -142,7 +142,7 @@ def run_demo(
         throttled = time.time()
         if bed is not None:
             bed.throttle()  # from here on each device runs at its share
-        watch = PlaneWatch(broker, cluster.name)
+        watch = PlaneWatch(broker, cluster.name, model_spec)
         stack.callback(watch.close)
         with controller_process(broker, tmp, cluster_spec, model_spec, "--method", "edgeflow", "--rates", "measured"):
             say("controller: plans with EdgeFlow on what the nodes measure, and deploys as they come online")
@@ -164,7 +164,7 @@ def run_demo(
         for method in ["edgeflow", *baselines]:
             planned = plan_model(graph, learned, method, deployable=True)
             t0 = time.perf_counter()
-            info = deploy_plan(broker.settings, cluster.name, planned, graph, nodes, timeout_s=300.0)
+            (info,) = deploy_plans(broker.settings, cluster.name, [(planned, graph)], nodes, timeout_s=300.0)
             say(f"{method}: generation {info.generation} live in {time.perf_counter() - t0:.1f} s; {requests} requests")
             drawn = timelines / f"{method}.png" if timelines else None
             rows.append(_measure(broker, cluster.name, model_spec, method, inputs, want, drawn, say))

@@ -30,9 +30,10 @@ class PlaneWatch:
     """A lab's view of the control plane: the nodes' retained info, the deployed plan and the
     controller's published cost model, as they change."""
 
-    def __init__(self, broker: Broker, cluster: str) -> None:
+    def __init__(self, broker: Broker, cluster: str, model: str) -> None:
         self.topics = Topics(cluster)
-        feeds = [self.topics.node_filter("info"), self.topics.controller("plan"), self.topics.controller("costs")]
+        plan, costs = self.topics.controller("plan", model), self.topics.controller("costs", model)
+        feeds = [self.topics.node_filter("info"), plan, costs]
         self.conn, self.messages = listen(broker.settings, "edgeflow-lab", feeds)
         self.infos: dict[str, Info] = {}
         self.plan: PlanInfo | None = None
@@ -50,9 +51,9 @@ class PlaneWatch:
                 about = self.topics.parse(topic)
                 if isinstance(about, NodeTopic) and about.leaf == "info":
                     self.infos[about.node] = decode_control(payload, topic, Info)
-                elif about == ControllerTopic("plan"):
+                elif isinstance(about, ControllerTopic) and about.leaf == "plan":
                     self.plan, self.plan_at = decode_control(payload, topic, PlanInfo), time.monotonic()
-                elif about == ControllerTopic("costs"):
+                elif isinstance(about, ControllerTopic) and about.leaf == "costs":
                     self.costs = decode_control(payload, topic, Costs)
             except ProtocolError as exc:  # not the lab's to fail on: the controller and nodes judge
                 log.warning("ignored: %s", exc)

@@ -3,11 +3,12 @@ that every thread bumps."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Connected", "Counts", "Event", "Message", "UnitTimes"]
+__all__ = ["Connected", "Counts", "Event", "Inbox", "Message", "UnitTimes"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,56 @@ class Connected:
 
 
 Event = Message | Connected
+
+
+class Inbox:
+    """The engine's queue: bounded in events, and in the payload bytes of data-plane messages
+    (topics under ``data_prefix``), so that a flood of large payloads cannot take the node's
+    memory before the engine has judged any of them. Putting never blocks (paho's thread and the
+    workers put); what does not fit is counted as ``dropped`` and its request times out."""
+
+    def __init__(self, events: int, budget_bytes: int, data_prefix: str, counts: Counts) -> None:
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=events)
+        self._budget = budget_bytes
+        self._prefix = data_prefix
+        self._counts = counts
+        self._bytes = 0  # data-plane payload bytes waiting; with _lock
+        self._lock = threading.Lock()
+
+    def _size(self, event: Event) -> int:
+        # Data-plane payloads only: the weights of a new assignment arrive in one burst of retained
+        # parts, on topics only the controller may write, and are bounded by the fetch itself.
+        return len(event.payload) if isinstance(event, Message) and event.topic.startswith(self._prefix) else 0
+
+    def put(self, event: Event) -> None:
+        size = self._size(event)
+        with self._lock:
+            if size and self._bytes + size > self._budget:
+                self._counts.add("dropped")
+                return
+            self._bytes += size
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            with self._lock:
+                self._bytes -= size
+            self._counts.add("dropped")
+
+    def waiting(self) -> int:
+        """Events waiting for the engine."""
+        return self._queue.qsize()
+
+    def get(self, timeout_s: float) -> Event | None:
+        """The next event, or None after ``timeout_s``."""
+        try:
+            event = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        size = self._size(event)
+        if size:
+            with self._lock:
+                self._bytes -= size
+        return event
 
 
 class Counts:

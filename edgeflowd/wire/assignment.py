@@ -128,17 +128,22 @@ class Assignment:
 
     @classmethod
     def from_doc(
-        cls, doc: AssignmentDoc, where: str, plugins: Mapping[str, Callable[..., Any]] | None = None
+        cls,
+        doc: AssignmentDoc,
+        where: str,
+        plugins: Mapping[str, Callable[..., Any]] | None = None,
+        checked: bool = True,
     ) -> Assignment:
         """Check a decoded assignment: every unit has ops, each allow-listed (or defined by one of
-        the node's ``plugins``) and writing nothing in place (:func:`~edgeflowd.core.ops.check_call`),
-        belongs to its device, and every weight a unit names has a blob; errors name ``where`` (the
-        topic and the path) at fault."""
+        the node's ``plugins``) and writing nothing in place (:func:`~edgeflowd.core.ops.check_call`;
+        ``checked=False``: not that, for a deployer that only carries a plan on, which the node
+        checks), belongs to its device, and every weight a unit names has a blob; errors name
+        ``where`` (the topic and the path) at fault."""
         units = tuple(unit_of(u, f"{where}.units[{i}]") for i, u in enumerate(doc.units))
         for i, unit in enumerate(units):
             if not unit.ops:
                 raise ProtocolError(f"{where}.units[{i}] ({unit.uid}) has no ops")
-            for k, call in enumerate(unit.ops):
+            for k, call in enumerate(unit.ops if checked else ()):
                 check_call(call, f"{where}.units[{i}].ops[{k}] ({unit.uid})", plugins)
             if unit.device != doc.device:
                 raise ProtocolError(f"{where}: unit {unit.uid} belongs to device {unit.device}, not {doc.device}")
@@ -216,11 +221,20 @@ class NodeWork:
     ) -> NodeWork:
         """Decode and check every assignment (:meth:`Assignment.from_doc`): each for this node,
         one per model, no plan id or generation twice; errors name the topic and the path."""
-        doc = decode(payload, NodeWorkDoc, topic)
+        return cls.from_doc(decode(payload, NodeWorkDoc, topic), topic, plugins)
+
+    @classmethod
+    def from_doc(
+        cls,
+        doc: NodeWorkDoc,
+        topic: str,
+        plugins: Mapping[str, Callable[..., Any]] | None = None,
+        checked: bool = True,
+    ) -> NodeWork:
         plans: dict[str, Assignment] = {}
         for i, plan in enumerate(doc.plans):
             where = f"{topic}: $.plans[{i}]"
-            assignment = Assignment.from_doc(plan, where, plugins)
+            assignment = Assignment.from_doc(plan, where, plugins, checked)
             if assignment.node != doc.node:
                 raise ProtocolError(f"{where}: assignment is for node {assignment.node!r}, not {doc.node!r}")
             clash = next((a for a in plans.values() if a.model == plan.model or a.plan == plan.plan), None)

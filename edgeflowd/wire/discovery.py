@@ -11,6 +11,7 @@ wire, but with no ``schema`` field (Home Assistant reads them)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import msgspec
 
@@ -148,26 +149,43 @@ def node_config(topics: Topics, cluster: str, node: str, version: str, prefix: s
     return _announced(prefix, device, f"EdgeFlow {node}", "edgeflowd", version, components, status)
 
 
-def controller_config(topics: Topics, cluster: str, version: str, prefix: str) -> tuple[str, bytes]:
-    """The controller's discovery (topic, payload): its plan, method, predicted and measured
-    latency and the nodes it plans on."""
+def controller_config(
+    topics: Topics, cluster: str, version: str, prefix: str, models: Sequence[str]
+) -> tuple[str, bytes]:
+    """The controller's discovery (topic, payload): for each of its ``models``, the plan, method,
+    predicted and measured latency and the nodes it plans on (one entity each, named by the model
+    where it serves several)."""
     device = object_id(cluster, "controller")
     status = topics.controller("status")
-    plan = topics.controller("plan")
-    costs = topics.controller("costs")
-    components = dict(
-        [
-            _online(device, status),
-            _sensor(device, "plan", "Plan", plan, "{{ value_json.plan }}"),
-            _sensor(device, "model", "Model", plan, "{{ value_json.model }}"),
-            _sensor(device, "method", "Method", plan, "{{ value_json.method }}"),
-            _sensor(device, "nodes", "Nodes", plan, "{{ value_json.nodes | length }}", state_class="measurement"),
-            _sensor(
-                device, "predicted_ms", "Predicted latency", costs, "{{ value_json.predicted_ms | round(1) }}", "ms"
-            ),
-            _sensor(device, "measured_ms", "Measured latency", costs, "{{ value_json.measured_ms | round(1) }}", "ms"),
-            _sensor(device, "single_ms", "Best single device", costs, "{{ value_json.single_ms | round(1) }}", "ms"),
-        ]
-    )
+    components = dict([_online(device, status)])
+    for model in models:
+        plan, costs = topics.controller("plan", model), topics.controller("costs", model)
+        several = len(models) > 1
+        said = f" ({model})" if several else ""
+
+        def key(name: str, model: str = model, several: bool = several) -> str:
+            return f"{name}_{re.sub(r'[^A-Za-z0-9_-]', '_', model)}" if several else name
+
+        template = "{{ value_json.%s | round(1) }}"
+        components.update(
+            [
+                _sensor(device, key("plan"), f"Plan{said}", plan, "{{ value_json.plan }}"),
+                _sensor(device, key("model"), f"Model{said}", plan, "{{ value_json.model }}"),
+                _sensor(device, key("method"), f"Method{said}", plan, "{{ value_json.method }}"),
+                _sensor(
+                    device,
+                    key("nodes"),
+                    f"Nodes{said}",
+                    plan,
+                    "{{ value_json.nodes | length }}",
+                    state_class="measurement",
+                ),
+                _sensor(
+                    device, key("predicted_ms"), f"Predicted latency{said}", costs, template % "predicted_ms", "ms"
+                ),
+                _sensor(device, key("measured_ms"), f"Measured latency{said}", costs, template % "measured_ms", "ms"),
+                _sensor(device, key("single_ms"), f"Best single device{said}", costs, template % "single_ms", "ms"),
+            ]
+        )
     name = f"EdgeFlow controller {cluster}"
     return _announced(prefix, device, name, "edgeflow controller", version, components, status)

@@ -141,7 +141,7 @@ class Output(msgspec.Struct, frozen=True):
 
 
 class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
-    """Retained ``controller/plan``: the deployed plan, as a requester needs it. ``sources`` are the
+    """Retained ``controller/plan/<model>``: the deployed plan, as a requester needs it. ``sources`` are the
     requester's own units (the model inputs, with their forwarding tables); ``outputs`` lists
     each output's layer and shape in the model's output order; ``nodes[d]`` runs plan device ``d``."""
 
@@ -171,6 +171,7 @@ class ControllerEvent(Document, frozen=True, tag="edgeflow.event/1"):
     node: str = ""
     detail: str = ""
     generation: int = -1
+    model: str = ""  # the model whose plan it is about ("": the cluster's, such as a node that left)
 
 
 class TraceAsk(Document, frozen=True, tag="edgeflow.trace/1"):
@@ -223,7 +224,7 @@ class Interval(msgspec.Struct, frozen=True, array_like=True):
 
 
 class TimelineDoc(Document, frozen=True, tag="edgeflow.timeline/1"):
-    """Retained ``controller/timeline``: the simulator's prediction of one request through the
+    """Retained ``controller/timeline/<model>``: the simulator's prediction of one request through the
     deployed plan, beside which ``edgeflow infer --timeline`` draws what it measured."""
 
     generation: int
@@ -270,7 +271,7 @@ class NodeCosts(msgspec.Struct, frozen=True):
 
 
 class Costs(Document, frozen=True, tag="edgeflow.costs/1"):
-    """Retained ``controller/costs``: what the controller believes and what it sees. Each node's
+    """Retained ``controller/costs/<model>``: what the controller believes and what it sees. Each node's
     cost model; the live plan's predicted latency beside the median the requesters measured; and
     the predicted latency of the best single-device plan, the one any split must beat."""
 

@@ -12,6 +12,7 @@ from edgeflowd.errors import ProtocolError
 
 __all__ = [
     "CONTROLLER_LEAVES",
+    "MODEL_LEAVES",
     "NODE_LEAVES",
     "BlobTopic",
     "BusyTopic",
@@ -36,7 +37,8 @@ def _level(value: str, what: str) -> str:
 
 
 NODE_LEAVES = ("status", "info", "telemetry", "assignment", "assignment/reported", "echo")
-CONTROLLER_LEAVES = ("status", "plan", "event", "costs", "timeline")
+CONTROLLER_LEAVES = ("status", "event")
+MODEL_LEAVES = ("plan", "costs", "timeline")  # one topic per model the cluster serves
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,12 @@ class NodeTopic:
 
 @dataclass(frozen=True)
 class ControllerTopic:
-    """``controller/<leaf>``: the controller's status, the deployed plan's summary, its events."""
+    """``controller/<leaf>``: the controller's status and its events; ``controller/<leaf>/<model>``
+    (``model`` set): what the cluster serves of one model: its plan's summary, cost model and
+    predicted timeline."""
 
     leaf: str
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,14 @@ class Topics:
     def node(self, node_id: str, leaf: str) -> str:
         return f"{self.root}/node/{_level(node_id, 'node id')}/{_node_leaf(leaf)}"
 
-    def controller(self, leaf: str) -> str:
-        if leaf not in CONTROLLER_LEAVES:
-            raise ProtocolError(f"unknown controller topic leaf {leaf!r}")
+    def controller(self, leaf: str, model: str | None = None) -> str:
+        """``controller/<leaf>``, or ``controller/<leaf>/<model>`` for a leaf of one model's plan."""
+        if leaf in MODEL_LEAVES and model is not None:
+            return f"{self.root}/controller/{leaf}/{_level(model, 'model name')}"
+        if leaf in MODEL_LEAVES:
+            raise ProtocolError(f"controller topic {leaf!r} is one model's: name the model")
+        if leaf not in CONTROLLER_LEAVES or model is not None:
+            raise ProtocolError(f"unknown controller topic leaf {leaf!r}" + (f" of model {model!r}" if model else ""))
         return f"{self.root}/controller/{leaf}"
 
     def request(self, op: str) -> str:
@@ -242,6 +252,8 @@ class Topics:
             return NodeTopic(parts[1], "/".join(parts[2:]))
         if parts[0] == "controller" and len(parts) == 2 and parts[1] in CONTROLLER_LEAVES:
             return ControllerTopic(parts[1])
+        if parts[0] == "controller" and len(parts) == 3 and parts[1] in MODEL_LEAVES and parts[2]:
+            return ControllerTopic(parts[1], parts[2])
         if parts[0] == "controller" and len(parts) == 3 and parts[1] == "request" and parts[2]:
             return RequestTopic(parts[2])
         if parts[0] == "data" and len(parts) == 4 and parts[3] == "in":

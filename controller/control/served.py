@@ -1,0 +1,67 @@
+"""One model the controller serves: its graph and what it knows of its plans (the live one, the
+one the broker holds, whether a re-plan is due). The controller keeps one per ``--model`` and
+plans them one at a time on the same nodes (:mod:`controller.control.service`). Pure state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controller.control.registry import LoadWatch
+from controller.control.rollout import Rolling
+from controller.graph.layers import LayerGraph
+from controller.planner.methods.evaluate import less_memory, memory_used
+from edgeflowd.profiles.devices import Cluster
+from edgeflowd.wire.messages import PlanInfo
+
+__all__ = ["SPEED_DRIFT", "Served", "memory_left"]
+
+SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
+
+
+@dataclass
+class Served:
+    """``spec``: the model as ``--model`` names it (its plan's ``model``, a topic level)."""
+
+    spec: str
+    graph: LayerGraph
+    speeds: LoadWatch = field(default_factory=lambda: LoadWatch(SPEED_DRIFT, samples=3))
+    live: Rolling | None = None  # the deployed generation, as it was planned
+    deployed: PlanInfo | None = None  # the live plan's summary: retained at start, then our own
+    held: dict[str, int] = field(default_factory=dict)  # blobs of the summary the broker holds
+    single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
+    judged: int = -1  # the generation last judged against the single device
+    published: int = -1  # the generation whose assignments were published last (failed or not)
+    dirty_since: float | None = None  # a re-plan is due settle_s after this
+    reason: str = "start"
+    planned_nodes: list[str] = field(default_factory=list)  # the live plan's (none while idle)
+
+    @property
+    def generation(self) -> int:
+        """The live generation (-1: none yet)."""
+        return self.live.rollout.generation if self.live else -1
+
+    def mark(self, reason: str, now: float, debounce: bool, due: bool, settle_s: float) -> None:
+        """Ask for a re-plan ``settle_s`` after ``now``; ``debounce`` pushes a pending one back,
+        so a burst costs one plan; ``due``: at once."""
+        if self.dirty_since is None:
+            self.reason = reason
+        if self.dirty_since is None or debounce:
+            self.dirty_since = now - (settle_s if due else 0.0)
+
+    def settled(self, now: float, settle_s: float) -> bool:
+        return self.dirty_since is not None and now - self.dirty_since >= settle_s
+
+
+def memory_left(cluster: Cluster, others: Iterable[Served]) -> Cluster:
+    """``cluster`` with each node's memory budget less what the live plans of ``others`` keep
+    on it (weights and output rows): models planned one after another share the nodes' memory."""
+    taken: dict[str, float] = {}
+    for served in others:
+        if served.live is None:
+            continue
+        plan, nodes = served.live.planned.plan, served.live.rollout.nodes
+        for device, used in enumerate(memory_used(plan, served.graph)):
+            taken[nodes[device]] = taken.get(nodes[device], 0.0) + used
+    return less_memory(cluster, taken)

@@ -1,0 +1,255 @@
+"""Several models on one cluster: one controller keeps a plan per model (its own generation and
+topics) on the same three daemons, each node's one retained assignment carries both, requests
+to both are exact at once, and both are re-planned when a node leaves."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+import pytest
+import torch
+
+from controller.cli.main import main
+from controller.control.deployment import Deployment, make_deployment
+from controller.control.requester import InferenceClient
+from controller.control.rollout import Rolling, Rollout
+from controller.control.served import Served, memory_left
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error
+from controller.graph.trace import trace_model
+from controller.lab.launch import controller_process
+from controller.planner.methods import plan_model
+from controller.planner.methods.evaluate import memory_used
+from controller.zoo import build_model
+from edgeflowd.errors import ProtocolError
+from edgeflowd.net.settings import BrokerSettings
+from edgeflowd.node.assignments import Activate, AssignmentAction, Assignments, Report
+from edgeflowd.node.weights import WeightStore
+from edgeflowd.profiles.devices import load_cluster
+from edgeflowd.wire.assignment import NodeWork, split_blob
+from edgeflowd.wire.messages import AssignmentReport, PlanInfo, decode_control
+from edgeflowd.wire.topics import Topics
+from tests.cluster import DaemonProcess, Watcher, mosquitto_broker, run_cli
+
+NODES = ("node-a", "node-b", "node-c")
+MODELS = ("resnet18", "small_dag")
+
+
+def test_each_model_is_planned_on_the_memory_the_others_leave() -> None:
+    """The second model's cluster has each node's budget less what the first one's live plan keeps
+    there (weights and output rows)."""
+    cluster = load_cluster("local-3")
+    model, shape = build_model("small_dag", None, 0)
+    graph = trace_model(model, torch.zeros(shape), "small_dag")
+    planned = plan_model(graph, cluster, "equal", deployable=True)
+    nodes = [d.id for d in cluster.devices]
+    deployment = make_deployment(planned.plan, graph, nodes, 4, "equal", 1 << 20)
+    first = Served("small_dag", graph)
+    first.live = Rolling(Rollout(deployment, 0.0, 10.0), "start", cluster, planned, 0.0, cluster)
+    left = memory_left(cluster, [first, Served("other", graph)])  # a model not yet live takes nothing
+    used = memory_used(planned.plan, graph)
+    assert all(u > 0 for u in used)
+    for before, after, taken in zip(cluster.devices, left.devices, used, strict=True):
+        assert after.profile.memory_mb == pytest.approx(before.profile.memory_mb - taken / 2**20)
+
+
+def _plans(watcher: Watcher) -> dict[str, PlanInfo]:
+    plans = {}
+    for model in MODELS:
+        payload = watcher.last.get(f"{watcher.root}/controller/plan/{model}", b"")
+        if payload:
+            plans[model] = decode_control(payload, "plan", PlanInfo)
+    return plans
+
+
+def _plans_on(watcher: Watcher, nodes: set[str], newer: dict[str, int], timeout_s: float) -> dict[str, PlanInfo]:
+    """Both models' plans on ``nodes``, each of a generation above ``newer``'s."""
+
+    def done(last: dict[str, bytes]) -> bool:
+        plans = _plans(watcher)
+        return len(plans) == len(MODELS) and all(
+            set(p.nodes) == nodes and p.generation > newer.get(m, 0) for m, p in plans.items()
+        )
+
+    watcher.wait_for(f"a plan of each model on {sorted(nodes)}", done, timeout_s=timeout_s)
+    return _plans(watcher)
+
+
+def _exact_at_once(url: str, n: int) -> dict[str, int]:
+    """``n`` requests to each model, both models' requests in flight together: how many were exact."""
+    good: dict[str, int] = {}
+    built = {spec: build_model(spec, None, 0) for spec in MODELS}  # one at a time: seeding is global
+
+    def run(spec: str) -> None:
+        model, shape = built[spec]
+        client = InferenceClient.connect(BrokerSettings(url), "local-3", spec)
+        try:
+            inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(7 + i)) for i in range(n)]
+            results = client.run(iter(inputs), 2, 30.0)
+        finally:
+            client.close()
+        good[spec] = sum(
+            1
+            for r, x in zip(results, inputs, strict=True)
+            if r.outputs is not None and relative_error(r.outputs, reference_outputs(model, x))[1] <= TOLERANCE
+        )
+
+    threads = [threading.Thread(target=run, args=(spec,)) for spec in MODELS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return good
+
+
+def _works(watcher: Watcher) -> Iterator[tuple[str, NodeWork]]:
+    for node in NODES:
+        payload = watcher.payload(node, "assignment")
+        if payload:
+            yield node, NodeWork.from_bytes(payload, node)
+
+
+@pytest.mark.integration
+def test_two_models_on_three_daemons_each_exact_and_each_replanned_when_a_node_leaves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = [arg for spec in MODELS[1:] for arg in ("--model", spec)]
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
+        daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
+        for daemon in daemons.values():
+            stack.callback(daemon.terminate)
+        with (
+            controller_process(broker, tmp_path, "local-3", MODELS[0], *models, "--method", "equal"),
+            closing(Watcher(broker.settings, "local-3")) as watcher,
+        ):
+            first = _plans_on(watcher, set(NODES), {}, 180)
+            assert len({p.generation for p in first.values()}) == len(MODELS)  # each its own generation
+            assert len({p.plan for p in first.values()}) == len(MODELS)  # and its own data topics
+            watcher.wait_for(
+                "every node serving both plans",
+                lambda last: (
+                    all(
+                        {m: a.generation for m, a in work.plans.items()} == {m: p.generation for m, p in first.items()}
+                        for _, work in _works(watcher)
+                    )
+                    and len(list(_works(watcher))) == len(NODES)
+                ),
+                timeout_s=60,
+            )
+            report = decode_control(watcher.payload("node-a", "assignment/reported"), "report", AssignmentReport)
+            assert set(report.models) == set(MODELS), report
+            assert _exact_at_once(broker.url, 3) == dict.fromkeys(MODELS, 3)
+
+            assert main(["status", "--broker", broker.url, "--cluster", "local-3"]) == 0
+            table = capsys.readouterr().out
+            for model, plan in first.items():
+                assert re.search(rf"^plan {plan.plan}: {model} with equal on node-a, node-b, node-c", table, re.M)
+
+            daemons["node-b"].kill()
+            generations = {m: p.generation for m, p in first.items()}
+            second = _plans_on(watcher, {"node-a", "node-c"}, generations, 90)
+            print({m: (first[m].plan, p.plan) for m, p in second.items()})  # the note's figures (pytest -s)
+            assert _exact_at_once(broker.url, 3) == dict.fromkeys(MODELS, 3)
+
+
+def _deployment(spec: str, generation: int) -> Deployment:
+    cluster = load_cluster("local-3")
+    model, shape = build_model(spec, None, 0)
+    graph = trace_model(model, torch.zeros(shape), spec)
+    planned = plan_model(graph, cluster, "equal", deployable=True)
+    return make_deployment(planned.plan, graph, [d.id for d in cluster.devices], generation, "equal", 1 << 20)
+
+
+def test_a_node_work_holds_one_plan_per_model_and_refuses_clashes() -> None:
+    dag, chain = _deployment("small_dag", 4), _deployment("tiny_chain", 5)
+    work = dag.assignments["node-a"].work().replace(chain.assignments["node-a"], "tiny_chain")
+    assert work.generation == 5 and set(work.plans) == {"small_dag", "tiny_chain"}
+    topic = "edgeflow/v1/local-3/node/node-a/assignment"
+    assert NodeWork.from_bytes(work.to_bytes(), topic) == work
+    assert work.replace(None, "small_dag").replace(None, "tiny_chain").to_bytes() == b""  # nothing: cleared
+    data = json.loads(work.to_bytes())
+    data["plans"][1]["generation"] = 4  # two plans of one generation: their data topics would meet
+    with pytest.raises(ProtocolError, match=r"\$.plans\[1\]: model 'tiny_chain', plan g5 repeats 'small_dag'"):
+        NodeWork.from_bytes(json.dumps(data).encode(), topic)
+    data["plans"][1] = data["plans"][0]
+    with pytest.raises(ProtocolError, match="repeats 'small_dag'"):
+        NodeWork.from_bytes(json.dumps(data).encode(), topic)
+    data = json.loads(work.to_bytes())
+    data["plans"][0]["node"] = "node-b"
+    with pytest.raises(ProtocolError, match=r"\$.plans\[0\]: assignment is for node 'node-b', not 'node-a'"):
+        NodeWork.from_bytes(json.dumps(data).encode(), topic)
+
+
+def test_a_node_fetches_the_weights_of_every_model_and_replaces_one_plan_alone() -> None:
+    """Both models' weights are fetched before the work is activated; a re-plan of one model
+    hands the other's assignment on unchanged, and only the new model's weights are fetched."""
+    dag, chain = _deployment("small_dag", 4), _deployment("tiny_chain", 5)
+    topics = Topics("local-3")
+    topic = topics.node("node-a", "assignment")
+    machine = Assignments("node-a", topics, WeightStore(), timeout_s=30.0)
+    work = dag.assignments["node-a"].work().replace(chain.assignments["node-a"], "tiny_chain")
+
+    def fetched(actions: list[AssignmentAction], *deployments: Deployment) -> list[AssignmentAction]:
+        for deployment in deployments:
+            for ref, raw in deployment.blobs.values():
+                for part, chunk in enumerate(split_blob(raw, ref)):
+                    actions += machine.on_blob(ref.sha256, part, chunk, topics.blob(ref.sha256, part))
+        return actions
+
+    actions = fetched(machine.on_assignment(work.to_bytes(), topic, 0.0), dag)
+    assert not any(isinstance(a, Activate) for a in actions)  # the second model's weights are missing
+    (activate,) = [a for a in fetched(actions, chain) if isinstance(a, Activate)]
+    assert activate.work == work and set(activate.tensors) == {"small_dag", "tiny_chain"}
+    assert set(activate.tensors["small_dag"]) == set(dag.assignments["node-a"].weights)
+    assert [(r.generation, r.state) for r in machine.activated(work) if isinstance(r, Report)] == [(5, "ready")]
+    again = _deployment("tiny_chain", 6)  # a re-plan of one model: the same weights, nothing to fetch
+    replanned = work.replace(again.assignments["node-a"], "tiny_chain")
+    (activate,) = [a for a in machine.on_assignment(replanned.to_bytes(), topic, 1.0) if isinstance(a, Activate)]
+    assert activate.work is not None and activate.work.plans["small_dag"] == work.plans["small_dag"]
+    assert activate.work.generation == 6
+
+
+@pytest.mark.integration
+def test_a_deploy_names_the_models_the_cluster_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edgeflow deploy --model A --model B``: both served, each exact; a later deploy of B alone
+    takes A off the nodes and clears its plan summary, so that its requesters are told at once."""
+    cluster_file = tmp_path / "pair.yaml"
+    cluster_file.write_text(
+        "schema: edgeflow.cluster/1\nname: pair\ndevices:\n"
+        "  - {id: p1, profile: local-core}\n  - {id: p2, profile: local-core}\n"
+    )
+    both = ("small_dag", "tiny_chain")
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
+        for node in ("p1", "p2"):
+            stack.callback(DaemonProcess(node, broker.url, "pair", tmp_path).terminate)
+        deploy = [
+            "deploy",
+            "--cluster",
+            str(cluster_file),
+            "--broker",
+            broker.url,
+            "--method",
+            "equal",
+            "--timeout",
+            "120",
+        ]
+        infer = ["infer", "--cluster", "pair", "--broker", broker.url, "--check", "--plan-wait", "2"]
+        code, out = run_cli(capsys, *deploy, "--model", both[0], "--model", both[1])
+        assert code == 0 and "generation 1 (plan g1) ready" in out and "generation 2 (plan g2) ready" in out, out
+        for spec in both:
+            code, out = run_cli(capsys, *infer, "--model", spec)
+            assert code == 0 and "(tolerance 0.0001): ok" in out, out
+        code, out = run_cli(capsys, "status", "--cluster", str(cluster_file), "--broker", broker.url)
+        assert (
+            code == 0 and re.search(r"^plan g1: small_dag", out, re.M) and re.search(r"^plan g2: tiny_chain", out, re.M)
+        )
+        code, out = run_cli(capsys, *deploy, "--model", both[1])
+        assert code == 0, out
+        code, out = run_cli(capsys, *infer, "--model", both[1])
+        assert code == 0 and "(tolerance 0.0001): ok" in out, out
+        code, out = run_cli(capsys, *infer, "--model", both[0])
+        assert code == 2 and "no plan of small_dag is deployed" in out, out
