@@ -122,11 +122,16 @@ def test_two_models_on_three_daemons_each_exact_and_each_replanned_when_a_node_l
         daemons = {n: DaemonProcess(n, broker.url, "local-3", tmp_path, "--profile", "local-core") for n in NODES}
         for daemon in daemons.values():
             stack.callback(daemon.terminate)
+        # A model deployed by hand before the controller, which does not serve it: taken off the nodes.
+        deploy = ["deploy", "--model", "tiny_chain", "--cluster", "local-3", "--broker", broker.url, "--timeout", "120"]
+        code, out = run_cli(capsys, *deploy, "--method", "equal")
+        assert code == 0, out
         with (
             controller_process(broker, tmp_path, "local-3", MODELS[0], *models, "--method", "equal"),
             closing(Watcher(broker.settings, "local-3")) as watcher,
         ):
-            first = _plans_on(watcher, set(NODES), {}, 180)
+            first = _plans_on(watcher, set(NODES), {"tiny_chain": 1}, 180)
+            assert not watcher.last.get(f"{watcher.root}/controller/plan/tiny_chain")  # cleared: not served
             assert len({p.generation for p in first.values()}) == len(MODELS)  # each its own generation
             assert len({p.plan for p in first.values()}) == len(MODELS)  # and its own data topics
             watcher.wait_for(

@@ -65,7 +65,7 @@ from edgeflowd.wire.messages import (
     decode_control,
     encode_control,
 )
-from edgeflowd.wire.topics import ControllerTopic, LatencyTopic, NodeTopic, Topics
+from edgeflowd.wire.topics import MODEL_LEAVES, ControllerTopic, LatencyTopic, NodeTopic, Topics
 
 __all__ = ["ControllerService"]
 
@@ -111,6 +111,7 @@ class ControllerService:
         self.works: dict[str, NodeWork] = {}  # each node's retained assignment, as published last
         self.rolling: Rolling | None = None  # one rollout at a time, whatever its model
         self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
+        self._foreign: set[str] = set()  # models the nodes said they serve that this controller does not
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -206,8 +207,10 @@ class ControllerService:
         moved = measurements_moved(before, after) if self.measured_rates and before and after else ""
         if moved:
             self._mark(f"{node} measured itself again: {moved}", only_on=node)
-        if view is not None and about.leaf == "assignment/reported" and self.rolling and view.report:
-            self.rolling.rollout.on_report(node, view.report)
+        if view is not None and about.leaf == "assignment/reported" and view.report:
+            self._foreign |= set(view.report.models) - set(self.models)
+            if self.rolling:
+                self.rolling.rollout.on_report(node, view.report)
         if view is not None and about.leaf == "telemetry" and payload and view.telemetry and self.measured_rates:
             self._on_telemetry(node, view.telemetry)
         self._membership(node, events, about.leaf in ("status", "info") or bool(events))
@@ -409,6 +412,12 @@ class ControllerService:
         for node in others:
             if node not in deployment.assignments and node in self.works:
                 self.works[node] = self.works[node].replace(None, served.spec)
+        # The nodes run only this controller's models now: requesters of any other must not wait on them.
+        for model in sorted(self._foreign):
+            for leaf in MODEL_LEAVES:
+                self.conn.publish(self.topics.controller(leaf, model), b"", qos=1, retain=True)
+            self._event("retired", detail=f"{model}: not served by this controller; its plan summary cleared")
+        self._foreign = set()
         info = served.deployed = deployment.info
         served.held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         served.planned_nodes = rolling.rollout.nodes
