@@ -53,11 +53,16 @@ test-fast: $(STAMP)
 test-vision: $(VISION_STAMP)
 	$(VISION_VENV)/bin/pytest -s -m vision tests/test_torchvision.py
 
-# make test-brokers: the compatibility table's brokers, RabbitMQ's MQTT plugin included (apt, as root).
+# make test-brokers: the compatibility table's brokers, RabbitMQ's MQTT plugin and ejabberd's MQTT
+# service included (apt, as root). The tests run each on private ports; the packages' own system
+# services are neither started at install (policy-rc.d) nor left enabled (ejabberd's would take 1883).
 test-brokers: $(STAMP)
-	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
-		echo "installing rabbitmq-server (apt)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null; \
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || [ ! -x /usr/sbin/ejabberdctl ]; }; then \
+		echo "installing rabbitmq-server and ejabberd (apt)"; \
+		made=; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server ejabberd >/dev/null; \
+		[ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; \
+		rm -f /etc/systemd/system/multi-user.target.wants/ejabberd.service; \
 	fi
 	$(BIN)/pytest -s -m brokers tests/test_brokers.py
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ __all__ = [
     "Broker",
     "DaemonProcess",
     "controller_process",
+    "ejabberd_broker",
     "embedded_broker",
     "free_port",
     "local_broker",
@@ -55,11 +57,23 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], tls: bool = False, mqtt_version: str = "5") -> None:
+    def __init__(
+        self,
+        port: int,
+        process: subprocess.Popen[bytes],
+        tls: bool = False,
+        mqtt_version: str = "5",
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.process = process
         self.tls = tls
         self.mqtt_version = mqtt_version  # the newest the broker speaks
+        self.login = login  # (username, password file) every client must log in with; None: anonymous
+
+    def login_flags(self) -> list[str]:
+        """The command-line flags of ``login``, for ``edgeflow`` commands and ``edgeflowd``."""
+        return ["--username", self.login[0], "--password-file", self.login[1]] if self.login else []
 
     @property
     def url(self) -> str:
@@ -71,8 +85,9 @@ class Broker:
 
     @property
     def settings(self) -> BrokerSettings:
-        """How an anonymous client reaches it (secured brokers: build :class:`BrokerSettings`)."""
-        return BrokerSettings(self.url, self.mqtt_version)
+        """How a client reaches it (TLS brokers: build :class:`BrokerSettings`)."""
+        username, password_file = self.login or (None, None)
+        return BrokerSettings(self.url, self.mqtt_version, username=username, password_file=password_file)
 
 
 @contextmanager
@@ -139,6 +154,52 @@ def rabbitmq_broker(tmp: Path) -> Iterator[Broker]:
     finally:
         epmd_exe = shutil.which("epmd") or "epmd"
         subprocess.run([epmd_exe, "-port", str(epmd), "-kill"], env=env, capture_output=True, timeout=30, check=False)
+
+
+EJABBERDCTL = Path("/usr/sbin/ejabberdctl")
+
+
+@contextmanager
+def ejabberd_broker(tmp: Path) -> Iterator[Broker]:
+    """ejabberd's MQTT service (mod_mqtt, MQTT 5) on 127.0.0.1, stopped on exit with its Erlang port
+    mapper (on a port of its own). ejabberd logs in no MQTT client without a password: with
+    anonymous login any will do, and the broker hands every client the same one. ejabberdctl runs
+    ejabberd as the ejabberd user, so its state lives in a directory of its own (a test's, private
+    to root, would not do), removed after."""
+    if not EJABBERDCTL.exists():
+        raise EdgeFlowError("ejabberd is not installed: run `make test-brokers` as root (it installs it)")
+    if os.geteuid() != 0:
+        raise EdgeFlowError("ejabberdctl runs ejabberd as its own user: only root may start it here")
+    mqtt, epmd = free_port(), free_port()
+    node = f"edgeflow{mqtt}@localhost"
+    home = Path(tempfile.mkdtemp(prefix=f"edgeflow-ejabberd-{mqtt}-"))
+    for sub in ("conf", "logs", "spool"):
+        (home / sub).mkdir()
+    (home / "conf" / "ejabberd.yml").write_text(
+        "hosts: [localhost]\nloglevel: info\nauth_method: [anonymous]\nanonymous_protocol: login_anon\n"
+        f'listen:\n  - {{port: {mqtt}, ip: "127.0.0.1", module: mod_mqtt, backlog: 1000}}\n'
+        "modules:\n  mod_mqtt: {}\n"
+    )
+    (home / "conf" / "ejabberdctl.cfg").write_text(f"ERLANG_NODE={node}\n")
+    (home / "conf" / "inetrc").write_text("")
+    for path in (home, *home.rglob("*")):
+        shutil.chown(path, "ejabberd")
+    password = tmp / f"ejabberd-{mqtt}.password"
+    password.write_text("anonymous\n")
+    env = {**os.environ, "ERL_EPMD_PORT": str(epmd)}
+    argv = [str(EJABBERDCTL), "--config-dir", str(home / "conf"), "--logs", str(home / "logs")]
+    argv += ["--spool", str(home / "spool"), "foreground"]
+    try:
+        with _serving(argv, mqtt, tmp / f"ejabberd-{mqtt}.log", "ejabberd", env, 60) as process:
+            yield Broker(mqtt, process, login=("edgeflow", str(password)))
+    finally:
+        # ejabberdctl starts the Erlang VM under su: stopping ejabberdctl leaves the VM running.
+        for sig in ("-TERM", "-KILL"):
+            subprocess.run(["pkill", sig, "-f", f"sname {node}"], capture_output=True, timeout=10, check=False)
+            time.sleep(1.0)
+        epmd_exe = shutil.which("epmd") or "epmd"
+        subprocess.run([epmd_exe, "-port", str(epmd), "-kill"], env=env, capture_output=True, timeout=30, check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
