@@ -9,14 +9,27 @@ import time
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from controller.cli.main import main
+from controller.control.requester import InferenceClient
+from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.lab.launch import Broker, DaemonProcess, free_port, mosquitto_broker
+from controller.zoo import build_model
 from edgeflowd.net.mqtt import Connection
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.messages import Status, decode_control
 
-__all__ = ["Broker", "DaemonProcess", "Watcher", "free_port", "mosquitto_broker", "node_status", "run_cli"]
+__all__ = [
+    "Broker",
+    "DaemonProcess",
+    "Watcher",
+    "count_exact",
+    "free_port",
+    "mosquitto_broker",
+    "node_status",
+    "run_cli",
+]
 
 
 class Watcher:
@@ -24,7 +37,7 @@ class Watcher:
 
     def __init__(self, broker: BrokerSettings, cluster: str, keep: bool = False) -> None:
         """``keep``: also keep every message in :attr:`seen`, in order (events are not retained)."""
-        self.root = f"edgeflow/v1/{cluster}"
+        self.root = f"edgeflow/v2/{cluster}"
         self.keep = keep
         self.seen: list[tuple[str, bytes, float]] = []
         self.messages: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
@@ -78,3 +91,23 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     out, err = capsys.readouterr()
     print(out, err)  # shown when the test fails, and in -s runs (the note's figures)
     return code, out + err
+
+
+def count_exact(
+    url: str, cluster: str, spec: str, n: int, built: tuple[torch.nn.Module, tuple[int, ...]] | None = None
+) -> int:
+    """``n`` requests (two in flight) to the plan of ``spec`` deployed under ``cluster``: how many
+    results equal the local model's. ``built``: the model as :func:`build_model` made it (build
+    it beforehand where threads run this: the zoo's seeding is global)."""
+    model, shape = built or build_model(spec, None, 0)
+    client = InferenceClient.connect(BrokerSettings(url), cluster, spec)
+    try:
+        inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(n)]
+        results = client.run(iter(inputs), 2, 30.0)
+    finally:
+        client.close()
+    return sum(
+        1
+        for r, x in zip(results, inputs, strict=True)
+        if r.outputs is not None and relative_error(r.outputs, reference_outputs(model, x))[1] <= TOLERANCE
+    )

@@ -25,7 +25,7 @@ from edgeflowd.wire.assignment import Assignment, split_blob, tensor_of_blob
 from edgeflowd.wire.units import unit_doc, unit_of
 from tests import models
 
-TOPIC = "edgeflow/v1/lab/node/n0/assignment"
+TOPIC = "edgeflow/v2/lab/node/n0/assignment"
 Yolo = tuple[Plan, Deployment, torch.Tensor]
 
 

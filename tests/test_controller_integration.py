@@ -19,13 +19,11 @@ import torch
 
 from controller.cli.main import main
 from controller.control.requester import InferenceClient
-from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.lab.launch import controller_process
 from controller.zoo import build_model
-from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.messages import PlanInfo, decode_control
-from tests.cluster import Broker, DaemonProcess, Watcher, mosquitto_broker
+from tests.cluster import Broker, DaemonProcess, Watcher, count_exact, mosquitto_broker
 
 pytestmark = pytest.mark.integration
 
@@ -65,18 +63,7 @@ def _cluster(tmp_path: Path) -> Iterator[tuple[Broker, dict[str, DaemonProcess],
 
 
 def _exact(url: str, n: int) -> int:
-    model, shape = build_model(MODEL, None, 0)
-    client = InferenceClient.connect(BrokerSettings(url), "local-3", MODEL)
-    try:
-        inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(n)]
-        results = client.run(iter(inputs), 2, 20.0)
-    finally:
-        client.close()
-    good = 0
-    for r, x in zip(results, inputs, strict=True):
-        if r.outputs is not None and relative_error(r.outputs, reference_outputs(model, x))[1] <= TOLERANCE:
-            good += 1
-    return good
+    return count_exact(url, "local-3", MODEL, n)
 
 
 @pytest.mark.reliability

@@ -210,8 +210,8 @@ def test_the_example_acl_is_the_generated_one() -> None:
     )
     acl = mosquitto_acl("lab", ["n1", "n2"])
     n1 = acl.split("user n1\n")[1].split("\n\n")[0].splitlines()
-    assert "topic write edgeflow/v1/lab/node/n1/status" in n1 and "topic read edgeflow/v1/lab/node/n1/assignment" in n1
-    assert "topic write edgeflow/v1/lab/node/n1/assignment" not in n1 and not [line for line in n1 if "n2" in line]
+    assert "topic write edgeflow/v2/lab/node/n1/status" in n1 and "topic read edgeflow/v2/lab/node/n1/assignment" in n1
+    assert "topic write edgeflow/v2/lab/node/n1/assignment" not in n1 and not [line for line in n1 if "n2" in line]
 
 
 def test_every_setting_is_a_key_a_variable_and_a_flag(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edgeflowd.errors import ProtocolError
 from edgeflowd.wire.messages import AssignmentReport, Info, Status, Telemetry, decode_control, encode_control
 
-TOPIC = "edgeflow/v1/lab/node/pi4-a/telemetry"
+TOPIC = "edgeflow/v2/lab/node/pi4-a/telemetry"
 
 
 @pytest.mark.parametrize(

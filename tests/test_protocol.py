@@ -37,14 +37,14 @@ def test_topics_build_and_parse() -> None:
         T.blob("ab" * 32, 3): BlobTopic("ab" * 32, 3),
     }
     for topic, parsed in cases.items():
-        assert topic.startswith("edgeflow/v1/lab/") and T.parse(topic) == parsed
+        assert topic.startswith("edgeflow/v2/lab/") and T.parse(topic) == parsed
 
 
 def test_subscription_filters() -> None:
-    assert T.blob("ab" * 32, 2) == f"edgeflow/v1/lab/blob/{'ab' * 32}/2"
-    assert T.results("g7") == "edgeflow/v1/lab/data/g7/result/+"
-    assert T.reports == "edgeflow/v1/lab/node/+/assignment/reported"
-    assert T.data_filter("g7") == "edgeflow/v1/lab/data/g7/#"
+    assert T.blob("ab" * 32, 2) == f"edgeflow/v2/lab/blob/{'ab' * 32}/2"
+    assert T.results("g7") == "edgeflow/v2/lab/data/g7/result/+"
+    assert T.reports == "edgeflow/v2/lab/node/+/assignment/reported"
+    assert T.data_filter("g7") == "edgeflow/v2/lab/data/g7/#"
     with pytest.raises(ProtocolError, match="plan id"):
         T.results("g/7")
     with pytest.raises(ProtocolError, match="one model's: name the model"):
@@ -56,10 +56,10 @@ def test_subscription_filters() -> None:
 @pytest.mark.parametrize(
     ("topic", "message"),
     [
-        ("edgeflow/v1/other/controller/plan/m", "is not under"),
-        ("edgeflow/v1/lab/controller/plan", "unknown topic"),
-        ("edgeflow/v1/lab/node/a/secrets", "unknown topic"),
-        ("edgeflow/v1/lab/infer/request", "unknown topic"),
+        ("edgeflow/v2/other/controller/plan/m", "is not under"),
+        ("edgeflow/v2/lab/controller/plan", "unknown topic"),
+        ("edgeflow/v2/lab/node/a/secrets", "unknown topic"),
+        ("edgeflow/v2/lab/infer/request", "unknown topic"),
     ],
 )
 def test_unknown_topics_are_refused(topic: str, message: str) -> None:

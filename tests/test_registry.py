@@ -131,9 +131,9 @@ def test_a_node_id_seen_twice_is_an_event_not_silent() -> None:
 def test_unknown_protocols_and_nodes_are_refused_with_both_sides_versions() -> None:
     reg = Registry(CLUSTER)
     reg.on_status("b", Status("online", "i1", 1), 0.0)
-    events = reg.on_info("b", Info(node="b", version="9", protocol=[2, 3]), 0.0)
+    events = reg.on_info("b", Info(node="b", version="9", protocol=[3, 4]), 0.0)
     assert [e.event for e in events] == ["refused"]
-    assert "node speaks protocol versions [2, 3], this controller [1]" in events[0].detail
+    assert "node speaks protocol versions [3, 4], this controller [2]" in events[0].detail
     assert reg.live() == []
     assert [e.event for e in reg.on_status("zz", Status("online", "i", 1), 0.0)] == ["unknown"]
     assert reg.on_status("zz", Status("online", "i", 1), 0.0) == []  # said once

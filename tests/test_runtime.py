@@ -157,7 +157,7 @@ def test_assignments_round_trip_and_name_the_bad_field(change: object, message: 
     data = json.loads(assignment.to_bytes())
     change(data)  # type: ignore[operator]
     with pytest.raises(ProtocolError, match=message):
-        Assignment.from_bytes(json.dumps(data).encode(), "edgeflow/v1/x/node/n0/assignment")
+        Assignment.from_bytes(json.dumps(data).encode(), "edgeflow/v2/x/node/n0/assignment")
 
 
 def _requester_keys(info: PlanInfo) -> FrameKeys:
@@ -273,7 +273,7 @@ def test_a_refused_assignment_leaves_the_node_serving_and_its_weights_as_they_we
     with stay as they were, and the report says what happened without claiming the refused plan."""
     deployment, _, _ = _small_deployment(devices=2)
     good = deployment.assignments["n0"]
-    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    topics, topic = Topics("x"), "edgeflow/v2/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
     actions = machine.on_assignment(good.work().to_bytes(), topic, 0.0)
     for sha in good.weights.values():
@@ -335,7 +335,7 @@ def test_an_assignment_under_a_generation_already_served_but_other_content_is_ta
     other, _, _ = _small_deployment(devices=2, seed=4)  # other weights, same generation (5)
     good, changed = deployment.assignments["n0"], other.assignments["n0"]
     assert good.generation == changed.generation and good.weights != changed.weights
-    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    topics, topic = Topics("x"), "edgeflow/v2/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
     machine.on_assignment(good.work().to_bytes(), topic, 0.0)
     for ref, raw in deployment.blobs.values():
@@ -354,7 +354,7 @@ def test_an_assignment_whose_runtime_cannot_be_built_is_reported_failed_and_the_
     deployment, _, _ = _small_deployment(devices=2)
     other, _, _ = _small_deployment(devices=2, seed=4)
     good, new = deployment.assignments["n0"], replace(other.assignments["n0"], generation=6)
-    topics, topic = Topics("x"), "edgeflow/v1/x/node/n0/assignment"
+    topics, topic = Topics("x"), "edgeflow/v2/x/node/n0/assignment"
     machine = Assignments("n0", topics, WeightStore(), timeout_s=30.0)
     for assignment, blobs in ((good, deployment.blobs), (new, other.blobs)):
         actions = machine.on_assignment(assignment.work().to_bytes(), topic, 0.0)

@@ -75,8 +75,11 @@ def _snapshot(
                     seen.plans[about.model] = decode_control(payload, topic, PlanInfo)
                 else:  # cleared: no longer served
                     seen.plans.pop(about.model, None)
-            elif isinstance(about, ControllerTopic) and about.leaf == "costs" and payload:
-                seen.costs[about.model] = decode_control(payload, topic, Costs)
+            elif isinstance(about, ControllerTopic) and about.leaf == "costs":
+                if payload:
+                    seen.costs[about.model] = decode_control(payload, topic, Costs)
+                else:  # cleared: no longer served
+                    seen.costs.pop(about.model, None)
             elif isinstance(about, NodeTopic):
                 registry.on_message(about, payload, topic, time.monotonic())
                 if about.leaf == "assignment/reported":

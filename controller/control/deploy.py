@@ -59,7 +59,9 @@ def deploy_plans(
     try:
         held = held_state(topics, models, messages, wait_s=1.0)
         on_broker = {sha: parts for plan in held.plans.values() for sha, parts in plan.blobs.items()}
-        works: dict[str, NodeWork] = {}  # the nodes' work from now on: the models deployed here only
+        # The nodes' work from now on: the models deployed here only, each keeping its plan until
+        # its new one replaces it (a model left out is dropped with the first rollout).
+        works = {n: NodeWork(n, {m: a for m, a in w.plans.items() if m in models}) for n, w in held.works.items()}
         infos = []
         for generation, (planned, graph) in enumerate(plans, start=held.newest + 1):
             part_bytes = conn.max_packet - FRAME_HEADER_BYTES

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from controller.graph.layers import LayerGraph
@@ -109,10 +109,14 @@ class CostLearner:
         self._nodes: dict[str, _Node] = {}
         self._terms: dict[tuple[int, str], dict[str, tuple[float, ...]]] = {}
 
-    def add_plan(self, generation: int, plan: Plan, graph: LayerGraph, nodes: list[str]) -> None:
-        """``nodes[d]`` ran plan device ``d`` in ``generation``."""
+    def add_plan(
+        self, generation: int, plan: Plan, graph: LayerGraph, nodes: list[str], live: Collection[int] = ()
+    ) -> None:
+        """``nodes[d]`` ran plan device ``d`` in ``generation``. The ``live`` generations (every
+        model's) are kept whatever their age: a model that is not re-planned while another is, many
+        times, still has its units' times matched."""
         self.plans[generation] = (plan, graph, list(nodes))
-        for old in sorted(self.plans)[:-PLANS_KEPT]:
+        for old in [g for g in sorted(self.plans) if g not in live and g != generation][:-PLANS_KEPT]:
             del self.plans[old]
         self._terms = {k: v for k, v in self._terms.items() if k[0] in self.plans}
 
@@ -177,8 +181,12 @@ class LatencyBook:
         self._ms: dict[int, deque[float]] = {}
 
     def add(self, generation: int, ms: float) -> None:
-        self._ms.setdefault(generation, deque(maxlen=self.keep)).append(ms)
-        for old in sorted(self._ms)[:-PLANS_KEPT]:
+        """The generations reported on last are kept (a model's live generation stays while others
+        are re-planned), not the highest numbers."""
+        values = self._ms.pop(generation, None) or deque(maxlen=self.keep)
+        values.append(ms)
+        self._ms[generation] = values  # the most recently reported last
+        for old in list(self._ms)[:-PLANS_KEPT]:
             del self._ms[old]
 
     def median(self, generation: int) -> tuple[float, int]:

@@ -10,7 +10,7 @@ waits for the reports, the service takes them as events in its loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -70,12 +70,13 @@ def completion_messages(
     others: Sequence[str] = (),
     admits: int = 0,
     works: Mapping[str, NodeWork] | None = None,
+    keep: Collection[str] = (),
 ) -> list[Publication]:
     """The plan summary (with ``admits``: :attr:`Rollout.admits`), then the retained assignments of
     ``others`` (nodes of the cluster that the new plan leaves out: one coming back must run nothing
     stale of this model; ``works``: what each runs now, the other models' plans of which it keeps)
     and the blobs only ``previous`` used (they would otherwise stay retained forever), unless
-    another model's plan in ``works`` uses them."""
+    another model's plan in ``works`` uses them or they are in ``keep``."""
     info = msgspec.structs.replace(deployment.info, admits=admits)
     works, model = works or {}, deployment.info.model
     out = []
@@ -90,7 +91,7 @@ def completion_messages(
     shared = {r.sha256 for w in works.values() for m, a in w.plans.items() if m != model for r in a.weights.values()}
     if previous is not None:
         for sha, parts in sorted(previous.blobs.items()):
-            if sha not in deployment.blobs and sha not in shared:
+            if sha not in deployment.blobs and sha not in shared and sha not in keep:
                 out += [Publication(topics.blob(sha, part), b"") for part in range(parts)]
     return out
 

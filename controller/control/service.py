@@ -43,7 +43,7 @@ from controller.control.registry import (
     others_load,
     reference_device,
 )
-from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages, works_with
+from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
 from controller.control.served import Served, memory_left
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
@@ -108,7 +108,6 @@ class ControllerService:
         self.loads = LoadWatch()
         self.judge = Judge()
         self.models: dict[str, Served] = {}  # by spec, once run() has traced them
-        self.works: dict[str, NodeWork] = {}  # each node's retained assignment, as published last
         self.rolling: Rolling | None = None  # one rollout at a time, whatever its model
         self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
         self._foreign: set[str] = set()  # models the nodes said they serve that this controller does not
@@ -377,12 +376,24 @@ class ControllerService:
             self._failed(served, reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment, served.held, self.works):
+        for publication in rollout_messages(self.topics, deployment, served.held, self._works()):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
-        self.works.update(works_with(deployment, self.works))
         served.published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
+
+    def _works(self) -> dict[str, NodeWork]:
+        """Each node's work as the models' live plans make it: what a rollout of one model carries
+        on for the others (never what was published last: a failed rollout's plan is not live)."""
+        works: dict[str, NodeWork] = {}
+        for served in self.models.values():
+            for node, assignment in served.live.rollout.deployment.assignments.items() if served.live else ():
+                works[node] = works.get(node, NodeWork(node, {})).replace(assignment, served.spec)
+        return works
+
+    @staticmethod
+    def _blobs(served: Served) -> set[str]:
+        return set(served.deployed.blobs) if served.deployed else set()
 
     def _generation(self) -> int:
         """The next generation: above every one the broker or a node has said, of any model."""
@@ -407,11 +418,12 @@ class ControllerService:
         deployment = rolling.rollout.deployment
         others = [d.id for d in self.cluster.devices]
         admits = rolling.rollout.admits
-        for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, self.works):
+        # Blobs the other models' summaries name stay, whatever those plans are now: a summary says
+        # what the broker holds, and its model's next rollout would not publish them again.
+        keep = {sha for s in self.models.values() if s is not served for sha in (*s.held, *self._blobs(s))}
+        works = self._works()
+        for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, works, keep):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
-        for node in others:
-            if node not in deployment.assignments and node in self.works:
-                self.works[node] = self.works[node].replace(None, served.spec)
         # The nodes run only this controller's models now: requesters of any other must not wait on them.
         for model in sorted(self._foreign):
             for leaf in MODEL_LEAVES:
@@ -421,7 +433,8 @@ class ControllerService:
         info = served.deployed = deployment.info
         served.held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         served.planned_nodes = rolling.rollout.nodes
-        self.judge.learner.add_plan(info.generation, rolling.planned.plan, served.graph, served.planned_nodes)
+        live = {s.generation for s in self.models.values()}
+        self.judge.learner.add_plan(info.generation, rolling.planned.plan, served.graph, served.planned_nodes, live)
         served.live = rolling
         self._baselines(served)
         self._publish_costs(served)

@@ -114,10 +114,15 @@ class Assignments:
             return [Report(current.generation, "ready")]  # the retained copy again, after a reconnect
         # Compared whole, never by generation alone: a deploy that reused a generation (a broker
         # that lost its state) with other weights or units is another assignment, and taken as one.
-        if current is not None and work.generation < current.generation:
+        # Model by model: work that only takes a model off the node (its newest plan) is not older.
+        served = current.plans if current else {}
+        older = [m for m, a in work.plans.items() if m in served and a.generation < served[m].generation]
+        if current is not None and (older or not work.plans):
+            was = current.plans[older[0]].generation if older else current.generation
             reason = (
-                f"generation {work.generation} is older than generation {current.generation}, which this "
-                "node serves (a broker that lost its retained state hands out old generations): deploy again"
+                f"generation {work.generation} is older than generation {was}, which this node serves"
+                f"{' for ' + older[0] if older else ''} (a broker that lost its retained state hands out old "
+                "generations): deploy again"
             )
             log.warning("node=%s ignores %s", self.node, reason)
             return [Report(work.generation, "error", reason, retain=False)]

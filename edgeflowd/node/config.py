@@ -54,7 +54,7 @@ class DaemonConfig:
 
     node_id: str = _declare("", "this node's id: a cluster profile's device id", "ID")
     broker: str = _declare("mqtt://127.0.0.1:1883", "mqtt://HOST[:PORT], or mqtts:// for TLS", "URL")
-    cluster: str = _declare("default", "cluster name, the topic root edgeflow/v1/NAME/", "NAME")
+    cluster: str = _declare("default", "cluster name, the topic root edgeflow/v2/NAME/", "NAME")
     profile: str | None = _declare(
         None, "device profile YAML, or a shipped profile's name; sets torch threads", "FILE", path=True
     )
@@ -73,8 +73,10 @@ class DaemonConfig:
         PACKET_BYTES, "largest MQTT message sent; capped by the broker's limit under MQTT 5", "BYTES"
     )
     request_ttl_s: float = _declare(30.0, "a request's partial inputs are dropped after this", "S")
-    buffer_mb: float = _declare(256.0, "partial inputs held for all requests together", "MIB")
-    max_requests: int = _declare(8, "requests held at once; a new one beyond is refused as busy", "N")
+    buffer_mb: float = _declare(256.0, "partial inputs held for all requests together, of each model served", "MIB")
+    max_requests: int = _declare(
+        8, "requests of each model served held at once; a new one beyond is refused as busy", "N"
+    )
     queue_messages: int = _declare(10000, "inbound messages waiting for the engine; more are dropped", "N")
     telemetry_interval_s: float = _declare(
         2.0, "seconds between telemetry messages; the controller takes 3 missed for a frozen node", "S"

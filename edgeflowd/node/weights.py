@@ -42,7 +42,7 @@ class WeightStore:
                 log.warning("cached weight %s does not match its hash; fetching it again", path)
                 return None
             tensor = self._memory[ref.sha256] = tensor_from_bytes(ref.dtype, list(ref.shape), raw, str(path))
-        return tensor
+        return _as_named(tensor, ref) if tensor is not None else None
 
     def put(self, ref: BlobRef, tensor: torch.Tensor) -> None:
         self._memory[ref.sha256] = tensor
@@ -93,3 +93,11 @@ class WeightFetch:
         tensor = tensor_of_blob(ref, parts, where)  # raises on bytes that do not match the hash
         del self.missing[sha256]
         return ref, tensor
+
+
+def _as_named(tensor: torch.Tensor, ref: BlobRef) -> torch.Tensor:
+    """``tensor`` as ``ref`` describes it: blobs are stored by their bytes alone, and identical bytes
+    may be another weight's under another shape or dtype (two models' zero tensors)."""
+    if list(tensor.shape) == list(ref.shape) and str(tensor.dtype).removeprefix("torch.") == ref.dtype:
+        return tensor
+    return tensor_from_bytes(ref.dtype, list(ref.shape), tensor_bytes(tensor)[2], f"weight {ref.sha256[:12]}")

@@ -237,12 +237,11 @@ class NodeWork:
             assignment = Assignment.from_doc(plan, where, plugins, checked)
             if assignment.node != doc.node:
                 raise ProtocolError(f"{where}: assignment is for node {assignment.node!r}, not {doc.node!r}")
-            clash = next((a for a in plans.values() if a.model == plan.model or a.plan == plan.plan), None)
-            if clash is None:
-                clash = next((a for a in plans.values() if a.generation == plan.generation), None)
-            if clash is not None:
-                raise ProtocolError(
-                    f"{where}: model {plan.model!r}, plan {plan.plan} repeats {clash.model!r}'s (plan {clash.plan})"
-                )
+            for field in ("model", "plan", "generation"):  # each names one plan of one model, once
+                clash = next((a for a in plans.values() if getattr(a, field) == getattr(plan, field)), None)
+                if clash is not None:
+                    raise ProtocolError(
+                        f"{where}.{field}: {getattr(plan, field)!r} is also that of the plan of {clash.model!r}"
+                    )
             plans[plan.model] = assignment
         return cls(doc.node, plans)

@@ -34,8 +34,8 @@ __all__ = [
     "encode_control",
 ]
 
-PROTOCOL_VERSIONS = (1,)
-"""Protocol versions this build speaks (the ``v1`` in topic names)."""
+PROTOCOL_VERSIONS = (2,)
+"""Protocol versions this build speaks (the ``v2`` in topic names)."""
 
 
 class Status(Document, frozen=True, tag="edgeflow.status/1"):

@@ -1,6 +1,6 @@
 """MQTT topic names: every topic of a cluster, built and parsed in one place (pure).
 
-Topics live under ``edgeflow/v1/<cluster>/``; docs/protocol.md has the tree with example payloads.
+Topics live under ``edgeflow/v2/<cluster>/``; docs/protocol.md has the tree with example payloads.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Topics:
 
     @property
     def root(self) -> str:
-        return f"edgeflow/v1/{self.cluster}"
+        return f"edgeflow/v2/{self.cluster}"
 
     def node(self, node_id: str, leaf: str) -> str:
         return f"{self.root}/node/{_level(node_id, 'node id')}/{_node_leaf(leaf)}"
