@@ -7,15 +7,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from controller.control.learning import LatencyBook
 from controller.control.registry import LoadWatch
 from controller.control.rollout import Rolling
 from controller.graph.layers import LayerGraph
 from controller.planner.methods.evaluate import less_memory, memory_used
 from edgeflowd.profiles.devices import Cluster
+from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.messages import PlanInfo
 
-__all__ = ["SPEED_DRIFT", "Served", "memory_left"]
+__all__ = ["SPEED_DRIFT", "Served", "live_works", "memory_left"]
 
 SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
 
@@ -52,6 +55,34 @@ class Served:
 
     def settled(self, now: float, settle_s: float) -> bool:
         return self.dirty_since is not None and now - self.dirty_since >= settle_s
+
+    def named_blobs(self) -> set[str]:
+        """The blobs its summaries name (the broker's, and its own last): the broker holds them,
+        and its next rollout would not publish them again."""
+        return {*self.held, *(self.deployed.blobs if self.deployed else ())}
+
+    def summary(self, latencies: LatencyBook) -> dict[str, Any]:
+        """Its live plan as the controller's ``status`` answer says it."""
+        plan = self.deployed
+        measured, requests = latencies.median(plan.generation) if plan else (0.0, 0)
+        return {
+            "plan": plan.plan if plan else None,
+            "generation": plan.generation if plan else None,
+            "nodes": plan.nodes if plan else [],
+            "predicted_ms": plan.predicted_ms if plan else None,
+            "measured_ms": measured if requests else None,
+            "requests": requests,
+        }
+
+
+def live_works(models: Iterable[Served]) -> dict[str, NodeWork]:
+    """Each node's work as the models' live plans make it: what a rollout of one model carries on
+    for the others (never what was published last: a failed rollout's plan is not live)."""
+    works: dict[str, NodeWork] = {}
+    for served in models:
+        for node, assignment in served.live.rollout.deployment.assignments.items() if served.live else ():
+            works[node] = works.get(node, NodeWork(node, {})).replace(assignment, served.spec)
+    return works
 
 
 def memory_left(cluster: Cluster, others: Iterable[Served]) -> Cluster:

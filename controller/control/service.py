@@ -44,7 +44,7 @@ from controller.control.registry import (
     reference_device,
 )
 from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
-from controller.control.served import Served, memory_left
+from controller.control.served import Served, live_works, memory_left
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
 from controller.planner.methods import METHODS, plan_model
@@ -54,7 +54,6 @@ from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, queued
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
-from edgeflowd.wire.assignment import NodeWork
 from edgeflowd.wire.discovery import HA_STATUS_ONLINE
 from edgeflowd.wire.messages import (
     ControllerEvent,
@@ -229,22 +228,10 @@ class ControllerService:
         return {"method": self.method, "was": before}
 
     def _status(self, request: Request) -> dict[str, Any]:
-        plans = {}
-        for spec, served in self.models.items():
-            plan = served.deployed
-            measured, requests = self.judge.latencies.median(plan.generation) if plan else (0.0, 0)
-            plans[spec] = {
-                "plan": plan.plan if plan else None,
-                "generation": plan.generation if plan else None,
-                "nodes": plan.nodes if plan else [],
-                "predicted_ms": plan.predicted_ms if plan else None,
-                "measured_ms": measured if requests else None,
-                "requests": requests,
-            }
         return {
             "method": self.method,
             "nodes": {d.id: self.registry.views[d.id].state for d in self.cluster.devices},
-            "models": plans,
+            "models": {spec: served.summary(self.judge.latencies) for spec, served in self.models.items()},
             "replanning": self.rolling is not None or any(s.dirty_since is not None for s in self.models.values()),
         }
 
@@ -376,24 +363,11 @@ class ControllerService:
             self._failed(served, reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment, served.held, self._works()):
+        for publication in rollout_messages(self.topics, deployment, served.held, live_works(self.models.values())):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         served.published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
-
-    def _works(self) -> dict[str, NodeWork]:
-        """Each node's work as the models' live plans make it: what a rollout of one model carries
-        on for the others (never what was published last: a failed rollout's plan is not live)."""
-        works: dict[str, NodeWork] = {}
-        for served in self.models.values():
-            for node, assignment in served.live.rollout.deployment.assignments.items() if served.live else ():
-                works[node] = works.get(node, NodeWork(node, {})).replace(assignment, served.spec)
-        return works
-
-    @staticmethod
-    def _blobs(served: Served) -> set[str]:
-        return set(served.deployed.blobs) if served.deployed else set()
 
     def _generation(self) -> int:
         """The next generation: above every one the broker or a node has said, of any model."""
@@ -420,8 +394,8 @@ class ControllerService:
         admits = rolling.rollout.admits
         # Blobs the other models' summaries name stay, whatever those plans are now: a summary says
         # what the broker holds, and its model's next rollout would not publish them again.
-        keep = {sha for s in self.models.values() if s is not served for sha in (*s.held, *self._blobs(s))}
-        works = self._works()
+        keep = {sha for s in self.models.values() if s is not served for sha in s.named_blobs()}
+        works = live_works(self.models.values())
         for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, works, keep):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         # The nodes run only this controller's models now: requesters of any other must not wait on them.
