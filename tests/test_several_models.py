@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import pytest
@@ -29,10 +30,13 @@ from controller.planner.methods.evaluate import memory_used
 from controller.planner.plan import Plan
 from controller.zoo import build_model
 from edgeflowd.errors import ProtocolError
+from edgeflowd.net.mqtt import Connection
 from edgeflowd.node.assignments import Activate, AssignmentAction, Assignments, Report
+from edgeflowd.node.config import DaemonConfig
+from edgeflowd.node.daemon import Daemon
 from edgeflowd.node.weights import WeightStore
 from edgeflowd.profiles.devices import load_cluster
-from edgeflowd.wire.assignment import NodeWork, blob_of, split_blob
+from edgeflowd.wire.assignment import NodeWork, blob_of, split_blob, tensor_of_blob
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, decode_control
 from edgeflowd.wire.topics import Topics
 from tests.cluster import DaemonProcess, Watcher, count_exact, mosquitto_broker, run_cli
@@ -330,3 +334,48 @@ def test_identical_bytes_under_another_shape_are_handed_out_as_each_reference_sa
         tensor = store.get(other)
         assert tensor is not None and list(tensor.shape) == list(other.shape)
         assert str(tensor.dtype) == f"torch.{other.dtype}" and not tensor.any()
+
+
+class _Subscriptions:
+    """What a daemon's connection was asked to subscribe to and drop (nothing is sent anywhere)."""
+
+    def __init__(self) -> None:
+        self.added: list[str] = []
+        self.dropped: list[str] = []
+
+    def subscribe_wait(self, topics: list[str], qos: int = 0) -> bool:
+        self.added += topics
+        return True
+
+    def unsubscribe(self, topic: str) -> None:
+        self.dropped.append(topic)
+
+
+def test_a_daemon_keeps_the_runtime_of_the_model_whose_plan_did_not_change() -> None:
+    """A re-plan of one model: the other's runtime (with the requests in it) is the same object,
+    and only the new plan's input topics are subscribed, the old plan's dropped."""
+    dag, chain = _deployment("small_dag", 4), _deployment("tiny_chain", 5)
+    daemon = Daemon(DaemonConfig(node_id="node-a", cluster="local-3"))  # built, never connected
+    wire = _Subscriptions()
+    daemon.conn = cast(Connection, wire)
+
+    def tensors(*deployments: Deployment) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            d.info.model: {
+                name: tensor_of_blob(ref, dict(enumerate(split_blob(d.blobs[ref.sha256][1], ref))), name)
+                for name, ref in d.assignments["node-a"].weights.items()
+            }
+            for d in deployments
+        }
+
+    work = dag.assignments["node-a"].work().replace(chain.assignments["node-a"], "tiny_chain")
+    daemon._switch(work, tensors(dag, chain))
+    daemon.assignments.current = work
+    kept = daemon.runtimes[dag.info.plan]
+    assert set(daemon.runtimes) == {dag.info.plan, chain.info.plan}
+    again = _deployment("tiny_chain", 6)
+    wire.added.clear()
+    daemon._switch(work.replace(again.assignments["node-a"], "tiny_chain"), tensors(dag, again))
+    assert daemon.runtimes[dag.info.plan] is kept and set(daemon.runtimes) == {dag.info.plan, again.info.plan}
+    assert wire.added and all(f"/data/{again.info.plan}/" in t for t in wire.added)
+    assert wire.dropped and all(f"/data/{chain.info.plan}/" in t for t in wire.dropped)
