@@ -21,7 +21,7 @@ from controller.cli.main import main
 from controller.control.deployment import Deployment, make_deployment
 from controller.control.learning import PLANS_KEPT, CostLearner, LatencyBook
 from controller.control.rollout import Rolling, Rollout, completion_messages
-from controller.control.served import Served, memory_left
+from controller.control.served import Served, live_works, memory_left, running_works
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.lab.launch import controller_process
@@ -379,3 +379,76 @@ def test_a_daemon_keeps_the_runtime_of_the_model_whose_plan_did_not_change() -> 
     assert daemon.runtimes[dag.info.plan] is kept and set(daemon.runtimes) == {dag.info.plan, again.info.plan}
     assert wire.added and all(f"/data/{again.info.plan}/" in t for t in wire.added)
     assert wire.dropped and all(f"/data/{chain.info.plan}/" in t for t in wire.dropped)
+
+
+@pytest.mark.integration
+def test_a_controller_started_over_deployed_models_never_takes_one_off_the_nodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two models deployed, then a controller started for both (as after a restart): its first
+    rollout, of one model, carries the other's plan on as the nodes run it, so that no node is
+    ever told to drop a model it serves (its requests would fail until that model's own rollout)."""
+    cluster_file = tmp_path / "pair.yaml"
+    cluster_file.write_text(
+        "schema: edgeflow.cluster/1\nname: pair\ndevices:\n"
+        "  - {id: p1, profile: local-core}\n  - {id: p2, profile: local-core}\n"
+    )
+    both = ("small_dag", "tiny_chain")
+    with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
+        for node in ("p1", "p2"):
+            stack.callback(DaemonProcess(node, broker.url, "pair", tmp_path).terminate)
+        deploy = ["deploy", "--cluster", str(cluster_file), "--broker", broker.url, "--timeout", "120"]
+        code, out = run_cli(capsys, *deploy, "--method", "equal", "--model", both[0], "--model", both[1])
+        assert code == 0, out
+        with closing(Watcher(broker.settings, "pair", keep=True)) as watcher:
+            watcher.wait_for("both nodes' retained work", lambda last: bool(watcher.payload("p2", "assignment")))
+            started = time.monotonic()
+            with controller_process(
+                broker, tmp_path, str(cluster_file), both[0], "--model", both[1], "--method", "equal"
+            ):
+                watcher.wait_for(
+                    "a plan of each model by the controller (generations above the deploy's 1 and 2)",
+                    lambda last: all(
+                        (p := last.get(f"{watcher.root}/controller/plan/{m}"))
+                        and decode_control(p, "plan", PlanInfo).generation > 2
+                        for m in both
+                    ),
+                    timeout_s=120,
+                )
+            told = [
+                (topic, sorted(NodeWork.from_bytes(payload, topic).plans))
+                for topic, payload, at in watcher.seen
+                if at > started and topic.endswith("/assignment") and payload
+            ]
+        assert told, "the controller published no assignment"
+        assert all(plans == sorted(both) for _, plans in told), told
+        infer = ["infer", "--cluster", "pair", "--broker", broker.url, "--check", "--plan-wait", "2"]
+        for spec in both:
+            code, out = run_cli(capsys, *infer, "--model", spec)
+            assert code == 0 and "(tolerance 0.0001): ok" in out, out
+
+
+def test_a_rollout_carries_on_only_the_plans_the_nodes_run_of_models_not_rolled_out_here() -> None:
+    """A model this controller has not rolled out keeps the plan each node's report confirms; a
+    plan a node refused (its report names another generation) is not carried on, nor is one of a
+    model whose rollout here failed."""
+    dag, chain = _deployment("small_dag", 4), _deployment("tiny_chain", 5)
+    assigned = {n: dag.assignments[n].work().replace(chain.assignments[n], "tiny_chain") for n in NODES}
+    serves = {"node-a": {"small_dag": 4, "tiny_chain": 5}, "node-b": {"small_dag": 3, "tiny_chain": 5}}
+    running = running_works(assigned, serves)
+    assert {n: sorted(w.plans) for n, w in running.items()} == {
+        "node-a": ["small_dag", "tiny_chain"],
+        "node-b": ["tiny_chain"],  # it refused generation 4 of small_dag: still on 3
+        "node-c": [],  # no report yet
+    }
+    served = {spec: Served(spec, _graph(spec)) for spec in ("small_dag", "tiny_chain")}
+    carried = live_works(served.values(), running)
+    assert {n: sorted(w.plans) for n, w in carried.items()} == {
+        "node-a": ["small_dag", "tiny_chain"],
+        "node-b": ["tiny_chain"],
+    }
+    served["small_dag"].published = 6  # a rollout of it here failed: its plan is not carried on
+    assert {n: sorted(w.plans) for n, w in live_works(served.values(), running).items()} == {
+        "node-a": ["tiny_chain"],
+        "node-b": ["tiny_chain"],
+    }

@@ -5,7 +5,7 @@ plans them one at a time on the same nodes (:mod:`controller.control.service`). 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +15,10 @@ from controller.control.rollout import Rolling
 from controller.graph.layers import LayerGraph
 from controller.planner.methods.evaluate import less_memory, memory_used
 from edgeflowd.profiles.devices import Cluster
-from edgeflowd.wire.assignment import NodeWork
+from edgeflowd.wire.assignment import Assignment, NodeWork
 from edgeflowd.wire.messages import PlanInfo
 
-__all__ = ["SPEED_DRIFT", "Served", "live_works", "memory_left"]
+__all__ = ["SPEED_DRIFT", "Served", "live_works", "memory_left", "running_works"]
 
 SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
 
@@ -75,14 +75,35 @@ class Served:
         }
 
 
-def live_works(models: Iterable[Served]) -> dict[str, NodeWork]:
+def live_works(models: Iterable[Served], running: Mapping[str, NodeWork] | None = None) -> dict[str, NodeWork]:
     """Each node's work as the models' live plans make it: what a rollout of one model carries on
-    for the others (never what was published last: a failed rollout's plan is not live)."""
+    for the others (never what was published last: a failed rollout's plan is not live). A model
+    this controller has not rolled out yet (it just started) keeps what the nodes run of it
+    (``running``: the retained assignments the nodes' reports confirm), so that the first rollout
+    of another model does not take it off the nodes, failing its requests, until its own first
+    rollout replaces it."""
     works: dict[str, NodeWork] = {}
     for served in models:
-        for node, assignment in served.live.rollout.deployment.assignments.items() if served.live else ():
+        if served.live is not None:
+            placed: Iterable[tuple[str, Assignment]] = served.live.rollout.deployment.assignments.items()
+        elif served.published < 0:
+            placed = [(n, w.plans[served.spec]) for n, w in (running or {}).items() if served.spec in w.plans]
+        else:
+            placed = []
+        for node, assignment in placed:
             works[node] = works.get(node, NodeWork(node, {})).replace(assignment, served.spec)
     return works
+
+
+def running_works(assigned: Mapping[str, NodeWork], serves: Mapping[str, Mapping[str, int]]) -> dict[str, NodeWork]:
+    """Of each node's retained assignment (``assigned``), the plans it runs: those its report says
+    it serves at that generation (``serves``: node -> model -> generation). A plan a node refused
+    is left out, so that no rollout carries it on to a node that would refuse the whole work."""
+    out = {}
+    for node, work in assigned.items():
+        said = serves.get(node, {})
+        out[node] = NodeWork(node, {m: a for m, a in work.plans.items() if said.get(m) == a.generation})
+    return out
 
 
 def memory_left(cluster: Cluster, others: Iterable[Served]) -> Cluster:

@@ -44,7 +44,7 @@ from controller.control.registry import (
     reference_device,
 )
 from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
-from controller.control.served import Served, live_works, memory_left
+from controller.control.served import Served, live_works, memory_left, running_works
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
 from controller.planner.methods import METHODS, plan_model
@@ -54,6 +54,7 @@ from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, queued
 from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.profiles.devices import Cluster, Device
+from edgeflowd.wire.assignment import NodeWork, NodeWorkDoc
 from edgeflowd.wire.discovery import HA_STATUS_ONLINE
 from edgeflowd.wire.messages import (
     ControllerEvent,
@@ -64,6 +65,7 @@ from edgeflowd.wire.messages import (
     decode_control,
     encode_control,
 )
+from edgeflowd.wire.schema import decode
 from edgeflowd.wire.topics import MODEL_LEAVES, ControllerTopic, LatencyTopic, NodeTopic, Topics
 
 __all__ = ["ControllerService"]
@@ -110,6 +112,7 @@ class ControllerService:
         self.rolling: Rolling | None = None  # one rollout at a time, whatever its model
         self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
         self._foreign: set[str] = set()  # models the nodes said they serve that this controller does not
+        self.assigned: dict[str, NodeWork] = {}  # each node's retained assignment, as the broker holds it
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -136,7 +139,7 @@ class ControllerService:
         for spec in self.specs:
             model, shape = build_model(spec, None, 0)
             self.models[spec] = Served(spec, trace_model(model, torch.zeros(shape), spec))
-        for topic in self.topics.node_feeds([d.id for d in self.cluster.devices], NODE_FEEDS):
+        for topic in self.topics.node_feeds([d.id for d in self.cluster.devices], (*NODE_FEEDS, "assignment")):
             self.conn.subscribe(topic, qos=1)
         for spec in self.specs:  # the generation deployed before us
             self.conn.subscribe(self.topics.controller("plan", spec), qos=1)
@@ -198,6 +201,10 @@ class ControllerService:
         if not isinstance(about, NodeTopic):
             return
         node = about.node
+        if about.leaf == "assignment":  # what it was told to run: carried on for models not rolled out here yet
+            work = NodeWork.from_doc(decode(payload, NodeWorkDoc, topic), topic, checked=False) if payload else None
+            self.assigned = {n: w for n, w in {**self.assigned, node: work}.items() if w is not None}
+            return
         view = self.registry.views.get(node)
         before = view.info.benchmark if view and view.info else None
         events = self.registry.on_message(about, payload, topic, self.clock())
@@ -363,11 +370,16 @@ class ControllerService:
             self._failed(served, reason, str(exc))
             return
         self._next_generation = generation + 1  # never hand out a generation twice, failed or not
-        for publication in rollout_messages(self.topics, deployment, served.held, live_works(self.models.values())):
+        for publication in rollout_messages(self.topics, deployment, served.held, self._works()):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         served.published = generation
         rollout = Rollout(deployment, self.clock(), self.deploy_timeout_s)  # its clock starts once published
         self.rolling = Rolling(rollout, reason, cluster, planned, start, base)
+
+    def _works(self) -> dict[str, NodeWork]:
+        """What a rollout carries on for the other models (:func:`live_works`)."""
+        serves = {n: v.report.models for n, v in self.registry.views.items() if v.report}
+        return live_works(self.models.values(), running_works(self.assigned, serves))
 
     def _generation(self) -> int:
         """The next generation: above every one the broker or a node has said, of any model."""
@@ -395,7 +407,7 @@ class ControllerService:
         # Blobs the other models' summaries name stay, whatever those plans are now: a summary says
         # what the broker holds, and its model's next rollout would not publish them again.
         keep = {sha for s in self.models.values() if s is not served for sha in s.named_blobs()}
-        works = live_works(self.models.values())
+        works = self._works()
         for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, works, keep):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         # The nodes run only this controller's models now: requesters of any other must not wait on them.
