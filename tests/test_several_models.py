@@ -30,7 +30,8 @@ from controller.planner.methods.evaluate import memory_used
 from controller.planner.plan import Plan
 from controller.zoo import build_model
 from edgeflowd.errors import ProtocolError
-from edgeflowd.net.mqtt import Connection
+from edgeflowd.net.mqtt import Connection, listen, received
+from edgeflowd.net.settings import BrokerSettings
 from edgeflowd.node.assignments import Activate, AssignmentAction, Assignments, Report
 from edgeflowd.node.config import DaemonConfig
 from edgeflowd.node.daemon import Daemon
@@ -101,6 +102,15 @@ def _exact_at_once(url: str, n: int) -> dict[str, int]:
     return good
 
 
+def _retained_blobs(broker: BrokerSettings, cluster: str) -> set[str]:
+    """The hashes of the weight blobs the broker holds for ``cluster``."""
+    conn, messages = listen(broker, "blob-check", [f"{Topics(cluster).root}/blob/#"])
+    try:
+        return {topic.split("/")[-2] for topic, payload in received(messages, 1.5) if payload}
+    finally:
+        conn.stop()
+
+
 def _works(watcher: Watcher) -> Iterator[tuple[str, NodeWork]]:
     for node in NODES:
         payload = watcher.payload(node, "assignment")
@@ -127,6 +137,11 @@ def test_two_models_on_three_daemons_each_exact_and_each_replanned_when_a_node_l
         ):
             first = _plans_on(watcher, set(NODES), {"tiny_chain": 1}, 180)
             assert not watcher.last.get(f"{watcher.root}/controller/plan/tiny_chain")  # cleared: not served
+            # ... and so are its weights, but for those a served model uses too.
+            served_blobs = {sha for p in first.values() for sha in p.blobs}
+            retained = _retained_blobs(broker.settings, "local-3")
+            assert served_blobs <= retained
+            assert not (set(_deployment("tiny_chain", 1).blobs) - served_blobs) & retained
             assert len({p.generation for p in first.values()}) == len(MODELS)  # each its own generation
             assert len({p.plan for p in first.values()}) == len(MODELS)  # and its own data topics
             watcher.wait_for(

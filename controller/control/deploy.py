@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.control.deployment import Deployment, make_deployment
-from controller.control.rollout import Publication, Rollout, completion_messages, rollout_messages, works_with
+from controller.control.rollout import (
+    Publication,
+    Rollout,
+    cleared_blobs,
+    completion_messages,
+    rollout_messages,
+    works_with,
+)
 from controller.graph.layers import LayerGraph
 from controller.planner.methods import Planned
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
@@ -91,13 +98,7 @@ def retired_messages(topics: Topics, held: Held, deployed: Sequence[PlanInfo]) -
     for work in held.works.values():
         for model, assignment in work.plans.items():
             old.update({ref.sha256: ref.parts for ref in assignment.weights.values()} if model in retired else {})
-    used = {sha for info in deployed for sha in info.blobs}
-    out += [
-        Publication(topics.blob(sha, part), b"")
-        for sha, parts in sorted(old.items())
-        if sha not in used
-        for part in range(parts)
-    ]
+    out += cleared_blobs(topics, old, {sha for info in deployed for sha in info.blobs})
     return out
 
 

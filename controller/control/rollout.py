@@ -23,7 +23,15 @@ from edgeflowd.wire.assignment import NodeWork, split_blob
 from edgeflowd.wire.messages import AssignmentReport, PlanInfo, encode_control
 from edgeflowd.wire.topics import Topics
 
-__all__ = ["Publication", "Rolling", "Rollout", "completion_messages", "rollout_messages", "works_with"]
+__all__ = [
+    "Publication",
+    "Rolling",
+    "Rollout",
+    "cleared_blobs",
+    "completion_messages",
+    "rollout_messages",
+    "works_with",
+]
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,19 @@ def completion_messages(
     ]
     shared = {r.sha256 for w in works.values() for m, a in w.plans.items() if m != model for r in a.weights.values()}
     if previous is not None:
-        for sha, parts in sorted(previous.blobs.items()):
-            if sha not in deployment.blobs and sha not in shared and sha not in keep:
-                out += [Publication(topics.blob(sha, part), b"") for part in range(parts)]
+        out += cleared_blobs(topics, previous.blobs, {*deployment.blobs, *shared, *keep})
     return out
+
+
+def cleared_blobs(topics: Topics, blobs: Mapping[str, int], used: Collection[str]) -> list[Publication]:
+    """Empty retained messages for every part of ``blobs`` (sha256 -> parts) that no plan still
+    uses (``used``): weights nobody reads would otherwise stay on the broker for good."""
+    return [
+        Publication(topics.blob(sha, part), b"")
+        for sha, parts in sorted(blobs.items())
+        if sha not in used
+        for part in range(parts)
+    ]
 
 
 @dataclass

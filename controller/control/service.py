@@ -43,7 +43,7 @@ from controller.control.registry import (
     others_load,
     reference_device,
 )
-from controller.control.rollout import Rolling, Rollout, completion_messages, rollout_messages
+from controller.control.rollout import Rolling, Rollout, cleared_blobs, completion_messages, rollout_messages
 from controller.control.served import Served, live_works, memory_left, running_works
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
@@ -113,6 +113,7 @@ class ControllerService:
         self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
         self._foreign: set[str] = set()  # models the nodes said they serve that this controller does not
         self.assigned: dict[str, NodeWork] = {}  # each node's retained assignment, as the broker holds it
+        self._foreign_blobs: dict[str, int] = {}  # the weights those models' assignments named
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -204,6 +205,8 @@ class ControllerService:
         if about.leaf == "assignment":  # what it was told to run: carried on for models not rolled out here yet
             work = NodeWork.from_doc(decode(payload, NodeWorkDoc, topic), topic, checked=False) if payload else None
             self.assigned = {n: w for n, w in {**self.assigned, node: work}.items() if w is not None}
+            foreign = [a for m, a in work.plans.items() if m not in self.models] if work else []
+            self._foreign_blobs.update({r.sha256: r.parts for a in foreign for r in a.weights.values()})
             return
         view = self.registry.views.get(node)
         before = view.info.benchmark if view and view.info else None
@@ -415,7 +418,10 @@ class ControllerService:
             for leaf in MODEL_LEAVES:
                 self.conn.publish(self.topics.controller(leaf, model), b"", qos=1, retain=True)
             self._event("retired", detail=f"{model}: not served by this controller; its plan summary cleared")
-        self._foreign = set()
+        used = {*deployment.blobs, *(sha for s in self.models.values() for sha in s.named_blobs())}
+        for publication in cleared_blobs(self.topics, self._foreign_blobs, used):  # and its weights
+            self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
+        self._foreign, self._foreign_blobs = set(), {}
         info = served.deployed = deployment.info
         served.held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         served.planned_nodes = rolling.rollout.nodes
