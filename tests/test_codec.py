@@ -55,6 +55,13 @@ def test_units_round_trip_and_run_from_decoded_bytes(yolo: Yolo) -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
+def test_the_decode_head_s_grids_travel_as_constants_read_by_rows(yolo: Yolo) -> None:
+    """YOLOv5s' box decode is split by rows: its grids cross the wire as row-read constants."""
+    _, deployment, _ = yolo
+    docs = [json.loads(a.to_bytes()) for a in deployment.assignments.values()]
+    assert '"$trows"' in json.dumps(docs)
+
+
 def test_a_unit_only_carries_the_weights_it_names(yolo: Yolo) -> None:
     plan, deployment, _ = yolo
     unit = plan.unit("model_0_conv@d1")
@@ -93,6 +100,10 @@ def _document(yolo: Yolo) -> dict[str, object]:
             r"ops\[0\].args: unknown value kind '\$pickle'",
         ),
         (lambda d: d["units"][0]["ops"][0].update(args=[1]), r"ops\[0\]: 'args' must encode a tuple"),
+        (
+            lambda d: d["units"][0]["ops"][0].update(args={"$tuple": [{"$trows": ["grid", -1]}]}),
+            r"ops\[0\].args\[0\]: bad \$trows value \['grid', -1\]",
+        ),
         (lambda d: d["units"][0].update(device="0"), r"Expected `int`, got `str` - at `\$.units\[0\].device`"),
     ],
 )

@@ -16,6 +16,7 @@ from controller.control.verify import TOLERANCE, check_partition, reference_outp
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.partitions import even_partition, random_partition
+from edgeflowd.core.ops import RowConst
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import RowRule
 from edgeflowd.core.units import ExecutionUnit, UnitInput
@@ -128,26 +129,65 @@ def test_pixel_shuffle_adaptive_pooling_and_layouts_split_exactly() -> None:
     assert "F.linear" in targets and "F.pixel_shuffle" in targets
 
 
-def test_a_layout_that_does_not_return_to_nchw_runs_whole_from_where_it_leaves() -> None:
+def test_a_layout_that_leaves_the_rows_at_dim_2_stays_split_and_one_that_moves_them_runs_whole() -> None:
+    """YOLOv5's head layout (N, anchors, H, W, outputs) keeps the rows at dim 2: the layer stays
+    split by rows to its end. A layout with the rows elsewhere runs whole from where it leaves."""
+
     class Leaves(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, order: tuple[int, ...]) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 6, 3, 1, 1)
+            self.order = order
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = F.relu(self.conv(x))
-            return y.view(1, 2, 3, 9, 5).permute(0, 1, 3, 4, 2).sigmoid()  # YOLOv5's head layout
+            return y.view(1, 2, 3, 9, 5).permute(*self.order).sigmoid()
 
     x = torch.randn(1, 3, 9, 5)
-    graph = trace_model(Leaves().eval(), x)
-    conv, tail = graph.compute_layers
-    assert conv.splittable and [op.target for op in conv.ops] == ["F.conv2d", "F.relu"]
-    assert not tail.splittable and tail.inputs == (conv.name,) and "NCHW" in tail.note
-    model = Leaves().eval()
-    check = check_partition(
-        "p", graph := trace_model(model, x), even_partition(graph, 3), x, reference_outputs(model, x)
-    )
-    assert check.relative <= TOLERANCE
+    for order, split in (((0, 1, 3, 4, 2), True), ((0, 1, 2, 4, 3), False)):
+        model = Leaves(order).eval()
+        graph = trace_model(model, x)
+        if split:
+            (layer,) = graph.compute_layers
+            assert layer.splittable and layer.out_shape == (1, 2, 9, 5, 3) and layer.height == 9
+        else:
+            conv, tail = graph.compute_layers
+            assert conv.splittable and [op.target for op in conv.ops] == ["F.conv2d", "F.relu"]
+            assert not tail.splittable and tail.inputs == (conv.name,) and "NCHW" in tail.note
+        check = check_partition("p", graph, even_partition(graph, 3), x, reference_outputs(model, x))
+        assert check.relative <= TOLERANCE, order
+
+
+def test_a_constant_that_goes_with_the_rows_is_read_by_each_unit_for_its_rows() -> None:
+    """A detection head's decode: element-wise ops with a grid that has a value per row (and
+    one expanded along the rows) stay split; each unit reads its rows of the grid (RowConst)."""
+
+    class Decode(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 14, 1)
+            yv, xv = torch.meshgrid(torch.arange(9.0), torch.arange(5.0), indexing="ij")
+            self.register_buffer("grid", torch.stack((xv, yv), 2).view(1, 1, 9, 5, 2).expand(1, 2, 9, 5, 2))
+            self.register_buffer(
+                "anchor", torch.tensor([[2.0, 3.0], [5.0, 7.0]]).view(1, 2, 1, 1, 2).expand(1, 2, 9, 5, 2)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).view(1, 2, 7, 9, 5).permute(0, 1, 3, 4, 2).contiguous().sigmoid()
+            xy, wh, conf = y.split((2, 2, 3), 4)
+            xy = (xy * 2 + self.grid) * 8.0
+            wh = (wh * 2) ** 2 * self.anchor
+            return torch.cat((xy, wh, conf), 4).view(1, -1, 7)
+
+    model, x = Decode().eval(), torch.randn(1, 3, 9, 5)
+    graph = trace_model(model, x)
+    split = [layer for layer in graph.compute_layers if layer.splittable]
+    row_consts = [a for layer in split for op in layer.ops for a in op.args if isinstance(a, RowConst)]
+    assert {c.name for c in row_consts} == {"grid", "anchor"} and all(c.dim == 2 for c in row_consts)
+    assert [layer.ops[-1].target for layer in graph.compute_layers if not layer.splittable] == ["method.view"]
+    for n in (2, 3):
+        check = check_partition("p", graph, even_partition(graph, n), x, reference_outputs(model, x))
+        assert check.relative <= TOLERANCE, n
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from controller.graph.rowmap import row_local
-from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall, Prev
+from controller.graph.rowmap import row_extent, row_local
+from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall, Prev, RowConst
 
-__all__ = ["free_rows", "pixel_axis"]
+__all__ = ["free_rows", "pixel_axis", "whole_consts"]
 
 _RESHAPES = frozenset({"method.view", "method.reshape", "torch.reshape"})
 _SAME_ORDER = _RESHAPES | {"method.flatten", "torch.flatten", "method.unsqueeze", "torch.unsqueeze"}
@@ -29,6 +29,13 @@ _TRANSPOSES = frozenset({"method.transpose", "torch.transpose"})
 _REDUCTIONS = frozenset({"method.mean", "method.sum", "method.amax", "torch.mean", "torch.sum", "torch.amax"})
 _ALONG_DIM = frozenset({"F.softmax", "F.log_softmax", "F.normalize", "method.softmax", "torch.softmax"})
 _SQUEEZES = frozenset({"method.squeeze", "torch.squeeze"})
+_SPLITS = frozenset({"torch.split", "torch.chunk", "method.split", "method.chunk"})
+
+
+def _rows_along(call: OpCall, consts: Mapping[str, torch.Tensor], from_end: int, rows: int) -> bool:
+    """Whether each constant operand of an element-wise op broadcasts along the rows or has as
+    many as the result (a unit then reads its own rows of it: :class:`RowConst`)."""
+    return all(row_extent(consts[n].shape, from_end) in (1, rows) for n in call.const_names())
 
 
 def _ints(args: Sequence[Any]) -> list[int] | None:
@@ -75,7 +82,11 @@ def pixel_axis(
     if target not in ELEMENTWISE and (not call.args or not isinstance(call.args[0], (Prev, In))):
         return None  # (an element-wise op may take its input anywhere: 0.5 * x)
     if target in ELEMENTWISE:
-        new = axis if out_shape == in_shape and row_local(call, consts, ndim - axis) else None
+        local = row_local(call, consts, ndim - axis) or _rows_along(call, consts, ndim - axis, in_shape[axis])
+        new = axis if out_shape == in_shape and local else None
+    elif target in _SPLITS:  # split(x, sizes, dim), chunk(x, chunks, dim): one item of it, by getitem
+        dim = call.arg(2, "dim", 0)
+        new = axis if isinstance(dim, int) and dim % ndim != axis else None
     elif target in _RESHAPES and _ints(call.args[1:]) is None and "shape" not in call.kwargs:
         new = None  # view(dtype) reinterprets bits; only sizes keep the elements in order
     elif target in _SAME_ORDER:
@@ -114,11 +125,49 @@ def _keeps_axis(index: Any, axis: int) -> bool:
     return all(isinstance(i, slice) for i in index) and (len(index) <= axis or index[axis] == slice(None))
 
 
-def free_rows(call: OpCall, out_shape: tuple[int, ...], axis: int) -> OpCall:
+def free_rows(
+    call: OpCall, out_shape: tuple[int, ...], axis: int, consts: Mapping[str, torch.Tensor] | None = None
+) -> OpCall:
     """``call`` with the sizes of a view or reshape written for any number of rows (-1 on the row
-    axis, every other size as traced): a unit runs it on its slice, not on the traced map."""
+    axis, every other size as traced), and each constant of an element-wise op that has as many
+    rows as the result read by the unit's rows (:class:`RowConst`): a unit runs it on its slice,
+    not on the traced map."""
+    if call.target in ELEMENTWISE and consts is not None:
+        from_end, rows = len(out_shape) - axis, out_shape[axis]
+
+        def sliced(value: Any) -> Any:
+            if isinstance(value, Const) and not isinstance(value, RowConst):
+                shape = consts[value.name].shape
+                if rows > 1 and row_extent(shape, from_end) == rows:
+                    return RowConst(value.name, len(shape) - from_end)
+            if isinstance(value, (tuple, list)):
+                return type(value)(sliced(v) for v in value)
+            return value
+
+        args = tuple(sliced(a) for a in call.args)
+        kwargs = {k: sliced(v) for k, v in call.kwargs.items()}
+        return (
+            call if (args, kwargs) == (call.args, dict(call.kwargs)) else OpCall(call.target, args, kwargs, call.node)
+        )
     if call.target not in _RESHAPES:
         return call
     sizes = tuple(-1 if j == axis else int(d) for j, d in enumerate(out_shape))
     target = "method.reshape" if call.target == "method.view" else call.target  # a slice may not be viewable
     return OpCall(target, (call.args[0], sizes), {}, call.node)
+
+
+def whole_consts(ops: list[OpCall]) -> list[OpCall]:
+    """``ops`` reading every constant whole: the ops of a layer that runs whole (a unit of all its
+    rows), where a :class:`RowConst` made for a slice of an intermediate result would miscount."""
+
+    def whole(value: Any) -> Any:
+        if isinstance(value, RowConst):
+            return Const(value.name)
+        if isinstance(value, (tuple, list)):
+            return type(value)(whole(v) for v in value)
+        return value
+
+    return [
+        OpCall(c.target, tuple(whole(a) for a in c.args), {k: whole(v) for k, v in c.kwargs.items()}, c.node)
+        for c in ops
+    ]

@@ -32,6 +32,8 @@ __all__ = ["IDENTITY", "WHOLE", "Classified", "classify", "row_extent", "row_loc
 WHOLE = RowRule("whole")
 IDENTITY = RowRule("identity")
 _CHANNEL_SPLITS = {"torch.split", "torch.chunk", "method.split", "method.chunk"}
+_ANY_LAYOUT = frozenset({"torch.cat", "operator.getitem", "method.__getitem__", *_CHANNEL_SPLITS})
+"""Ops whose row rule holds whatever the layout, as long as rows are dim 2 and they leave it alone."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,12 @@ def classify(
     kind = _kind(call, in_shapes, consts)
     if call.target.startswith("local."):
         return _whole(kind, n, f"op {call.target} is unknown to EdgeFlow; its layer runs whole")
-    if len(out_shape) != 4 or any(len(s) != 4 for s in in_shapes):
+    ndim = len(out_shape)
+    if ndim < 4 or any(len(s) != ndim for s in in_shapes):
         return _whole(kind, n)
     height, kw = out_shape[2], call.kwargs
+    if ndim > 4 and call.target not in _ANY_LAYOUT and call.target not in ELEMENTWISE:
+        return _whole(kind, n)  # rows at dim 2 of another layout: only ops that leave it alone split
     if call.target in ("F.conv2d", "F.max_pool2d") and "padding" in kw and isinstance(kw["padding"], tuple):
         if call.target == "F.conv2d" and not isinstance(kw.get("weight"), Const):
             return _whole(kind, n, "convolution with a computed weight")
@@ -127,13 +132,13 @@ def classify(
         position = 1 if call.target == "torch.cat" else 2
         dim = call.arg(position, "dim", 0)
         same_rows = all(s[2] == height for s in in_shapes)
-        if isinstance(dim, int) and dim % 4 != 2 and same_rows:
+        if isinstance(dim, int) and dim % ndim != 2 and same_rows:
             return Classified(kind, (IDENTITY,) * n, True)
         return _whole(kind, n)
     if call.target in ("operator.getitem", "method.__getitem__"):
         return Classified(kind, (IDENTITY,), True) if _keeps_rows(call.args[1]) else _whole(kind, n)
     if call.target in ELEMENTWISE:
-        return _elementwise(call, kind, in_shapes, height, consts)
+        return _elementwise(call, kind, in_shapes, height, consts, ndim - 2)
     return _whole(kind, n)
 
 
@@ -150,26 +155,31 @@ def _integer_factors(kw: Mapping[str, Any], size: Sequence[int], out: Sequence[i
 
 
 def _keeps_rows(index: Any) -> bool:
-    """Indexing that keeps every row in place: plain slices on N, C, W only."""
+    """Indexing that keeps every row in place: plain slices, none on the rows (dim 2)."""
     index = index if isinstance(index, tuple) else (index,)
-    if len(index) > 4 or not all(isinstance(i, slice) for i in index):
+    if not all(isinstance(i, slice) for i in index):
         return False
     return len(index) < 3 or index[2] == slice(None)
 
 
 def _elementwise(
-    call: OpCall, kind: str, in_shapes: Sequence[tuple[int, ...]], height: int, consts: Mapping[str, torch.Tensor]
+    call: OpCall,
+    kind: str,
+    in_shapes: Sequence[tuple[int, ...]],
+    height: int,
+    consts: Mapping[str, torch.Tensor],
+    from_end: int = 2,
 ) -> Classified:
     rules: list[RowRule] = []
     for _k, shape in enumerate(in_shapes):
-        extent = row_extent(shape)
+        extent = row_extent(shape, from_end)
         if extent == height:
             rules.append(IDENTITY)
         elif extent == 1:
             rules.append(WHOLE)
         else:
             return _whole(kind, len(in_shapes))
-    if not row_local(call, consts):
+    if not row_local(call, consts, from_end):
         return _whole(kind, len(in_shapes), "element-wise op with a constant that varies along rows")
     if all(rule.pattern == "whole" for rule in rules) and height != 1:
         return _whole(kind, len(in_shapes))

@@ -23,7 +23,7 @@ from controller.graph.fold import fold_batch_norm
 from controller.graph.fxrun import Recorder, is_tensors, shape_query, symbolic_trace
 from controller.graph.identities import eval_identity
 from controller.graph.layers import Layer, LayerGraph
-from controller.graph.layout import free_rows, pixel_axis
+from controller.graph.layout import free_rows, pixel_axis, whole_consts
 from controller.graph.rowmap import IDENTITY, WHOLE, Classified, classify
 from edgeflowd.core.ops import Const, In, OpCall, Prev, method_caller
 from edgeflowd.core.slicing import WINDOW_TARGETS
@@ -136,10 +136,11 @@ class _Builder:
         out_shape = tuple(out_value.shape)
         c = classify(first, in_shapes, out_shape, self.tensors)
         axis = 2
-        if not c.splittable and len(in_shapes) == 1 and len(in_shapes[0]) == 4:
+        if not c.splittable and len(in_shapes) == 1 and len(in_shapes[0]) >= 4:
             moved = pixel_axis(first, in_shapes[0], 2, out_shape, self.tensors)
             if moved is not None:  # a layout change that keeps rows apart: followed by the ops after it
-                c, first, axis = Classified(c.kind, (IDENTITY,), True), free_rows(first, out_shape, moved), moved
+                first = free_rows(first, out_shape, moved, self.tensors)
+                c, axis = Classified(c.kind, (IDENTITY,), True), moved
         for producer in dict.fromkeys(self.layer_of[i] for i in inputs):
             self.settle(producer)
         flops = op_flops(first, in_shapes, out_shape, self.tensors)
@@ -155,7 +156,7 @@ class _Builder:
             "flops": flops,
             "axis": axis,  # where the rows are in the output of the layer's last op (layout)
             "history": [(out_shape, flops)],  # each op's output shape and flops
-            "clean": int(len(out_shape) == 4 and axis == 2),  # ops up to the last NCHW result
+            "clean": int(len(out_shape) >= 4 and axis == 2),  # ops up to the last result with rows at dim 2
         }
 
     def settle(self, name: str) -> None:
@@ -167,7 +168,7 @@ class _Builder:
             return
         if clean == 0:  # no op of it gives an NCHW map: the layer runs whole
             note = "per-pixel ops that do not return to the NCHW layout"
-            layer.update(splittable=False, rules=(WHOLE,) * len(layer["inputs"]), note=note)
+            layer.update(splittable=False, rules=(WHOLE,) * len(layer["inputs"]), note=note, ops=whole_consts(ops))
             return
         tail, history = ops[clean:], layer["history"]
         first = OpCall(tail[0].target, _reads_input(tail[0].args), _reads_input(tail[0].kwargs), tail[0].node)
@@ -175,7 +176,7 @@ class _Builder:
         self.layers[first.node] = {
             "name": first.node,
             "kind": classify(first, [in_shape], history[clean][0], self.tensors).kind,
-            "ops": [first, *tail[1:]],
+            "ops": whole_consts([first, *tail[1:]]),
             "inputs": [name],
             "rules": (WHOLE,),
             "out_shape": layer["out_shape"],
@@ -212,7 +213,7 @@ class _Builder:
             axis = pixel_axis(call, layer["out_shape"], axis, shape, self.tensors)
             if axis is None:
                 return False
-            call = free_rows(call, shape, axis)
+            call = free_rows(call, shape, axis, self.tensors)
         else:  # the producer runs whole anyway: fuse any op that would run whole on its own
             standalone: list[torch.fx.Node] = []
             alone = classify(self.op_call(node, standalone), [layer["out_shape"]], tuple(value.shape), self.tensors)
@@ -227,7 +228,7 @@ class _Builder:
             layer["flops"] += flops
             layer["history"].append((shape, flops))
         layer.update(out_shape=shape, axis=axis)
-        if len(shape) == 4 and axis == 2:
+        if len(shape) >= 4 and axis == 2:
             layer["clean"] = len(layer["ops"])
         self.layer_of[node] = layer["name"]
         return True

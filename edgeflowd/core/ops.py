@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeflowd.core.pooling import max_pool2d
+from edgeflowd.core.rows import RowRange
 from edgeflowd.errors import ProtocolError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "OpCall",
     "Prev",
     "Resolver",
+    "RowConst",
     "check_call",
     "method_caller",
     "plugin_resolver",
@@ -55,6 +57,15 @@ class Const:
     """A named constant tensor (weights, buffers, folded shape-only values)."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class RowConst(Const):
+    """A constant that goes with the rows of the op's result along its dimension ``dim`` (a
+    detection head's grid of cell offsets, a positional table): a unit reads only its own rows
+    of it, the rows it computes."""
+
+    dim: int
 
 
 def method_caller(name: str) -> Callable[..., Any]:
@@ -231,18 +242,24 @@ def allowed_resolver(name: str) -> Callable[..., Any]:
 
 
 def substitute(
-    value: Any, inputs: Sequence[torch.Tensor], prev: torch.Tensor | None, tensors: Mapping[str, torch.Tensor]
+    value: Any,
+    inputs: Sequence[torch.Tensor],
+    prev: torch.Tensor | None,
+    tensors: Mapping[str, torch.Tensor],
+    rows: RowRange | None = None,
 ) -> Any:
     if isinstance(value, In):
         return inputs[value.index]
     if isinstance(value, Prev):
         return prev
+    if isinstance(value, RowConst) and rows is not None:
+        return tensors[value.name].narrow(value.dim, rows.start, len(rows))
     if isinstance(value, Const):
         return tensors[value.name]
     if isinstance(value, tuple):
-        return tuple(substitute(v, inputs, prev, tensors) for v in value)
+        return tuple(substitute(v, inputs, prev, tensors, rows) for v in value)
     if isinstance(value, list):
-        return [substitute(v, inputs, prev, tensors) for v in value]
+        return [substitute(v, inputs, prev, tensors, rows) for v in value]
     return value
 
 
@@ -252,15 +269,17 @@ def run_call(
     prev: torch.Tensor | None,
     tensors: Mapping[str, torch.Tensor],
     resolve: Resolver = allowed_resolver,
+    rows: RowRange | None = None,
     **overrides: Any,
 ) -> Any:
-    """Run ``call`` as written; ``overrides`` replace keyword arguments (used by row slicing)."""
+    """Run ``call`` as written; ``overrides`` replace keyword arguments (used by row slicing).
+    ``rows``: the rows the call computes, of which it reads each :class:`RowConst` (None: all)."""
     fn = resolve(call.target)
     args = list(call.args)
     for i in call._placed_args:
-        args[i] = substitute(args[i], inputs, prev, tensors)
+        args[i] = substitute(args[i], inputs, prev, tensors, rows)
     kwargs = dict(call.kwargs)
     for k in call._placed_kwargs:
-        kwargs[k] = substitute(kwargs[k], inputs, prev, tensors)
+        kwargs[k] = substitute(kwargs[k], inputs, prev, tensors, rows)
     kwargs.update(overrides)
     return fn(*args, **kwargs)

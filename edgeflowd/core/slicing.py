@@ -99,15 +99,18 @@ def _table_affine(table: tuple[int, ...]) -> tuple[float, float, float]:
 
 
 def height_of(shape: Sequence[int]) -> int:
-    """Rows of a tensor: its height for NCHW maps; anything else is one indivisible row."""
-    return int(shape[2]) if len(shape) == 4 else 1
+    """Rows of a tensor: its third dimension when it has four or more (the height of an NCHW map,
+    or of a map some per-pixel ops moved into another layout, such as a detection head's
+    ``N, anchors, H, W, outputs``); anything else is one indivisible row."""
+    return int(shape[2]) if len(shape) >= 4 else 1
 
 
 def rows_shape(shape: Sequence[int], rows: RowRange) -> tuple[int, ...]:
-    """Shape of rows ``rows`` of a tensor of full shape ``shape`` (non-4-D tensors travel whole)."""
-    if len(shape) != 4:
+    """Shape of rows ``rows`` of a tensor of full shape ``shape`` (tensors of fewer than four
+    dimensions travel whole)."""
+    if len(shape) < 4:
         return tuple(shape)
-    return (shape[0], shape[1], len(rows), shape[3])
+    return (shape[0], shape[1], len(rows), *shape[3:])
 
 
 def row_numel(shape: Sequence[int]) -> int:
@@ -120,7 +123,7 @@ def row_numel(shape: Sequence[int]) -> int:
 
 def take_rows(tensor: torch.Tensor, rows: RowRange, held: RowRange) -> torch.Tensor:
     """Rows ``rows`` (absolute) of ``tensor``, which holds rows ``held`` of its layer."""
-    if tensor.dim() != 4:
+    if tensor.dim() < 4:
         return tensor
     return tensor[:, :, rows.start - held.start : rows.stop - held.start]
 
@@ -232,7 +235,7 @@ def run_layer_rows(
     first, patterns = ops[0], {rule.pattern for rule in rules}
     window = "window" in patterns and first.target in WINDOW_TARGETS
     pad = first.kwargs.get("padding", (None,))[0] if window else None
-    full = len(out_shape) == 4 and len(out) == out_shape[2]
+    full = len(out) == height_of(out_shape)
     # A pool's ceil_mode may add a row at a slice's end: only a unit of all its rows runs it as is.
     as_is = first.target == "F.conv2d" or full
     if window and as_is and _pads(needed[0], have[0]) == (pad, pad):
@@ -256,7 +259,9 @@ def run_layer_rows(
     elif "window" in patterns and not full and first.target in _ADAPTIVE:  # rows k-to-1
         result = run_call(first, inputs, None, tensors, resolve, output_size=(len(out), int(out_shape[3])))
     else:
-        result = run_call(first, inputs, None, tensors, resolve)
+        result = run_call(first, inputs, None, tensors, resolve, rows=out)
+    # Every op after the first maps each row to itself: each computes rows ``out`` (of its constants
+    # that go with the rows, it reads those).
     for call in ops[1:]:
         if (
             call.target in _IN_PLACE
@@ -266,9 +271,9 @@ def run_layer_rows(
         ):
             # The previous op made this tensor here: the activation may overwrite it, sparing an
             # allocation and a pass over memory (same values bit for bit).
-            result = run_call(call, inputs, result, tensors, resolve, inplace=True)
+            result = run_call(call, inputs, result, tensors, resolve, rows=out, inplace=True)
         else:
-            result = run_call(call, inputs, result, tensors, resolve)
+            result = run_call(call, inputs, result, tensors, resolve, rows=out)
     if not isinstance(result, torch.Tensor):
         raise ProtocolError(f"layer op {ops[-1].node or ops[-1].target} returned {type(result).__name__}, not a tensor")
     return result

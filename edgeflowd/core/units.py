@@ -169,6 +169,6 @@ def run_unit(
         sliced.append(take_rows(tensor, part.clip(height), spec.rows))
     shapes = [i.shape for i in unit.inputs]
     result = run_layer_rows(unit.ops, unit._rules, sliced, needed, have, out, unit.out_shape, tensors, resolve, shapes)
-    if len(unit.out_shape) == 4 and result.shape[2] != len(out):
+    if len(unit.out_shape) >= 4 and result.shape[2] != len(out):
         raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(out)}")
     return result

@@ -91,7 +91,7 @@ class SliceBuffer:
             raise ProtocolError(f"{where}: unit {consumer} reads no rows of layer {producer!r}")
         if (rows.empty and not need.rows.empty) or not need.rows.contains(rows):  # empty: a trigger
             raise ProtocolError(f"{where}: rows {rows} of {producer} are not among the rows {need.rows} it reads")
-        if len(need.shape) != 4 and rows != need.rows:
+        if len(need.shape) < 4 and rows != need.rows:
             raise ProtocolError(f"{where}: {producer} is read whole (rows {need.rows}), got rows {rows}")
         expected = rows_shape(need.shape, rows)
         if tuple(tensor.shape) != expected:

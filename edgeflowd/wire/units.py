@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 import torch
 
-from edgeflowd.core.ops import Const, In, OpCall, Prev
+from edgeflowd.core.ops import Const, In, OpCall, Prev, RowConst
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import RowRule
 from edgeflowd.core.units import ExecutionUnit, Forward, UnitInput
@@ -153,6 +153,8 @@ def encode_value(value: Any) -> Any:
         return {"$in": value.index}
     if isinstance(value, Prev):
         return {"$prev": 0}
+    if isinstance(value, RowConst):
+        return {"$trows": [value.name, value.dim]}
     if isinstance(value, Const):
         return {"$t": value.name}
     if value is None or isinstance(value, (bool, int, str)):
@@ -190,6 +192,11 @@ def decode_value(value: Any, where: str) -> Any:
             return Prev()
         if kind == "$t":
             return Const(str(body))
+        if kind == "$trows":
+            name, dim = body
+            if not isinstance(name, str) or not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+                raise ValueError(body)
+            return RowConst(name, dim)
         if kind == "$tuple":
             return tuple(decode_value(v, f"{where}[{i}]") for i, v in enumerate(body))
         if kind == "$slice":
