@@ -5,6 +5,7 @@ the path of the fault."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_units_round_trip_and_run_from_decoded_bytes(yolo: Yolo) -> None:
             raw = deployment.blobs[ref.sha256][1]
             tensors[name] = tensor_of_blob(ref, dict(enumerate(split_blob(raw, ref))), name)
         decoded_units += decoded.units
-    rebuilt = Plan(plan.model, plan.n_devices, (*plan.on_device(CLIENT), *decoded_units), plan.outputs)
+    rebuilt = dataclasses.replace(plan, units=(*plan.on_device(CLIENT), *decoded_units))
     want, _, _ = run_plan(plan, x, {n: tensors[n] for n in tensors}, allowed_resolver)
     got, _, _ = run_plan(rebuilt, x, tensors, allowed_resolver)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

@@ -81,8 +81,14 @@ def test_rule_per_op_kind_in_yolov5s() -> None:
     assert kinds["pool"].rules == (RowRule("window", span=5, stride=1, pad=2),)  # SPPF
     stem = graph["model_0_conv"]
     assert stem.rules == (RowRule("window", span=6, stride=2, pad=2),)
-    head = graph[graph.outputs[0]]
-    assert head.out_shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85) and not head.splittable
+    # The detection levels' boxes are decoded split by rows (N, 3, H, W, 85) and delivered so;
+    # the requester flattens and concatenates them (the epilogue).
+    levels = [graph[name] for name in graph.outputs]
+    assert [layer.out_shape for layer in levels] == [(1, 3, h, h, 85) for h in (8, 4, 2)]
+    assert all(layer.splittable for layer in levels)
+    assert [layer.ops[-1].target for layer in graph.epilogue] == ["method.view"] * 3 + ["torch.cat"]
+    assert graph.model_outputs == (graph.epilogue[-1].name,)
+    assert graph.epilogue[-1].out_shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85)
 
 
 def test_depthwise_and_broadcast_layers() -> None:
@@ -185,3 +191,37 @@ def test_needed_clipped_matches_needed() -> None:
                 want = rule.needed(RowRange(start, stop), 9).clip(9)
                 lo, hi = rule.needed_clipped(start, stop, 9)
                 assert (max(lo, 0), hi) == (want.start, want.stop) or (want.empty and lo >= hi)
+
+
+def test_the_last_layers_that_only_move_data_are_the_requester_s_epilogue() -> None:
+    """A model ending in flattening views and a concatenation (a detection head's) delivers what
+    they read, row by row, and the requester runs them; a layer with a weight, one that reads the
+    model input, or one larger to deliver than its result stays in the plan."""
+
+    class Heads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, 1, 1), nn.Conv2d(3, 4, 3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat((self.a(x).flatten(1), self.b(x).flatten(1)), 1)
+
+    x, model = torch.randn(1, 3, 8, 6), Heads().eval()
+    graph = trace_model(model, x)
+    assert [layer.ops[0].target for layer in graph.epilogue] == ["method.flatten", "method.flatten", "torch.cat"]
+    assert graph.outputs == ("a", "b") and all(graph[o].splittable for o in graph.outputs)
+    assert graph.model_outputs == (graph.epilogue[-1].name,)
+    check = check_partition("even", graph, even_partition(graph, 2), x, reference_outputs(model, x))
+    assert check.relative <= 1e-6
+
+    class Kept(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, 1, 1), nn.Linear(4 * 8 * 6, 5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            y = self.conv(x).flatten(1)
+            return self.fc(y), x.flatten(1), y[:, :10].contiguous()
+
+    graph = trace_model(Kept().eval(), x)
+    assert not graph.epilogue and graph.results == ()

@@ -184,7 +184,8 @@ def test_a_constant_that_goes_with_the_rows_is_read_by_each_unit_for_its_rows() 
     split = [layer for layer in graph.compute_layers if layer.splittable]
     row_consts = [a for layer in split for op in layer.ops for a in op.args if isinstance(a, RowConst)]
     assert {c.name for c in row_consts} == {"grid", "anchor"} and all(c.dim == 2 for c in row_consts)
-    assert [layer.ops[-1].target for layer in graph.compute_layers if not layer.splittable] == ["method.view"]
+    assert all(layer.splittable for layer in graph.compute_layers)
+    assert [op.target for layer in graph.epilogue for op in layer.ops] == ["method.view"]  # the requester's
     for n in (2, 3):
         check = check_partition("p", graph, even_partition(graph, n), x, reference_outputs(model, x))
         assert check.relative <= TOLERANCE, n

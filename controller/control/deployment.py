@@ -87,6 +87,8 @@ def make_deployment(
         nodes=list(nodes),
         sources=sources,
         outputs=outputs,
+        epilogue=[unit_doc(u) for u in plan.epilogue],
+        results=list(plan.results),
         predicted_ms=predicted.latency_s * 1e3 if predicted else 0.0,
         blobs={sha: ref.parts for sha, (ref, _) in blobs.items()},
         request_key=keys.request.hex(),

@@ -23,6 +23,7 @@ import torch
 
 from controller.control.deploy import current_plan
 from edgeflowd.core.rows import RowRange
+from edgeflowd.core.units import run_epilogue
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
@@ -158,6 +159,8 @@ class InferenceClient:
         if len(sources) != 1:
             raise ProtocolError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
+        # The model's last layers that only move data run here, on what the plan delivers.
+        self.epilogue = [unit_of(u, f"plan {info.plan}: $.epilogue[{i}]") for i, u in enumerate(info.epilogue)]
         # No TTL: a request is given up on by its own timeout (run), which closes it.
         # No plan key: a requester sends inputs and reads results, never frames between nodes.
         keys = FrameKeys(None, request_key, sources[0].uid)
@@ -287,7 +290,12 @@ class InferenceClient:
         else:
             finished = self._on_message(topic, payload, flight.started)
             if finished is not None:
-                self._report(flight.end(finished[0], finished[1], "", self.clock()))
+                request, delivered = finished
+                try:
+                    outputs, error = self._results(delivered), ""
+                except ProtocolError as exc:  # the plan's epilogue does not fit what it delivered
+                    outputs, error = None, f"request {request}: {exc}"
+                self._report(flight.end(request, outputs, error, self.clock()))
         return True
 
     def measure(
@@ -364,6 +372,13 @@ class InferenceClient:
             return None
         done = [a for a in actions if isinstance(a, Complete)]
         return (done[0].request, done[0].outputs) if done else None
+
+    def _results(self, delivered: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The model's outputs from the tensors the plan delivered (its epilogue run here)."""
+        if not self.epilogue:
+            return delivered
+        by_layer = dict(zip((o.layer for o in self.info.outputs), delivered, strict=True))
+        return run_epilogue(self.epilogue, self.info.results, by_layer)
 
     def _count(self, topic: str, payload: bytes, started: dict[str, float]) -> None:
         """Tap: count every data-plane message of this client's requests."""

@@ -17,7 +17,7 @@ from controller.planner.plan import Plan, build_plan
 from controller.planner.schedule import with_halo_first
 from edgeflowd.core.ops import Resolver
 from edgeflowd.core.sizes import PACKET_BYTES
-from edgeflowd.core.units import CLIENT
+from edgeflowd.core.units import CLIENT, run_epilogue
 from edgeflowd.node.in_memory import run_request
 from edgeflowd.node.runtime import NodeRuntime
 from edgeflowd.node.slices import output_needs
@@ -126,6 +126,8 @@ def run_plan(
     this process can run verify too; a board resolves them through the allow-list."""
     nodes, requester = plan_runtimes(plan, tensors, resolve)
     got, bus = run_request(nodes, requester, x, max_packet)
+    if plan.epilogue:  # as a requester finishes the model on what the plan delivered
+        got = run_epilogue(plan.epilogue, plan.results, dict(zip(plan.outputs, got, strict=True)), resolve)
     return got, bus.messages, bus.bytes
 
 

@@ -54,7 +54,12 @@ class Layer:
 @dataclass
 class LayerGraph:
     """Layers in topological order (model inputs first), the model's outputs, and the constant
-    tensors the ops name. ``local_ops`` resolves ops the wire cannot carry (``local.*``)."""
+    tensors the ops name. ``local_ops`` resolves ops the wire cannot carry (``local.*``).
+
+    ``outputs`` are what a plan delivers to the requester. When the model ends in layers that only
+    move data (:mod:`controller.graph.epilogue`), those are its ``epilogue``, which the requester
+    runs on the delivered tensors, and ``results`` names the model's own outputs (empty: the
+    model's outputs are ``outputs``)."""
 
     model: str
     input_shape: tuple[int, ...]
@@ -63,6 +68,13 @@ class LayerGraph:
     output_is_tuple: bool
     tensors: dict[str, torch.Tensor]
     local_ops: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    epilogue: tuple[Layer, ...] = ()
+    results: tuple[str, ...] = ()
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        """The layers whose tensors the model returns, in its order."""
+        return self.results or self.outputs
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers.values())
@@ -103,8 +115,9 @@ class LayerGraph:
     def summary(self) -> str:
         splittable = sum(layer.splittable for layer in self.compute_layers)
         whole = [layer.name for layer in self.compute_layers if not layer.splittable]
+        last = f"; the requester runs the last {len(self.epilogue)} (they only move data)" if self.epilogue else ""
         return (
-            f"{self.model}: {len(self.compute_layers)} layers ({splittable} splittable by rows, "
-            f"{len(whole)} whole), {self.total_flops / 1e9:.2f} GFLOP, "
+            f"{self.model}: {len(self.compute_layers) + len(self.epilogue)} layers ({splittable} splittable by rows, "
+            f"{len(whole)} whole{last}), {self.total_flops / 1e9:.2f} GFLOP, "
             f"{self.param_bytes / 2**20:.1f} MiB of parameters"
         )

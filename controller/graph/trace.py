@@ -18,6 +18,7 @@ import torch.fx
 from torch import nn
 
 from controller.graph.convert import canonical_window, function_name, method_name, module_call
+from controller.graph.epilogue import split_epilogue
 from controller.graph.flops import op_flops
 from controller.graph.fold import fold_batch_norm
 from controller.graph.fxrun import Recorder, is_tensors, shape_query, symbolic_trace
@@ -355,12 +356,16 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
         if not isinstance(out, torch.fx.Node) or out not in b.layer_of:
             raise GraphError(f"model {name!r} returns {out!r}, which is not a tensor computed from the input")
     layers = b.freeze()  # settles every layer first: layer_of is final only then
+    results = tuple(b.layer_of[b.real(o)] for o in outputs)
+    epilogue, delivered = split_epilogue(layers, results)
     return LayerGraph(
         model=name,
         input_shape=tuple(example.shape),
-        layers=layers,
-        outputs=tuple(b.layer_of[b.real(o)] for o in outputs),
+        layers={n: layer for n, layer in layers.items() if n not in {e.name for e in epilogue}},
+        outputs=delivered,
         output_is_tuple=output_is_tuple,
         tensors=b.tensors,
         local_ops=b.local_ops,
+        epilogue=tuple(epilogue),
+        results=results if epilogue else (),
     )

@@ -23,10 +23,16 @@ __all__ = ["Plan", "build_plan"]
 
 @dataclass(frozen=True)
 class Plan:
+    """``outputs``: the layers delivered to the requester; ``epilogue``: the units it runs on them
+    (the model's last layers that only move data, device :data:`CLIENT`), giving ``results``, the
+    model's outputs (empty: ``outputs`` are)."""
+
     model: str
     n_devices: int
     units: tuple[ExecutionUnit, ...]
     outputs: tuple[str, ...]
+    epilogue: tuple[ExecutionUnit, ...] = ()
+    results: tuple[str, ...] = ()
 
     def unit(self, uid: str) -> ExecutionUnit:
         for u in self.units:
@@ -122,6 +128,21 @@ def _trigger(consumer: str, device: int, sources: list[dict[str, Any]]) -> None:
     source["forwards"].append(Forward(consumer, RowRange(start, start)))
 
 
+def epilogue_units(graph: LayerGraph) -> tuple[ExecutionUnit, ...]:
+    """The requester's units of the model's epilogue: each of its layers whole, on every row of
+    what it reads."""
+    shapes = {layer.name: layer.out_shape for layer in (*graph, *graph.epilogue)}
+    units = []
+    for layer in graph.epilogue:
+        inputs = []
+        for producer, rule in zip(layer.inputs, layer.rules, strict=False):
+            rows = RowRange(0, height_of(shapes[producer]))
+            inputs.append(UnitInput(producer, rows, rows, rule, shapes[producer]))
+        rows = RowRange(0, layer.height)
+        units.append(ExecutionUnit(layer.name, CLIENT, rows, layer.out_shape, tuple(inputs), layer.ops, ()))
+    return tuple(units)
+
+
 def build_plan(graph: LayerGraph, partition: Partition, check: bool = True) -> Plan:
     """Execution units and forwarding tables for ``partition`` of ``graph``; ``check`` proves the
     plan consistent (planners comparing many candidates of their own making may skip it)."""
@@ -161,7 +182,7 @@ def build_plan(graph: LayerGraph, partition: Partition, check: bool = True) -> P
     for name in dict.fromkeys(graph.outputs):
         _route(SINK, CLIENT, RowRange(0, heights[name]), by_layer[name])
     units = tuple(ExecutionUnit(**{**spec, "forwards": tuple(spec["forwards"])}) for spec in pending.values())
-    plan = Plan(graph.model, partition.n_devices, units, graph.outputs)
+    plan = Plan(graph.model, partition.n_devices, units, graph.outputs, epilogue_units(graph), graph.results)
     if check:
         plan.validate()
     return plan

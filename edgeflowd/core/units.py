@@ -21,6 +21,7 @@ __all__ = [
     "UnitInput",
     "halo_first",
     "reads_nothing",
+    "run_epilogue",
     "run_unit",
     "unit_id",
 ]
@@ -172,3 +173,20 @@ def run_unit(
     if len(unit.out_shape) >= 4 and result.shape[2] != len(out):
         raise ProtocolError(f"unit {unit.uid}: produced {result.shape[2]} rows, expected {len(out)}")
     return result
+
+
+def run_epilogue(
+    units: Sequence[ExecutionUnit],
+    results: Sequence[str],
+    delivered: Mapping[str, torch.Tensor],
+    resolve: Resolver = allowed_resolver,
+) -> list[torch.Tensor]:
+    """The model's outputs ``results`` from the tensors a plan ``delivered`` (by layer): each
+    epilogue unit, in order, on whole tensors (a requester's; the units name no weight)."""
+    values = dict(delivered)
+    for unit in units:
+        values[unit.layer] = run_unit(unit, [values[i.producer] for i in unit.inputs], {}, resolve)
+    missing = [r for r in results if r not in values]
+    if missing:
+        raise ProtocolError(f"the plan's results name {missing[0]!r}, which neither it nor its epilogue gives")
+    return [values[r] for r in results]

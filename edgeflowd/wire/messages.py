@@ -140,10 +140,13 @@ class Output(msgspec.Struct, frozen=True):
     senders: list[Sender] = msgspec.field(default_factory=list)
 
 
-class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
+class PlanInfo(Document, frozen=True, tag="edgeflow.plan/2"):
     """Retained ``controller/plan/<model>``: the deployed plan, as a requester needs it. ``sources`` are the
     requester's own units (the model inputs, with their forwarding tables); ``outputs`` lists
-    each output's layer and shape in the model's output order; ``nodes[d]`` runs plan device ``d``."""
+    each delivered layer and its shape; ``epilogue``: the units the requester then runs on them
+    (the model's last layers that only move data), in order, and ``results`` the layers the model
+    returns, in its order (empty: ``outputs`` are); ``nodes[d]`` runs plan device ``d``. (Version
+    2: a requester of version 1 would return the delivered tensors as the model's.)"""
 
     generation: int
     plan: str
@@ -161,6 +164,8 @@ class PlanInfo(Document, frozen=True, tag="edgeflow.plan/1"):
     admits: int = 0
     """Requests the plan holds at once: the fewest any of its nodes admits (0: not known). A
     requester sends no more than this at once, and refuses the rest as busy without sending them."""
+    epilogue: list[UnitDoc] = msgspec.field(default_factory=list)
+    results: list[str] = msgspec.field(default_factory=list)
 
 
 class ControllerEvent(Document, frozen=True, tag="edgeflow.event/1"):
