@@ -9,7 +9,9 @@ Mosquitto, against the same model in one process on 1 and on N torch threads, al
 For each model, N and method it reports the median latency at 1 request in flight and the
 throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / one thread,
 ``x_nthreads``: daemons / N threads; below 1 is faster), and the worst relative error of every
-output. Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
+output; and, at 1 in flight, the CPU each daemon, the broker and the requester spent per
+request, the nodes' sum as a ratio to one thread (``cpu_x_1thread``: what the split costs in
+work, apart from any wait). Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
 the same rounds as the requests (each request follows the same input through the model here, on
 1 and N threads), and each ratio is the median of the rounds' ratios: this machine's speed drifts
 by tens of percent within minutes.
@@ -124,7 +126,8 @@ def _run_model(
                     # they are free again before the plan is made on what they report.
                     time.sleep(2.5 * TELEMETRY_S)
                     _deploy(broker, cluster, model, method, schedule, learned)
-                    got = measure(broker.url, model, requests, f"cores-{n}", threads)
+                    processes = {"broker": broker.process.pid, **{d.node: d.process.pid for d in daemons if d.process}}
+                    got = measure(broker.url, model, requests, f"cores-{n}", threads, processes)
                     reference = got.pop("one_process_ms")  # measured in the same rounds as the requests
                     result["one_process_ms"][key] = reference
                     one, four = got["in_flight_1"], got["in_flight_4"]
@@ -138,6 +141,9 @@ def _run_model(
                         f" predicted {got['predicted_ms']:.1f} ms;"
                         f" {four['throughput_rps']:.2f} req/s at 4 in flight; error {one['max_relative_error']:.1e}"
                     )
+                    spent = ", ".join(f"{k} {v:.0f}" for k, v in one.get("cpu_ms", {}).items())
+                    work = one.get("cpu_x_1thread", 0.0)
+                    print(f"  {'':<18} CPU ms per request: {spent}; the nodes' = {work:.2f}x one thread")
             finally:
                 for daemon in daemons:
                     daemon.terminate()

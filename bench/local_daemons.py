@@ -18,10 +18,13 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,6 +49,17 @@ def single_process_ms(model_spec: str, threads: int, runs: int) -> float:
     return statistics.median(_forward_ms(model, x, threads) for _ in range(runs))
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _other_threads_s() -> float:
+    """CPU seconds of this process's threads other than the calling one (the broker client's)."""
+    me = threading.get_native_id()
+    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id != me)
+
+
 def _forward_ms(model: torch.nn.Module, x: torch.Tensor, threads: int) -> float:
     torch.set_num_threads(threads)
     with torch.no_grad():
@@ -55,10 +69,18 @@ def _forward_ms(model: torch.nn.Module, x: torch.Tensor, threads: int) -> float:
 
 
 def measure(
-    broker: str, model_spec: str, requests: int, cluster: str = "local-3", threads: tuple[int, ...] = (1, 2)
+    broker: str,
+    model_spec: str,
+    requests: int,
+    cluster: str = "local-3",
+    threads: tuple[int, ...] = (1, 2),
+    processes: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Latency at 1 request in flight and throughput at 4, the broker traffic, and the worst
-    relative error of every output against the local model.
+    relative error of every output against the local model. ``processes`` (name -> pid: the
+    daemons, the broker): the CPU each spent per request at 1 in flight (``cpu_ms``), the
+    requester's threads but the one that runs the reference (``requester``), and the nodes' sum
+    as a ratio to one thread (``cpu_x_1thread``: what splitting costs in work, whatever the wait).
 
     This machine's speed drifts by tens of percent within minutes, so the reference runs in the
     same rounds: each timed request is preceded by the same input through the model in this
@@ -83,9 +105,17 @@ def measure(
             _forward_ms(model, inputs[0], t)
         rounds: list[dict[str, float]] = []
         results = []
+        watched = {name: psutil.Process(pid) for name, pid in (processes or {}).items()}
+        cpu = dict.fromkeys([*watched, "requester"], 0.0)
         for x in inputs:
             sample = {f"{t}": _forward_ms(model, x, t) for t in threads}
+            before = {name: _cpu_s(p) for name, p in watched.items()}
+            mine = time.thread_time()  # this thread's: the requester's others are its broker client's
+            others = _other_threads_s()
             (result,) = client.run(iter([x]), 1, 60.0)
+            for name, p in watched.items():
+                cpu[name] += _cpu_s(p) - before[name]
+            cpu["requester"] += time.thread_time() - mine + _other_threads_s() - others
             results.append((result, x))
             if result.ok:
                 sample["daemons"] = result.latency_s * 1e3
@@ -105,6 +135,11 @@ def measure(
         one["p90_ms"] = latencies[min(len(latencies) - 1, int(0.9 * len(latencies)))]
         for t in threads:
             one[f"x_{t}thread"] = statistics.median(r["daemons"] / r[f"{t}"] for r in rounds)
+    if processes and inputs:
+        one["cpu_ms"] = {name: round(s * 1e3 / len(inputs), 1) for name, s in cpu.items()}
+        nodes = sum(v for k, v in one["cpu_ms"].items() if k not in ("broker", "requester"))
+        if out["one_process_ms"]:
+            one["cpu_x_1thread"] = round(nodes / out["one_process_ms"]["1"], 3)
     out["in_flight_1"] = one
     out["in_flight_4"] = {
         "succeeded": four.succeeded,
