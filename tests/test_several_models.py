@@ -233,19 +233,25 @@ def test_a_node_fetches_the_weights_of_every_model_and_replaces_one_plan_alone()
     assert activate.work.generation == 6
 
 
-@pytest.mark.integration
-def test_a_deploy_names_the_models_the_cluster_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``edgeflow deploy --model A --model B``: both served, each exact; a later deploy of B alone
-    takes A off the nodes and clears its plan summary, so that its requesters are told at once."""
+def _pair(tmp_path: Path, url: str, stack: ExitStack) -> Path:
+    """Two daemons, p1 and p2, of the cluster ``pair`` (stopped with ``stack``); its cluster file."""
     cluster_file = tmp_path / "pair.yaml"
     cluster_file.write_text(
         "schema: edgeflow.cluster/1\nname: pair\ndevices:\n"
         "  - {id: p1, profile: local-core}\n  - {id: p2, profile: local-core}\n"
     )
+    for node in ("p1", "p2"):
+        stack.callback(DaemonProcess(node, url, "pair", tmp_path).terminate)
+    return cluster_file
+
+
+@pytest.mark.integration
+def test_a_deploy_names_the_models_the_cluster_serves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edgeflow deploy --model A --model B``: both served, each exact; a later deploy of B alone
+    takes A off the nodes and clears its plan summary, so that its requesters are told at once."""
     both = ("small_dag", "tiny_chain")
     with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
-        for node in ("p1", "p2"):
-            stack.callback(DaemonProcess(node, broker.url, "pair", tmp_path).terminate)
+        cluster_file = _pair(tmp_path, broker.url, stack)
         deploy = [
             "deploy",
             "--cluster",
@@ -403,15 +409,9 @@ def test_a_controller_started_over_deployed_models_never_takes_one_off_the_nodes
     """Two models deployed, then a controller started for both (as after a restart): its first
     rollout, of one model, carries the other's plan on as the nodes run it, so that no node is
     ever told to drop a model it serves (its requests would fail until that model's own rollout)."""
-    cluster_file = tmp_path / "pair.yaml"
-    cluster_file.write_text(
-        "schema: edgeflow.cluster/1\nname: pair\ndevices:\n"
-        "  - {id: p1, profile: local-core}\n  - {id: p2, profile: local-core}\n"
-    )
     both = ("small_dag", "tiny_chain")
     with mosquitto_broker(tmp_path) as broker, ExitStack() as stack:
-        for node in ("p1", "p2"):
-            stack.callback(DaemonProcess(node, broker.url, "pair", tmp_path).terminate)
+        cluster_file = _pair(tmp_path, broker.url, stack)
         deploy = ["deploy", "--cluster", str(cluster_file), "--broker", broker.url, "--timeout", "120"]
         code, out = run_cli(capsys, *deploy, "--method", "equal", "--model", both[0], "--model", both[1])
         assert code == 0, out
