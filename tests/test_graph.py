@@ -14,10 +14,13 @@ from controller.control.verify import TOLERANCE, check_partition, reference_outp
 from controller.graph.layers import Layer, LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.partitions import even_partition, random_partition
+from controller.planner.plan import build_plan
 from controller.zoo import build_model, parse_shape
+from edgeflowd.core.ops import Const, In, OpCall
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import RowRule
-from edgeflowd.errors import GraphError
+from edgeflowd.core.units import check_epilogue, run_epilogue
+from edgeflowd.errors import GraphError, ProtocolError
 from tests import models
 
 
@@ -225,3 +228,44 @@ def test_the_last_layers_that_only_move_data_are_the_requester_s_epilogue() -> N
 
     graph = trace_model(Kept().eval(), x)
     assert not graph.epilogue and graph.results == ()
+
+
+def test_a_model_returning_one_tensor_twice_returns_it_twice() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.conv(x)
+            return y, y
+
+    x, model = torch.randn(1, 3, 8, 6), Twice().eval()
+    graph = trace_model(model, x)
+    assert graph.outputs == ("conv",) and graph.model_outputs == ("conv", "conv")
+    check = check_partition("even", graph, even_partition(graph, 2), x, reference_outputs(model, x))
+    assert check.relative <= 1e-6
+
+
+def test_a_requester_refuses_an_epilogue_it_should_not_run() -> None:
+    """The epilogue comes from the network (the plan summary): checked before anything runs."""
+    model = build_model("yolov5s")[0]
+    x = torch.randn(1, 3, 64, 64)
+    graph = trace_model(model, x, "yolov5s")
+    plan = build_plan(graph, even_partition(graph, 2))
+    delivered = {name: graph[name].out_shape for name in plan.outputs}
+    check_epilogue(plan.epilogue, plan.results, delivered, "$")  # as planned: fine
+    first = plan.epilogue[0]
+    weighted = dataclasses.replace(first, ops=(OpCall("operator.add", (In(0), Const("w")), {}),))
+    with pytest.raises(ProtocolError, match=r"\$.epilogue\[0\] \(view_1\).ops\[0\]: names weight 'w'"):
+        check_epilogue((weighted, *plan.epilogue[1:]), plan.results, delivered, "$")
+    with pytest.raises(ProtocolError, match=r"inputs\[0\]: 'cat_13' .* is neither delivered"):
+        check_epilogue(plan.epilogue, plan.results, {}, "$")
+    with pytest.raises(ProtocolError, match=r"\$.results: empty"):
+        check_epilogue(plan.epilogue, (), delivered, "$")
+    with pytest.raises(ProtocolError, match=r"not allow-listed"):
+        check_epilogue((dataclasses.replace(first, ops=(OpCall("os.system", (In(0),), {}),)),), (), delivered, "$")
+    tensors = {name: torch.zeros(shape) for name, shape in delivered.items()}
+    wrong = dataclasses.replace(first, out_shape=(1, 7, 85))
+    with pytest.raises(ProtocolError, match=r"epilogue unit view_1 gave shape"):
+        run_epilogue((wrong,), (first.layer,), tensors)

@@ -4,6 +4,7 @@ computes; layout changes that keep rows apart stay split; eval-mode identities v
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -12,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controller.control.verify import TOLERANCE, check_partition, reference_outputs
+from controller.control.verify import TOLERANCE, check_partition, plan_runtimes, reference_outputs
 from controller.graph.layers import LayerGraph
 from controller.graph.trace import trace_model
 from controller.planner.partitions import even_partition, random_partition
-from edgeflowd.core.ops import RowConst
+from controller.planner.plan import build_plan
+from edgeflowd.core.ops import OpCall, RowConst, allowed_resolver
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import RowRule
 from edgeflowd.core.units import ExecutionUnit, UnitInput
@@ -158,28 +160,29 @@ def test_a_layout_that_leaves_the_rows_at_dim_2_stays_split_and_one_that_moves_t
         assert check.relative <= TOLERANCE, order
 
 
+class _Decode(nn.Module):
+    """A detection head's decode, with a grid per row and an anchor grid expanded along rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 14, 1)
+        yv, xv = torch.meshgrid(torch.arange(9.0), torch.arange(5.0), indexing="ij")
+        self.register_buffer("grid", torch.stack((xv, yv), 2).view(1, 1, 9, 5, 2).expand(1, 2, 9, 5, 2))
+        self.register_buffer("anchor", torch.tensor([[2.0, 3.0], [5.0, 7.0]]).view(1, 2, 1, 1, 2).expand(1, 2, 9, 5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).view(1, 2, 7, 9, 5).permute(0, 1, 3, 4, 2).contiguous().sigmoid()
+        xy, wh, conf = y.split((2, 2, 3), 4)
+        xy = (xy * 2 + self.grid) * 8.0
+        wh = (wh * 2) ** 2 * self.anchor
+        return torch.cat((xy, wh, conf), 4).view(1, -1, 7)
+
+
 def test_a_constant_that_goes_with_the_rows_is_read_by_each_unit_for_its_rows() -> None:
     """A detection head's decode: element-wise ops with a grid that has a value per row (and
     one expanded along the rows) stay split; each unit reads its rows of the grid (RowConst)."""
 
-    class Decode(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 14, 1)
-            yv, xv = torch.meshgrid(torch.arange(9.0), torch.arange(5.0), indexing="ij")
-            self.register_buffer("grid", torch.stack((xv, yv), 2).view(1, 1, 9, 5, 2).expand(1, 2, 9, 5, 2))
-            self.register_buffer(
-                "anchor", torch.tensor([[2.0, 3.0], [5.0, 7.0]]).view(1, 2, 1, 1, 2).expand(1, 2, 9, 5, 2)
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x).view(1, 2, 7, 9, 5).permute(0, 1, 3, 4, 2).contiguous().sigmoid()
-            xy, wh, conf = y.split((2, 2, 3), 4)
-            xy = (xy * 2 + self.grid) * 8.0
-            wh = (wh * 2) ** 2 * self.anchor
-            return torch.cat((xy, wh, conf), 4).view(1, -1, 7)
-
-    model, x = Decode().eval(), torch.randn(1, 3, 9, 5)
+    model, x = _Decode().eval(), torch.randn(1, 3, 9, 5)
     graph = trace_model(model, x)
     split = [layer for layer in graph.compute_layers if layer.splittable]
     row_consts = [a for layer in split for op in layer.ops for a in op.args if isinstance(a, RowConst)]
@@ -269,3 +272,24 @@ def test_antialiased_resampling_to_one_column_runs_whole_as_pytorch_computes_it(
     assert not layer.splittable and "one column" in layer.note
     check = check_partition("p", graph, even_partition(graph, 2), x, reference_outputs(model, x))
     assert check.relative <= TOLERANCE
+
+
+def test_a_node_refuses_a_weight_read_by_rows_along_a_dimension_without_the_layer_s_rows() -> None:
+    """A forged ``$trows`` dimension would slice another axis (of a square map, and still
+    broadcast): the node refuses the unit when it takes the plan."""
+    model, x = _Decode().eval(), torch.randn(1, 3, 9, 5)
+    graph = trace_model(model, x)
+    plan = build_plan(graph, even_partition(graph, 2))
+
+    def forged(value: object) -> object:
+        return RowConst(value.name, 3) if isinstance(value, RowConst) else value
+
+    units = tuple(
+        dataclasses.replace(
+            u, ops=tuple(OpCall(c.target, tuple(forged(a) for a in c.args), c.kwargs, c.node) for c in u.ops)
+        )
+        for u in plan.units
+    )
+    with pytest.raises(ProtocolError, match=r"weight (grid|anchor) \(1, 2, 9, 5, 2\) is read by rows along dim 3"):
+        plan_runtimes(dataclasses.replace(plan, units=units), graph.tensors, allowed_resolver)
+    plan_runtimes(plan, graph.tensors, allowed_resolver)  # as traced: taken

@@ -23,7 +23,7 @@ import torch
 
 from controller.control.deploy import current_plan
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.units import run_epilogue
+from edgeflowd.core.units import check_epilogue, run_epilogue
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import Connection, MessageQueue, listen
 from edgeflowd.net.settings import BrokerSettings
@@ -160,12 +160,14 @@ class InferenceClient:
             raise ProtocolError(f"plan {info.plan} has {len(sources)} inputs; requests carry exactly one")
         outputs = output_needs([(o.layer, o.shape) for o in info.outputs])
         # The model's last layers that only move data run here, on what the plan delivers.
-        self.epilogue = [unit_of(u, f"plan {info.plan}: $.epilogue[{i}]") for i, u in enumerate(info.epilogue)]
+        epilogue = [unit_of(u, f"plan {info.plan}: $.epilogue[{i}]") for i, u in enumerate(info.epilogue)]
+        delivered = {o.layer: o.shape for o in info.outputs}
+        check_epilogue(epilogue, info.results, delivered, f"plan {info.plan}'s summary: $")
         # No TTL: a request is given up on by its own timeout (run), which closes it.
         # No plan key: a requester sends inputs and reads results, never frames between nodes.
         keys = FrameKeys(None, request_key, sources[0].uid)
         runtime = NodeRuntime(info.plan, self.topics, sources, {}, 1 << 31, float("inf"), keys, outputs=outputs)
-        self.info, self.runtime = info, runtime
+        self.info, self.runtime, self.epilogue = info, runtime, epilogue
         # The tap's filter holds the refusals too; a plain client adds them to its results.
         patterns = [self.topics.data_filter(info.plan)] if self.tap else [self.topics.results(info.plan)]
         patterns += [] if self.tap else [self.topics.busy(info.plan)]
@@ -375,7 +377,7 @@ class InferenceClient:
 
     def _results(self, delivered: list[torch.Tensor]) -> list[torch.Tensor]:
         """The model's outputs from the tensors the plan delivered (its epilogue run here)."""
-        if not self.epilogue:
+        if not self.info.results:
             return delivered
         by_layer = dict(zip((o.layer for o in self.info.outputs), delivered, strict=True))
         return run_epilogue(self.epilogue, self.info.results, by_layer)

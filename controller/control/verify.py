@@ -126,7 +126,7 @@ def run_plan(
     this process can run verify too; a board resolves them through the allow-list."""
     nodes, requester = plan_runtimes(plan, tensors, resolve)
     got, bus = run_request(nodes, requester, x, max_packet)
-    if plan.epilogue:  # as a requester finishes the model on what the plan delivered
+    if plan.results:  # as a requester finishes the model on what the plan delivered
         got = run_epilogue(plan.epilogue, plan.results, dict(zip(plan.outputs, got, strict=True)), resolve)
     return got, bus.messages, bus.bytes
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from controller.graph.rowmap import row_extent, row_local
+from controller.graph.rowmap import row_extent
 from edgeflowd.core.ops import ELEMENTWISE, Const, In, OpCall, Prev, RowConst
 
 __all__ = ["free_rows", "pixel_axis", "whole_consts"]
@@ -29,7 +29,6 @@ _TRANSPOSES = frozenset({"method.transpose", "torch.transpose"})
 _REDUCTIONS = frozenset({"method.mean", "method.sum", "method.amax", "torch.mean", "torch.sum", "torch.amax"})
 _ALONG_DIM = frozenset({"F.softmax", "F.log_softmax", "F.normalize", "method.softmax", "torch.softmax"})
 _SQUEEZES = frozenset({"method.squeeze", "torch.squeeze"})
-_SPLITS = frozenset({"torch.split", "torch.chunk", "method.split", "method.chunk"})
 
 
 def _rows_along(call: OpCall, consts: Mapping[str, torch.Tensor], from_end: int, rows: int) -> bool:
@@ -82,11 +81,8 @@ def pixel_axis(
     if target not in ELEMENTWISE and (not call.args or not isinstance(call.args[0], (Prev, In))):
         return None  # (an element-wise op may take its input anywhere: 0.5 * x)
     if target in ELEMENTWISE:
-        local = row_local(call, consts, ndim - axis) or _rows_along(call, consts, ndim - axis, in_shape[axis])
+        local = _rows_along(call, consts, ndim - axis, in_shape[axis])
         new = axis if out_shape == in_shape and local else None
-    elif target in _SPLITS:  # split(x, sizes, dim), chunk(x, chunks, dim): one item of it, by getitem
-        dim = call.arg(2, "dim", 0)
-        new = axis if isinstance(dim, int) and dim % ndim != axis else None
     elif target in _RESHAPES and _ints(call.args[1:]) is None and "shape" not in call.kwargs:
         new = None  # view(dtype) reinterprets bits; only sizes keep the elements in order
     elif target in _SAME_ORDER:

@@ -358,14 +358,15 @@ def trace_model(model: nn.Module, example: torch.Tensor, name: str = "model") ->
     layers = b.freeze()  # settles every layer first: layer_of is final only then
     results = tuple(b.layer_of[b.real(o)] for o in outputs)
     epilogue, delivered = split_epilogue(layers, results)
+    moved = {layer.name for layer in epilogue}
     return LayerGraph(
         model=name,
         input_shape=tuple(example.shape),
-        layers={n: layer for n, layer in layers.items() if n not in {e.name for e in epilogue}},
+        layers={n: layer for n, layer in layers.items() if n not in moved},
         outputs=delivered,
         output_is_tuple=output_is_tuple,
         tensors=b.tensors,
         local_ops=b.local_ops,
         epilogue=tuple(epilogue),
-        results=results if epilogue else (),
+        results=results if epilogue or delivered != results else (),  # a repeated output too
     )

@@ -135,7 +135,7 @@ def epilogue_units(graph: LayerGraph) -> tuple[ExecutionUnit, ...]:
     units = []
     for layer in graph.epilogue:
         inputs = []
-        for producer, rule in zip(layer.inputs, layer.rules, strict=False):
+        for producer, rule in zip(layer.inputs, layer.rules, strict=True):
             rows = RowRange(0, height_of(shapes[producer]))
             inputs.append(UnitInput(producer, rows, rows, rule, shapes[producer]))
         rows = RowRange(0, layer.height)

@@ -36,6 +36,7 @@ __all__ = [
     "check_call",
     "method_caller",
     "plugin_resolver",
+    "row_consts",
     "run_call",
 ]
 
@@ -176,6 +177,24 @@ def _placed(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return any(_placed(v) for v in value)
     return False
+
+
+def row_consts(call: OpCall) -> list[RowConst]:
+    """The constants ``call`` reads by rows."""
+    found: list[RowConst] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, RowConst):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk((call.args, dict(call.kwargs)))
+    return found
 
 
 def _walk_consts(value: Any, out: list[str]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver
+from edgeflowd.core.ops import OpCall, Resolver, allowed_resolver, check_call
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.slicing import RowRule, height_of, rows_shape, run_layer_rows, take_rows
 from edgeflowd.errors import ProtocolError
@@ -19,6 +19,7 @@ __all__ = [
     "ExecutionUnit",
     "Forward",
     "UnitInput",
+    "check_epilogue",
     "halo_first",
     "reads_nothing",
     "run_epilogue",
@@ -185,8 +186,40 @@ def run_epilogue(
     epilogue unit, in order, on whole tensors (a requester's; the units name no weight)."""
     values = dict(delivered)
     for unit in units:
-        values[unit.layer] = run_unit(unit, [values[i.producer] for i in unit.inputs], {}, resolve)
+        try:
+            out = run_unit(unit, [values[i.producer] for i in unit.inputs], {}, resolve)
+        except (KeyError, RuntimeError) as exc:  # a summary :func:`check_epilogue` did not see
+            raise ProtocolError(f"epilogue unit {unit.layer}: {type(exc).__name__}: {exc}") from exc
+        if tuple(out.shape) != tuple(unit.out_shape):
+            raise ProtocolError(f"epilogue unit {unit.layer} gave shape {tuple(out.shape)}, not {unit.out_shape}")
+        values[unit.layer] = out
     missing = [r for r in results if r not in values]
     if missing:
         raise ProtocolError(f"the plan's results name {missing[0]!r}, which neither it nor its epilogue gives")
     return [values[r] for r in results]
+
+
+def check_epilogue(
+    units: Sequence[ExecutionUnit], results: Sequence[str], delivered: Mapping[str, Sequence[int]], where: str
+) -> None:
+    """Refuse an epilogue a requester should not run: an op outside the allow-list or writing in
+    place, one naming a weight (a requester holds none), an input neither delivered nor made by an
+    earlier unit (or of another shape), or results that name what nothing gives."""
+    shapes = {name: tuple(shape) for name, shape in delivered.items()}
+    for i, unit in enumerate(units):
+        at = f"{where}.epilogue[{i}] ({unit.layer})"
+        for k, call in enumerate(unit.ops):
+            check_call(call, f"{at}.ops[{k}]")
+            if call.const_names():
+                raise ProtocolError(f"{at}.ops[{k}]: names weight {call.const_names()[0]!r}; an epilogue has none")
+        for k, spec in enumerate(unit.inputs):
+            if shapes.get(spec.producer) != tuple(spec.shape):
+                raise ProtocolError(
+                    f"{at}.inputs[{k}]: {spec.producer!r} {spec.shape} is neither delivered nor made before"
+                )
+        shapes[unit.layer] = tuple(unit.out_shape)
+    if units and not results:
+        raise ProtocolError(f"{where}.results: empty, but the plan has an epilogue")
+    unknown = [r for r in results if r not in shapes]
+    if unknown:
+        raise ProtocolError(f"{where}.results: {unknown[0]!r} is neither delivered nor made by the epilogue")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeflowd.core.ops import Resolver, allowed_resolver
+from edgeflowd.core.ops import Resolver, allowed_resolver, row_consts
 from edgeflowd.core.packed import pack_convolutions
 from edgeflowd.core.rows import RowRange
-from edgeflowd.core.slicing import rows_shape, take_rows
+from edgeflowd.core.slicing import height_of, rows_shape, take_rows
 from edgeflowd.core.units import CLIENT, SINK, ExecutionUnit, Forward, halo_first, run_unit
 from edgeflowd.errors import ProtocolError
 from edgeflowd.node.admission import Admission, Verdict
@@ -120,6 +120,8 @@ class NodeRuntime:
         self.keys = keys
         self.topics = topics
         self.units = {u.uid: u for u in units}
+        for unit in units:
+            _check_row_consts(unit, tensors)
         # Convolution weights reordered once for this plan, not on every call (core.packed).
         convs = [(u.ops[0], _conv_input(u)) for u in units if u.ops and u.inputs]
         self.tensors = {**tensors, **pack_convolutions(convs, tensors, timer)}
@@ -341,6 +343,20 @@ class NodeRuntime:
             raise ProtocolError(f"plan {self.plan}: only a requester's runtime (with the source unit) sends")
         self.open(request)
         return self.emit(request, self.source, x, max_packet)
+
+
+def _check_row_consts(unit: ExecutionUnit, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A weight read by rows has as many along its dimension as the unit's layer has rows: a
+    wrong dimension would otherwise slice another axis of a square map and still broadcast."""
+    height = height_of(unit.out_shape)
+    for call in unit.ops:
+        for const in row_consts(call):
+            tensor = tensors.get(const.name)
+            if tensor is not None and (tensor.dim() <= const.dim or tensor.shape[const.dim] != height):
+                raise ProtocolError(
+                    f"unit {unit.uid}: weight {const.name} {tuple(tensor.shape)} is read by rows along dim "
+                    f"{const.dim}, which needs {height} there (the layer's rows)"
+                )
 
 
 def _conv_input(unit: ExecutionUnit) -> tuple[int, ...]:
