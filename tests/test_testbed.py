@@ -4,6 +4,7 @@ Traffic goes only between this host and the namespaces the test creates; every l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -52,6 +53,40 @@ def test_cpu_quota_throttles_each_device() -> None:
     assert used[0] == pytest.approx(0.2 * 1.5, abs=0.1)  # a fifth of a core is always there to take
     assert used[1] <= 0.6 * 1.5 + 0.15
     assert used[1] > 1.8 * used[0]  # the faster device's larger quota shows
+    assert leftovers(os.getpid()) == []
+
+
+BENCH = (
+    "import json, sys, torch\n"
+    f"sys.path.insert(0, {str(REPO)!r})\n"
+    "from edgeflowd.node.benchmark import run_benchmark\n"
+    "torch.set_num_threads(1)\n"
+    "print(json.dumps(run_benchmark()))"
+)
+
+
+@needs_rights
+def test_a_throttled_device_benchmarks_at_its_share() -> None:
+    """Under a quota a short op runs at full speed or waits out a period: timed on the wall clock,
+    the 0.1-core device's convolution read 12-155 GFLOP/s. Timed in CPU time and scaled by the
+    share measured over a window, every figure follows the quota."""
+    slots = [Slot(0, "slow", 0.1), Slot(1, "fast", 0.4)]
+    with Testbed(slots, shape_links=False) as bed:
+        bed.throttle()
+        figures = []
+        for slot in slots:  # one at a time: neither takes the other's core
+            argv = bed.command(slot, [sys.executable, "-c", BENCH])
+            done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            figures.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    slow, fast = figures
+    print({k: (slow[k], fast[k]) for k in ("cpu_share", "conv_gflops", "matmul_gflops", "eltwise_gflops")})
+    # A quota is a cap: a device may get less on a busy machine, never more.
+    assert 0.07 <= slow["cpu_share"] <= 0.11
+    assert 0.25 <= fast["cpu_share"] <= 0.42
+    for key in ("conv_gflops", "matmul_gflops", "eltwise_gflops", "weights_gbps"):
+        ratio = fast[key] / slow[key]
+        assert 2.5 <= ratio <= 5.0, f"{key}: {fast[key]} on 0.4 core against {slow[key]} on 0.1"
     assert leftovers(os.getpid()) == []
 
 

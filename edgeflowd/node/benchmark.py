@@ -24,23 +24,42 @@ __all__ = [
     "LINK_CHUNK",
     "LINK_PING_BYTES",
     "LINK_SIZES",
+    "SHARE_WINDOW_S",
     "RateDrift",
     "conv_gflops",
     "cpu_quota",
+    "cpu_share",
     "fit_link",
     "run_benchmark",
     "unit_overhead_ms",
 ]
 
 
+SHARE_WINDOW_S = 0.2
+"""Wall time the CPU share is measured over: many CFS periods of a cgroup quota (a board's, the
+testbed's 1-10 ms ones) and enough that a burst past a period's quota, which the kernel lets a
+task run before it throttles it, weighs little (the 0.1-core testbed device read 0.097-0.102
+over 0.1-0.2 s on 2026-12-04)."""
+
+
+def _cpu_s() -> float:
+    """CPU seconds of one torch thread's work: the process's, over its torch threads. CPU time, not
+    wall time: a short op under a CPU quota runs at full speed or waits a whole period, whichever
+    the kernel's accounting gives it, so timing it on the wall clock read 12-155 GFLOP/s on the
+    same 0.1-core device. What the quota takes is measured apart, over a window (:func:`cpu_share`)."""
+    return time.process_time() / max(1, torch.get_num_threads())
+
+
 def _gflops(op: Callable[[], torch.Tensor], flops: float, repeats: int) -> float:
+    """GFLOP/s of ``op`` at full speed (median of its CPU times): :func:`run_benchmark` scales
+    it by the share of the CPU the node gets."""
     op()  # warm-up: first-call allocation and kernel selection
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _cpu_s()
         op()
-        times.append(time.perf_counter() - start)
-    return round(flops / max(statistics.median(times), 1e-9) / 1e9, 2)
+        times.append(_cpu_s() - start)
+    return flops / max(statistics.median(times), 1e-9) / 1e9
 
 
 def _per_call_s(
@@ -50,32 +69,17 @@ def _per_call_s(
         op(x, w)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _cpu_s()
         for w in weights:
             op(x, w)
-        times.append((time.perf_counter() - start) / len(weights))
+        times.append((_cpu_s() - start) / len(weights))
     return statistics.median(times)
 
 
-def weights_gbps(repeats: int = 3) -> float:
-    """GB/s of one pass over a layer's weights: a 1x1 convolution with 8 MiB of weights on one
-    row and on eight, the fixed part of its time being the pass. The weights rotate over 48 MiB,
-    more than a board's cache holds, as a model's layers do (0 when the fit is not positive)."""
-    gen = torch.Generator().manual_seed(1)
-    weights = [torch.randn(2048, 1024, 1, 1, generator=gen) for _ in range(6)]
-    one, eight = torch.randn(1, 1024, 1, 7, generator=gen), torch.randn(1, 1024, 8, 7, generator=gen)
-    t1 = _per_call_s(F.conv2d, one, weights, repeats)
-    t8 = _per_call_s(F.conv2d, eight, weights, repeats)
-    fixed = t1 - (t8 - t1) / 7
-    return round(weights[0].numel() * 4 / fixed / 1e9, 2) if fixed > 0 else 0.0
-
-
-def conv_gflops(repeats: int = 5) -> float:
-    """GFLOP/s of a 3x3 convolution of 64 channels on 56x56 (ResNet's first stage), its weights
+def _probe_conv() -> tuple[Callable[[], torch.Tensor], float]:
+    """A 3x3 convolution of 64 channels on 56x56 (ResNet's first stage) and its FLOPs, its weights
     packed as the node's units pack them where this torch can (edgeflowd.core.packed; always,
-    not by timing, so that the figure does not flip between the two with noise): the whole
-    benchmark's dense-convolution rate, and on its own (~50 ms on one core) the probe an idle
-    daemon runs to notice that its speed has changed."""
+    not by timing, so that the figure does not flip between the two with noise)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 64, 56, 56, generator=gen)
     w = torch.randn(64, 64, 3, 3, generator=gen)
@@ -83,12 +87,49 @@ def conv_gflops(repeats: int = 5) -> float:
     kwargs = {"input": In(0), "weight": Const("w"), "bias": None, "stride": one, "padding": one, "dilation": one}
     call = OpCall("F.conv2d", (), {**kwargs, "groups": 1})
     packed = pack_convolutions([(call, tuple(x.shape))], {"w": w}).get(packed_name("w"))
+    flops = 2.0 * 64 * 64 * 9 * 56 * 56
+    if packed is not None:
+        return lambda: conv2d_packed(x, packed, None, one, one, one, 1), flops
+    return lambda: F.conv2d(x, w, padding=1), flops
+
+
+def cpu_share(window_s: float = SHARE_WINDOW_S) -> float:
+    """The share of its torch threads' cores this process gets while it computes: CPU time over
+    wall time through ``window_s`` of back-to-back convolutions, at most 1. Below 1 under a CPU
+    quota (a cgroup's), or where other work shares the cores."""
+    op, _ = _probe_conv()
     with torch.no_grad():
-        if packed is not None:
-            return _gflops(
-                lambda: conv2d_packed(x, packed, None, one, one, one, 1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats
-            )
-        return _gflops(lambda: F.conv2d(x, w, padding=1), 2.0 * 64 * 64 * 9 * 56 * 56, repeats)
+        op()
+        cpu, wall = _cpu_s(), time.perf_counter()
+        while time.perf_counter() - wall < window_s:
+            op()
+        used, elapsed = _cpu_s() - cpu, time.perf_counter() - wall
+    return min(1.0, used / elapsed) if elapsed > 0 else 1.0
+
+
+def weights_gbps(repeats: int = 3) -> float:
+    """GB/s of one pass over a layer's weights at full speed: a 1x1 convolution with 8 MiB of
+    weights on one row and on eight, the fixed part of its time being the pass. The weights rotate
+    over 48 MiB, more than a board's cache holds, as a model's layers do (0 when the fit is not
+    positive)."""
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(2048, 1024, 1, 1, generator=gen) for _ in range(6)]
+    one, eight = torch.randn(1, 1024, 1, 7, generator=gen), torch.randn(1, 1024, 8, 7, generator=gen)
+    t1 = _per_call_s(F.conv2d, one, weights, repeats)
+    t8 = _per_call_s(F.conv2d, eight, weights, repeats)
+    fixed = t1 - (t8 - t1) / 7
+    return weights[0].numel() * 4 / fixed / 1e9 if fixed > 0 else 0.0
+
+
+def conv_gflops(repeats: int = 5, share: float | None = None) -> float:
+    """GFLOP/s of the probe convolution (:func:`_probe_conv`) as this node runs it now: its rate at
+    full speed times the CPU share it gets (``share``, else measured: :func:`cpu_share`). The whole
+    benchmark's dense-convolution rate, and on its own (~0.2 s) the probe an idle daemon runs to
+    notice that its speed has changed."""
+    op, flops = _probe_conv()
+    with torch.no_grad():
+        rate = _gflops(op, flops, repeats)
+    return round(rate * (cpu_share() if share is None else share), 2)
 
 
 def cpu_quota() -> float | None:
@@ -141,9 +182,9 @@ class RateDrift:
 
 
 def unit_overhead_ms(repeats: int = 200) -> float:
-    """The floor of one unit's cost beyond its arithmetic: dispatching an op on a tiny tensor and
-    framing its output for the wire, as the runtime does for every unit (the controller fits the
-    real figure from the node's unit times)."""
+    """The floor of one unit's cost beyond its arithmetic at full speed, in CPU ms: dispatching an
+    op on a tiny tensor and framing its output for the wire, as the runtime does for every unit
+    (the controller fits the real figure from the node's unit times)."""
     from edgeflowd.core.rows import RowRange  # noqa: PLC0415 - keeps the module's import light
     from edgeflowd.wire.frames import KEY_BYTES, encode_frames  # noqa: PLC0415
 
@@ -156,10 +197,10 @@ def unit_overhead_ms(repeats: int = 200) -> float:
         encode_frames("r-1", "p", "layer:0", "layer", rows, out, 1 << 20, key)
 
     one()
-    start = time.perf_counter()
+    start = _cpu_s()
     for _ in range(repeats):
         one()
-    return round((time.perf_counter() - start) / repeats * 1e3, 4)
+    return (_cpu_s() - start) / repeats * 1e3
 
 
 LINK_PING_BYTES = 64
@@ -199,11 +240,15 @@ def run_benchmark(repeats: int = 5, stamped: bool = False) -> dict[str, float]:
     """Median rates of representative ops of every kind the cost model knows (each counted in
     FLOPs as controller/graph/flops.py counts it: one per element and op for element-wise work,
     one per window element for pooling, one per output element for a concatenation or an
-    upsampling), the weight-pass rate and a unit's floor (about 0.7 s on one core of a 2020s x86).
-    The cheap ops run four times as often, so that their medians are as steady. ``stamped``: with
-    the wall-clock time it was measured at (``measured_at``), as a node publishes it."""
+    upsampling), the weight-pass rate and a unit's floor (about 1 s on one core of a 2020s x86).
+    Each is timed in CPU time and scaled by the share of the CPU the node gets (``cpu_share``,
+    measured once over :data:`SHARE_WINDOW_S`), so that a quota slows every figure alike however
+    short its op. The cheap ops run four times as often, so that their medians are as steady.
+    ``stamped``: with the wall-clock time it was measured at (``measured_at``), as a node
+    publishes it."""
     gen = torch.Generator().manual_seed(0)
     many = 4 * repeats
+    share = cpu_share()
     with torch.no_grad():
         xd = torch.randn(1, 256, 56, 56, generator=gen)
         wd = torch.randn(256, 1, 3, 3, generator=gen)
@@ -211,8 +256,7 @@ def run_benchmark(repeats: int = 5, stamped: bool = False) -> dict[str, float]:
         skip = torch.randn(1, 256, 56, 56, generator=gen)
         stem = torch.randn(1, 64, 112, 112, generator=gen)
         half = torch.randn(1, 128, 40, 40, generator=gen)
-        figures = {
-            "conv_gflops": conv_gflops(repeats),
+        rates = {
             "dwconv_gflops": _gflops(lambda: F.conv2d(xd, wd, padding=1, groups=256), 2.0 * 256 * 9 * 56 * 56, repeats),
             "matmul_gflops": _gflops(lambda: a @ a, 2.0 * 512**3, repeats),
             # A residual add and its ReLU (ResNet's), the 3x3 stride-2 stem pool, YOLO's neck.
@@ -223,7 +267,12 @@ def run_benchmark(repeats: int = 5, stamped: bool = False) -> dict[str, float]:
                 lambda: F.interpolate(half, scale_factor=2.0, mode="nearest"), 4.0 * half.numel(), many
             ),
             "weights_gbps": weights_gbps(),
-            "unit_overhead_ms": unit_overhead_ms(),
+        }
+        figures = {
+            "conv_gflops": conv_gflops(repeats, share),
+            **{key: round(rate * share, 2) for key, rate in rates.items()},
+            "unit_overhead_ms": round(unit_overhead_ms() / max(share, 1e-3), 4),
+            "cpu_share": round(share, 3),
             "threads": float(torch.get_num_threads()),
         }
     return {**figures, "measured_at": round(time.time(), 3)} if stamped else figures
