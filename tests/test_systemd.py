@@ -65,6 +65,8 @@ RUN = """set -x
 up=$(systemctl show -P UserspaceTimestampMonotonic)
 reached=$(systemctl show multi-user.target -P ActiveEnterTimestampMonotonic)
 echo "multi-user.target after $(( (reached - up) / 1000 )) ms"
+# Ready once benchmarked; connected (and its link measured) a moment later: wait for it, bounded.
+for i in $(seq 60); do systemctl show edgeflowd -p StatusText | grep -q 'connected to' && break; sleep 0.5; done
 echo "state=$(systemctl is-active edgeflowd) $(systemctl show edgeflowd -p StatusText)"
 touch /mnt/out/checked
 for i in $(seq 240); do [ -e /mnt/out/freeze ] && break; sleep 0.5; done

@@ -28,6 +28,7 @@ __all__ = [
     "RateDrift",
     "conv_gflops",
     "cpu_quota",
+    "cpu_seconds",
     "cpu_share",
     "fit_link",
     "run_benchmark",
@@ -42,11 +43,13 @@ task run before it throttles it, weighs little (the 0.1-core testbed device read
 over 0.1-0.2 s on 2026-12-04)."""
 
 
-def _cpu_s() -> float:
+def cpu_seconds() -> float:
     """CPU seconds of one torch thread's work: the process's, over its torch threads. CPU time, not
     wall time: a short op under a CPU quota runs at full speed or waits a whole period, whichever
     the kernel's accounting gives it, so timing it on the wall clock read 12-155 GFLOP/s on the
-    same 0.1-core device. What the quota takes is measured apart, over a window (:func:`cpu_share`)."""
+    same 0.1-core device (and a runtime choosing between two ways to run a convolution by wall
+    time chose by chance there). What the quota takes is measured apart, over a window
+    (:func:`cpu_share`)."""
     return time.process_time() / max(1, torch.get_num_threads())
 
 
@@ -56,9 +59,9 @@ def _gflops(op: Callable[[], torch.Tensor], flops: float, repeats: int) -> float
     op()  # warm-up: first-call allocation and kernel selection
     times = []
     for _ in range(repeats):
-        start = _cpu_s()
+        start = cpu_seconds()
         op()
-        times.append(_cpu_s() - start)
+        times.append(cpu_seconds() - start)
     return flops / max(statistics.median(times), 1e-9) / 1e9
 
 
@@ -69,10 +72,10 @@ def _per_call_s(
         op(x, w)
     times = []
     for _ in range(repeats):
-        start = _cpu_s()
+        start = cpu_seconds()
         for w in weights:
             op(x, w)
-        times.append((_cpu_s() - start) / len(weights))
+        times.append((cpu_seconds() - start) / len(weights))
     return statistics.median(times)
 
 
@@ -100,10 +103,10 @@ def cpu_share(window_s: float = SHARE_WINDOW_S) -> float:
     op, _ = _probe_conv()
     with torch.no_grad():
         op()
-        cpu, wall = _cpu_s(), time.perf_counter()
+        cpu, wall = cpu_seconds(), time.perf_counter()
         while time.perf_counter() - wall < window_s:
             op()
-        used, elapsed = _cpu_s() - cpu, time.perf_counter() - wall
+        used, elapsed = cpu_seconds() - cpu, time.perf_counter() - wall
     return min(1.0, used / elapsed) if elapsed > 0 else 1.0
 
 
@@ -197,10 +200,10 @@ def unit_overhead_ms(repeats: int = 200) -> float:
         encode_frames("r-1", "p", "layer:0", "layer", rows, out, 1 << 20, key)
 
     one()
-    start = _cpu_s()
+    start = cpu_seconds()
     for _ in range(repeats):
         one()
-    return (_cpu_s() - start) / repeats * 1e3
+    return (cpu_seconds() - start) / repeats * 1e3
 
 
 LINK_PING_BYTES = 64
