@@ -85,8 +85,9 @@ class Daemon:
         self._last_event = self._last_probe = self._last_link = clock()
         self._last_telemetry = 0.0
         self._measuring_s = 0.0  # what the slowest of its own measurements took (benchmark + link)
-        # One probe, as before: with two in a row, throttled demo nodes were left unmeasured past
-        # the demo's 120 s wait (not understood yet; see the stop note). RateDrift keeps the rule.
+        # One probe: with two in a row, throttled demo nodes were left unmeasured past the demo's
+        # 120 s wait while probes were timed on the wall clock (under a quota that read a rate at
+        # random, so two in a row rarely agreed). RateDrift keeps the two-probe rule for others.
         self._drift = RateDrift(probes=1)
         self._quota = cpu_quota()  # the cgroup's CPU share its benchmark ran under
         self._stop = threading.Event()
