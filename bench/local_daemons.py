@@ -138,7 +138,7 @@ def measure(
     if processes and inputs:
         one["cpu_ms"] = {name: round(s * 1e3 / len(inputs), 1) for name, s in cpu.items()}
         nodes = sum(v for k, v in one["cpu_ms"].items() if k not in ("broker", "requester"))
-        if out["one_process_ms"]:
+        if "1" in out["one_process_ms"]:  # the ratio is to one thread: only when that was measured
             one["cpu_x_1thread"] = round(nodes / out["one_process_ms"]["1"], 3)
     out["in_flight_1"] = one
     out["in_flight_4"] = {

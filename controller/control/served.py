@@ -5,7 +5,7 @@ plans them one at a time on the same nodes (:mod:`controller.control.service`). 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from edgeflowd.profiles.devices import Cluster
 from edgeflowd.wire.assignment import Assignment, NodeWork
 from edgeflowd.wire.messages import PlanInfo
 
-__all__ = ["SPEED_DRIFT", "Served", "live_works", "memory_left", "running_works"]
+__all__ = ["SPEED_DRIFT", "Retained", "Served", "live_works", "memory_left", "running_works"]
 
 SPEED_DRIFT = math.log(1.5)  # a node's fitted unit times this far from the plan's: re-plan
 
@@ -73,6 +73,34 @@ class Served:
             "measured_ms": measured if requests else None,
             "requests": requests,
         }
+
+
+@dataclass
+class Retained:
+    """What the nodes hold from before or beside this controller: each node's retained assignment
+    as the broker holds it (``assigned``: carried on for models not rolled out here yet), the models
+    the nodes say they serve that this controller does not (``foreign``: taken off at its next
+    rollout), and the weights those models' assignments named (cleared with them). Pure state."""
+
+    assigned: dict[str, NodeWork] = field(default_factory=dict)
+    foreign: set[str] = field(default_factory=set)
+    foreign_blobs: dict[str, int] = field(default_factory=dict)  # sha256 -> parts
+
+    def on_assignment(self, node: str, work: NodeWork | None, served: Container[str]) -> None:
+        """``node``'s retained assignment as the broker holds it now (None: cleared)."""
+        self.assigned = {n: w for n, w in {**self.assigned, node: work}.items() if w is not None}
+        foreign = [a for m, a in work.plans.items() if m not in served] if work else []
+        self.foreign_blobs.update({r.sha256: r.parts for a in foreign for r in a.weights.values()})
+
+    def on_report(self, models: Iterable[str], served: Container[str]) -> None:
+        """A node reported serving ``models``: those not ``served`` here are foreign."""
+        self.foreign |= {m for m in models if m not in served}
+
+    def retire(self) -> tuple[list[str], dict[str, int]]:
+        """The foreign models and their weights, to take off; forgotten here from now on."""
+        models, blobs = sorted(self.foreign), self.foreign_blobs
+        self.foreign, self.foreign_blobs = set(), {}
+        return models, blobs
 
 
 def live_works(models: Iterable[Served], running: Mapping[str, NodeWork] | None = None) -> dict[str, NodeWork]:

@@ -44,7 +44,7 @@ from controller.control.registry import (
     reference_device,
 )
 from controller.control.rollout import Rolling, Rollout, cleared_blobs, completion_messages, rollout_messages
-from controller.control.served import Served, live_works, memory_left, running_works
+from controller.control.served import Retained, Served, live_works, memory_left, running_works
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
 from controller.planner.methods import METHODS, plan_model
@@ -111,9 +111,7 @@ class ControllerService:
         self.models: dict[str, Served] = {}  # by spec, once run() has traced them
         self.rolling: Rolling | None = None  # one rollout at a time, whatever its model
         self._next_generation = 1  # generations are the cluster's: no two plans of any models share one
-        self._foreign: set[str] = set()  # models the nodes said they serve that this controller does not
-        self.assigned: dict[str, NodeWork] = {}  # each node's retained assignment, as the broker holds it
-        self._foreign_blobs: dict[str, int] = {}  # the weights those models' assignments named
+        self.retained = Retained()  # the nodes' assignments, and the models served that are not ours
         self.instance = uuid.uuid4().hex[:12]
         self.messages: MessageQueue = queue.Queue()
         self.stop_event = threading.Event()
@@ -204,9 +202,7 @@ class ControllerService:
         node = about.node
         if about.leaf == "assignment":  # what it was told to run: carried on for models not rolled out here yet
             work = NodeWork.from_doc(decode(payload, NodeWorkDoc, topic), topic, checked=False) if payload else None
-            self.assigned = {n: w for n, w in {**self.assigned, node: work}.items() if w is not None}
-            foreign = [a for m, a in work.plans.items() if m not in self.models] if work else []
-            self._foreign_blobs.update({r.sha256: r.parts for a in foreign for r in a.weights.values()})
+            self.retained.on_assignment(node, work, self.models)
             return
         view = self.registry.views.get(node)
         before = view.info.benchmark if view and view.info else None
@@ -216,7 +212,7 @@ class ControllerService:
         if moved:
             self._mark(f"{node} measured itself again: {moved}", only_on=node)
         if view is not None and about.leaf == "assignment/reported" and view.report:
-            self._foreign |= set(view.report.models) - set(self.models)
+            self.retained.on_report(view.report.models, self.models)
             if self.rolling:
                 self.rolling.rollout.on_report(node, view.report)
         if view is not None and about.leaf == "telemetry" and payload and view.telemetry and self.measured_rates:
@@ -382,7 +378,7 @@ class ControllerService:
     def _works(self) -> dict[str, NodeWork]:
         """What a rollout carries on for the other models (:func:`live_works`)."""
         serves = {n: v.report.models for n, v in self.registry.views.items() if v.report}
-        return live_works(self.models.values(), running_works(self.assigned, serves))
+        return live_works(self.models.values(), running_works(self.retained.assigned, serves))
 
     def _generation(self) -> int:
         """The next generation: above every one the broker or a node has said, of any model."""
@@ -414,14 +410,14 @@ class ControllerService:
         for publication in completion_messages(self.topics, deployment, served.deployed, others, admits, works, keep):
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
         # The nodes run only this controller's models now: requesters of any other must not wait on them.
-        for model in sorted(self._foreign):
+        foreign, foreign_blobs = self.retained.retire()
+        for model in foreign:
             for leaf in MODEL_LEAVES:
                 self.conn.publish(self.topics.controller(leaf, model), b"", qos=1, retain=True)
             self._event("retired", detail=f"{model}: not served by this controller; its plan summary cleared")
         used = {*deployment.blobs, *(sha for s in self.models.values() for sha in s.named_blobs())}
-        for publication in cleared_blobs(self.topics, self._foreign_blobs, used):  # and its weights
+        for publication in cleared_blobs(self.topics, foreign_blobs, used):  # and its weights
             self.conn.publish(publication.topic, publication.payload, qos=1, retain=True)
-        self._foreign, self._foreign_blobs = set(), {}
         info = served.deployed = deployment.info
         served.held = dict(info.blobs)  # what the broker holds now, before its echo of the summary
         served.planned_nodes = rolling.rollout.nodes
