@@ -93,6 +93,28 @@ def test_a_throttled_device_benchmarks_at_its_share() -> None:
     assert leftovers(os.getpid()) == []
 
 
+@needs_rights
+def test_a_device_in_its_namespace_sees_its_quota() -> None:
+    """`ip netns exec` mounts a /sys without cgroups: a daemon there could not see its quota, and
+    only noticed a throttle when its probe moved by 30%, which a 0.4-core device benchmarked on a
+    shared core did not (the demo waited 300 s for it). The testbed mounts the CPU controller."""
+    slot = Slot(0, "dev", 0.25, 100.0, 100.0, 1.0)
+    probe = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from edgeflowd.node.benchmark import cpu_quota\nprint(cpu_quota())"
+    )
+    with Testbed([slot], shape_links=True) as bed:
+        seen = []
+        for throttled in (False, True):
+            if throttled:
+                bed.throttle()
+            argv = bed.command(slot, [sys.executable, "-c", probe])
+            seen.append(subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60).stdout.strip())
+    assert seen[0] == "None"  # unlimited until throttled
+    assert float(seen[1]) == pytest.approx(0.25, abs=0.01)
+    assert leftovers(os.getpid()) == []
+
+
 def _serve_once(host: str, port: int, send: int, done: dict[str, float]) -> None:
     """Accept one connection: send ``send`` bytes, or receive until EOF and record the seconds."""
     with socket.create_server((host, port)) as server:
