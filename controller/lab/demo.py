@@ -147,10 +147,10 @@ def run_demo(
         with controller_process(broker, tmp, cluster_spec, model_spec, "--method", "edgeflow", "--rates", "measured"):
             say("controller: plans with EdgeFlow on what the nodes measure, and deploys as they come online")
             t0 = time.perf_counter()
-            # Each node measures itself again once idle and its probe sees the new quota (11-18 s on
+            # Each node measures itself again once idle and it sees its new quota (11-18 s on
             # 2026-12-04). It took 12-130 s while probes were timed on the wall clock, which under
-            # a quota read a rate at random; inside its namespace a node sees no cgroup, so only
-            # the probe can tell. The wait stays long for slower machines.
+            # a quota read a rate at random, and a node saw no cgroup in its namespace (the testbed
+            # mounts one now). The wait stays long for slower machines.
             watch.until(lambda: watch.measured_since(nodes, throttled), 300.0, "every node measuring itself")
             say(f"every node measured itself as emulated after {time.perf_counter() - t0:.1f} s; warm-up requests")
             costs = learn_costs(watch, broker, model_spec, inputs, nodes)
