@@ -20,8 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -32,7 +31,7 @@ from edgeflowd.net.mqtt import Connection
 from edgeflowd.node import assignments as a
 from edgeflowd.node.benchmark import RateDrift, conv_gflops, cpu_quota, cpu_seconds, run_benchmark
 from edgeflowd.node.config import DaemonConfig
-from edgeflowd.node.events import Connected, Counts, Event, Inbox, Message
+from edgeflowd.node.events import Connected, Counts, Event, Inbox, Message, heartbeat
 from edgeflowd.node.homeassistant import Announcer
 from edgeflowd.node.linkprobe import LinkProbe
 from edgeflowd.node.notify import Notifier
@@ -260,7 +259,8 @@ class Daemon:
             self._switch(None, {})
             return
         try:
-            with self._heartbeat():
+            beat = f"edgeflowd[{self.node}].heartbeat"
+            with heartbeat(self.config.telemetry_interval_s, self._publish_telemetry, beat):
                 self._switch(work, action.tensors)
         except (EdgeFlowError, RuntimeError, ValueError) as exc:  # torch's own errors are RuntimeErrors
             self._apply(self.assignments.not_activated(work, str(exc)))  # its report is logged
@@ -269,26 +269,6 @@ class Daemon:
             serving = self._serving()
             self.notifier.ready(serving)
             log.info("node=%s %s", self.node, serving)
-
-    @contextmanager
-    def _heartbeat(self) -> Iterator[None]:
-        """Telemetry from another thread while the engine is busy: building a plan's runtimes packs
-        and times its convolutions, seconds of work that a board at a tenth of a core stretches
-        past the controller's patience (three telemetry intervals), which then took every node of
-        a slowed testbed for gone, one after another, and re-planned without end."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(self.config.telemetry_interval_s):
-                self._publish_telemetry()
-
-        thread = threading.Thread(target=beat, name=f"edgeflowd[{self.node}].heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
 
     def _serves(self, runtime: NodeRuntime) -> bool:
         """Whether ``runtime`` is still one the node serves (workers stop a replaced one's work)."""

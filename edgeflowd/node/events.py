@@ -1,14 +1,16 @@
-"""What the daemon's threads hand each other: typed events on the engine's queue, and counters
-that every thread bumps."""
+"""What the daemon's threads hand each other: typed events on the engine's queue, counters that
+every thread bumps, and the heartbeat that speaks for a busy engine."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["Connected", "Counts", "Event", "Inbox", "Message", "UnitTimes"]
+__all__ = ["Connected", "Counts", "Event", "Inbox", "Message", "UnitTimes", "heartbeat"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,25 @@ class UnitTimes:
             plan: {uid: [runs, round(seconds, 6)] for uid, (runs, seconds) in units.items()}
             for plan, units in values.items()
         }
+
+
+@contextmanager
+def heartbeat(interval_s: float, beat: Callable[[], None], name: str) -> Iterator[None]:
+    """Call ``beat`` every ``interval_s`` from a thread of its own while the body runs: the engine
+    publishes telemetry with it while it is busy (building a plan's runtimes packs and times its
+    convolutions, seconds of work that a board at a tenth of a core stretches past the
+    controller's patience of three telemetry intervals, which then took every node of a slowed
+    testbed for gone, one after another, and re-planned without end)."""
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(interval_s):
+            beat()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
