@@ -43,10 +43,11 @@ from controller.cli.main import main as edgeflow
 from controller.control.deploy import deploy_plans
 from controller.graph.trace import trace_model
 from controller.lab.launch import Broker, DaemonProcess, controller_process, mosquitto_broker, wait_online
-from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs
-from controller.planner.methods import SCHEDULES, plan_model
+from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs, planned_as_learned
+from controller.planner.methods import SCHEDULES
 from controller.zoo import build_model
 from edgeflowd.profiles.devices import Cluster, load_cluster
+from edgeflowd.wire.messages import Costs
 
 MODELS = ("resnet50", "yolov5s", "inception_v3", "mobilenet_v2")
 TELEMETRY_S = 1.0
@@ -74,8 +75,9 @@ def _variants(methods: list[str], schedules: list[str], n: int) -> list[tuple[st
     return out
 
 
-def _learned(broker: Broker, tmp: Path, cluster: Path, model: str, nodes: list[str]) -> Cluster:
-    """The cluster as the controller fitted it from warm-up requests (controller.lab.learn)."""
+def _learned(broker: Broker, tmp: Path, cluster: Path, model: str, nodes: list[str]) -> tuple[Cluster, Costs]:
+    """The cluster as the controller fitted it from warm-up requests (controller.lab.learn), and
+    what it published."""
     _, shape = build_model(model, None, 0)
     inputs = [torch.randn(shape, generator=torch.Generator().manual_seed(100 + i)) for i in range(6)]
     watch = PlaneWatch(broker, cluster.stem, model)
@@ -85,10 +87,16 @@ def _learned(broker: Broker, tmp: Path, cluster: Path, model: str, nodes: list[s
     finally:
         watch.close()
     print("  learned: " + ", ".join(f"{n} {c.source} {c.gflops:.1f} GFLOP/s" for n, c in costs.nodes.items()))
-    return fitted_cluster(load_cluster(str(cluster)), costs)
+    if costs.alone:
+        print(
+            f"  the controller measured {costs.alone} alone faster than its split: EdgeFlow's plan is that node alone"
+        )
+    return fitted_cluster(load_cluster(str(cluster)), costs), costs
 
 
-def _deploy(broker: Broker, cluster: Path, model: str, method: str, schedule: str, learned: Cluster | None) -> None:
+def _deploy(
+    broker: Broker, cluster: Path, model: str, method: str, schedule: str, learned: tuple[Cluster, Costs] | None
+) -> None:
     """Deploy ``method``'s plan: on ``learned`` when given, else as ``edgeflow deploy`` plans (on
     what the nodes' start-up benchmarks measured)."""
     if learned is None:
@@ -98,9 +106,10 @@ def _deploy(broker: Broker, cluster: Path, model: str, method: str, schedule: st
         return
     net, shape = build_model(model, None, 0)
     graph = trace_model(net, torch.zeros(shape), model)
-    planned = plan_model(graph, learned, method, schedule=schedule)
-    nodes = [d.id for d in learned.devices]
-    deploy_plans(broker.settings, learned.name, [(planned, graph)], nodes, timeout_s=120.0)
+    fitted, costs = learned
+    planned = planned_as_learned(graph, fitted, costs, method, schedule)
+    nodes = [d.id for d in fitted.devices]
+    deploy_plans(broker.settings, fitted.name, [(planned, graph)], nodes, timeout_s=120.0)
 
 
 def _run_model(

@@ -84,9 +84,13 @@ def test_a_throttled_device_benchmarks_at_its_share() -> None:
     # A quota is a cap: a device may get less on a busy machine, never more.
     assert 0.07 <= slow["cpu_share"] <= 0.11
     assert 0.25 <= fast["cpu_share"] <= 0.42
+    # Each rate is the CPU-time rate times the share: the two devices' rates stand as their shares
+    # do (a full run on 2026-12-04 read 5.2x for conv, beyond a fixed bound of 5x quota-to-quota).
+    shares = fast["cpu_share"] / slow["cpu_share"]
     for key in ("conv_gflops", "matmul_gflops", "eltwise_gflops"):
         ratio = fast[key] / slow[key]
-        assert 2.5 <= ratio <= 5.0, f"{key}: {fast[key]} on 0.4 core against {slow[key]} on 0.1"
+        said = f"{key}: {fast[key]} on 0.4 core against {slow[key]} on 0.1, shares {shares:.2f}x apart"
+        assert ratio >= 2.5 and 1 / 1.4 <= ratio / shares <= 1.4, said
     # The weight pass is the difference of two timings (one row and eight), noisier than a rate.
     ratio = fast["weights_gbps"] / slow["weights_gbps"]
     assert 2.0 <= ratio <= 8.0, f"weights_gbps: {fast['weights_gbps']} on 0.4 core, {slow['weights_gbps']} on 0.1"

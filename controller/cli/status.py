@@ -135,6 +135,7 @@ def status_doc(registry: Registry, seen: Seen) -> dict[str, Any]:
                 "single_node": cost.single_node or None,
                 "single_ms": cost.single_ms if cost.single_node else None,
                 "message_mflop": cost.message_mflop,
+                "alone": cost.alone or None,
             }
         plans.append(
             {
@@ -187,6 +188,8 @@ def _footer(doc: dict[str, Any]) -> list[str]:
             best = f"; best single device {single}: predicted {measured['single_ms']:.1f} ms" if single else ""
             mflop = measured["message_mflop"]
             lines.append(f"  measured median {said}{best}; a message costs {mflop:.1f} MFLOP of handling")
+            if measured["alone"]:
+                lines.append(f"  {measured['alone']} alone was measured faster than the split: it runs the model")
     return lines
 
 

@@ -85,4 +85,5 @@ class Judge:
             self.latencies.median(generation),
             served.single,
             self.message_flop,
+            served.alone.node if served.alone.state == "alone" else "",
         )

@@ -231,10 +231,12 @@ def costs_report(
     measured: tuple[float, int],
     single: tuple[str, float],
     message_flop: float,
+    alone: str = "",
 ) -> Costs:
     """The retained ``controller/costs`` document: each node of ``cluster`` as it is planned
     (``fitted`` where ``fits`` has a fit, else ``unfitted``), the plan's predicted latency beside
-    the ``(median ms, requests)`` measured, the best single device ``(node, ms)``, the message work."""
+    the ``(median ms, requests)`` measured, the best single device ``(node, ms)``, the message work,
+    and the node measured faster alone than the split (:mod:`controller.control.alone`)."""
     nodes = {
         d.id: costs_of(d, "fitted" if fits.get(d.id) else unfitted, fits.get(d.id), shares.get(d.id, 0.0))
         for d in cluster.devices
@@ -248,6 +250,7 @@ def costs_report(
         round(single[1], 2),
         single[0],
         round(message_flop / 1e6, 4),
+        alone,
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.control.alone import Alone
 from controller.control.learning import LatencyBook
 from controller.control.registry import LoadWatch
 from controller.control.rollout import Rolling
@@ -35,6 +36,7 @@ class Served:
     held: dict[str, int] = field(default_factory=dict)  # blobs of the summary the broker holds
     single: tuple[str, float] = ("", 0.0)  # best single device and its predicted latency
     judged: int = -1  # the generation last judged against the single device
+    alone: Alone = field(default_factory=Alone)  # the trial of the best single device against a split
     published: int = -1  # the generation whose assignments were published last (failed or not)
     dirty_since: float | None = None  # a re-plan is due settle_s after this
     reason: str = "start"

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from controller.control.alone import TRIED_FOR
 from controller.control.dashboard import Dashboard, Request
 from controller.control.deployment import make_deployment
 from controller.control.judging import Judge
@@ -47,7 +48,8 @@ from controller.control.rollout import Rolling, Rollout, cleared_blobs, completi
 from controller.control.served import Retained, Served, live_works, memory_left, running_works
 from controller.graph.trace import trace_model
 from controller.planner.fit import with_message_work
-from controller.planner.methods import METHODS, plan_model
+from controller.planner.methods import METHODS, plan_model, plan_partition
+from controller.planner.methods.baselines import single_on
 from controller.zoo import build_model
 from edgeflowd.core.sizes import FRAME_HEADER_BYTES
 from edgeflowd.errors import EdgeFlowError, ProtocolError
@@ -272,7 +274,9 @@ class ControllerService:
             index = live.rollout.nodes.index(node)
             ratio = slowdown(live.planned.plan, served.graph, index, live.cluster.devices[index], fitted)
             if served.speeds.observe(node, math.log(ratio)):
-                self._mark(f"{node} runs its units {ratio:.2f}x the planned time", served, debounce=False)
+                # Not fresh: a trial's device alone runs its whole layers faster than a fit to the
+                # split's pieces planned them (controller.control.alone); its verdict stands.
+                self._mark(f"{node} runs its units {ratio:.2f}x the planned time", served, debounce=False, fresh=False)
             self._publish_costs(served)
 
     def _on_latency(self, report: Latency) -> None:
@@ -293,11 +297,26 @@ class ControllerService:
             served.judged = report.generation
             now = self.registry.live_cluster(self.measured_rates, fitted)
             judged, said = self.judge.judge(served, now, measured / 1e3, count)
-            if judged:
+            if not self._try_alone(served, measured) and judged:
                 self._event(judged, detail=said, served=served)
                 why = "slower than a single device" if judged == "slower-than-single" else "the prediction was off"
-                self._mark(why, served, debounce=False)
+                self._mark(why, served, debounce=False, fresh=False)
         self._publish_costs(served)
+
+    def _try_alone(self, served: Served, measured_ms: float) -> bool:
+        """The trial of one device against a split (:mod:`controller.control.alone`) on the live
+        generation's median; whether it said anything (then the judgement waits)."""
+        assert served.live is not None
+        if self.method not in TRIED_FOR:
+            return False
+        step = served.alone.judge(
+            served.live.planned.plan, served.live.rollout.nodes, served.single, measured_ms, self.clock()
+        )
+        if step is not None:
+            self._event(step.event, step.node, step.detail, served)
+            if step.replan:
+                self._mark(step.replan, served, debounce=False, due=True, fresh=False)
+        return step is not None
 
     def _fitted(self) -> dict[str, Device]:
         return self.judge.fitted(self.registry.live(), self.clock())
@@ -311,16 +330,25 @@ class ControllerService:
             self.conn.publish(topic, encode_control(report), qos=1, retain=True)
 
     def _mark(
-        self, reason: str, served: Served | None = None, debounce: bool = True, due: bool = False, only_on: str = ""
+        self,
+        reason: str,
+        served: Served | None = None,
+        debounce: bool = True,
+        due: bool = False,
+        only_on: str = "",
+        fresh: bool = True,
     ) -> None:
         """Ask for a re-plan of ``served`` (None: of every model; ``only_on``: of every model
         planned on that node) ``settle_s`` from now; membership changes (``debounce``) push it back
         so a burst costs one plan, periodic load reports must not. ``due``: at once (a planned node
-        left: every request fails until a plan without it is live)."""
+        left: every request fails until a plan without it is live). ``fresh``: the conditions
+        changed, so what was measured of one device alone against the split no longer holds."""
         chosen = [served] if served is not None else list(self.models.values())
         for model in chosen:
             if not only_on or only_on in model.planned_nodes:
                 model.mark(reason, self.clock(), debounce, due, self.settle_s)
+                if fresh:
+                    model.alone.reset()
 
     def _event(self, event: str, node: str = "", detail: str = "", served: Served | None = None) -> None:
         log.info("event %s %s %s %s", event, served.spec if served else "", node, detail)
@@ -342,8 +370,13 @@ class ControllerService:
         others = [s for s in self.models.values() if s is not served]
         base = memory_left(self.registry.live_cluster(self.measured_rates, fitted), others)
         cluster = with_message_work(base, self.judge.message_flop)
+        alone = served.alone.planned_on(live_nodes)
         try:
-            planned = plan_model(served.graph, cluster, self.method, deployable=True)
+            if alone:
+                partition = single_on(served.graph, cluster, live_nodes.index(alone))
+                planned = plan_partition(served.graph, cluster, "single", partition, deployable=True)
+            else:
+                planned = plan_model(served.graph, cluster, self.method, deployable=True)
         except EdgeFlowError as exc:
             self._failed(served, reason, str(exc))
             return

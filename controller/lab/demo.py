@@ -26,9 +26,8 @@ from controller.control.traced import draw_request
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.graph.trace import trace_model
 from controller.lab.launch import Broker, DaemonProcess, controller_process, local_broker, wait_online
-from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs
+from controller.lab.learn import PlaneWatch, fitted_cluster, learn_costs, planned_as_learned
 from controller.lab.testbed import Testbed, missing_rights, slots_for
-from controller.planner.methods import plan_model
 from controller.terminal import progress_bar
 from controller.zoo import build_model
 from edgeflowd.errors import EdgeFlowError
@@ -163,7 +162,7 @@ def run_demo(
         learned = fitted_cluster(cluster, costs)
         rows = []
         for method in ["edgeflow", *baselines]:
-            planned = plan_model(graph, learned, method, deployable=True)
+            planned = planned_as_learned(graph, learned, costs, method)
             t0 = time.perf_counter()
             (info,) = deploy_plans(broker.settings, cluster.name, [(planned, graph)], nodes, timeout_s=300.0)
             say(f"{method}: generation {info.generation} live in {time.perf_counter() - t0:.1f} s; {requests} requests")

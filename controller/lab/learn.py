@@ -14,14 +14,17 @@ import torch
 
 from controller.control.learning import device_of_costs
 from controller.control.requester import InferenceClient
+from controller.graph.layers import LayerGraph
 from controller.lab.launch import Broker
+from controller.planner.methods import Planned, plan_model, plan_partition
+from controller.planner.methods.baselines import single_on
 from edgeflowd.errors import EdgeFlowError, ProtocolError
 from edgeflowd.net.mqtt import listen, received
 from edgeflowd.profiles.devices import Cluster
 from edgeflowd.wire.messages import Costs, Info, PlanInfo, decode_control
 from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
 
-__all__ = ["PlaneWatch", "fitted_cluster", "learn_costs"]
+__all__ = ["PlaneWatch", "fitted_cluster", "learn_costs", "planned_as_learned"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +110,16 @@ def fitted_cluster(cluster: Cluster, costs: Costs) -> Cluster:
     return cluster.with_devices(
         tuple(device_of_costs(d, costs.nodes[d.id]) if d.id in costs.nodes else d for d in cluster.devices)
     )
+
+
+def planned_as_learned(
+    graph: LayerGraph, learned: Cluster, costs: Costs, method: str, schedule: str = "auto"
+) -> Planned:
+    """``method``'s plan on the ``learned`` cluster (:func:`fitted_cluster`). EdgeFlow's is the
+    controller's: where it measured one node alone faster than the split, that node alone
+    (:mod:`controller.control.alone`), as the controller itself would deploy it."""
+    names = [d.id for d in learned.devices]
+    if method == "edgeflow" and costs.alone in names:
+        partition = single_on(graph, learned, names.index(costs.alone))
+        return plan_partition(graph, learned, method, partition, schedule=schedule, deployable=True)
+    return plan_model(graph, learned, method, schedule=schedule, deployable=True)

@@ -288,6 +288,7 @@ class Costs(Document, frozen=True, tag="edgeflow.costs/1"):
     single_ms: float = 0.0
     single_node: str = ""
     message_mflop: float = 0.0  # fitted work of handling one message, in MFLOP at each node's rate
+    alone: str = ""  # the node measured faster alone than the split, which it runs instead ("": none)
 
 
 M = TypeVar("M", bound=Document)

@@ -18,7 +18,7 @@ from controller.planner.schedule import best_schedule
 from controller.planner.simulate import Timeline, simulate
 from edgeflowd.profiles.devices import Cluster
 
-__all__ = ["METHODS", "SCHEDULES", "Planned", "lower_bound_s", "plan_model"]
+__all__ = ["METHODS", "SCHEDULES", "Planned", "lower_bound_s", "plan_model", "plan_partition"]
 
 Method = Callable[[LayerGraph, Cluster], Partition]
 
@@ -66,7 +66,22 @@ def plan_model(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
     start = clock()
-    partition = METHODS[method](graph, cluster)
+    return plan_partition(graph, cluster, method, METHODS[method](graph, cluster), clock, schedule, deployable, start)
+
+
+def plan_partition(
+    graph: LayerGraph,
+    cluster: Cluster,
+    method: str,
+    partition: Partition,
+    clock: Callable[[], float] = time.perf_counter,
+    schedule: str = "auto",
+    deployable: bool = False,
+    start: float | None = None,
+) -> Planned:
+    """:func:`plan_model` of a ``partition`` already chosen (``method``: what chose it);
+    ``start``: when planning began (now when not given)."""
+    start = clock() if start is None else start
     if deployable:
         partition = place_plugin_ops(graph, cluster, partition)
     plan = build_plan(graph, partition)
