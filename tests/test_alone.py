@@ -4,15 +4,18 @@ faster stays, until the nodes or their conditions change. Pure: no broker."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import torch
 
 from controller.control.alone import ALONE_MARGIN, RECHECK_S, TRIAL_GAIN, Alone
 from controller.graph.trace import trace_model
+from controller.lab.learn import settled_costs
 from controller.planner.methods import plan_model
 from controller.planner.plan import Plan
 from controller.zoo import build_model
 from edgeflowd.profiles.devices import Cluster, Device, DeviceProfile, Link
+from edgeflowd.wire.messages import Costs, NodeCosts, PlanInfo
 
 NODES = ["a", "b"]
 
@@ -78,3 +81,16 @@ def test_a_split_that_wins_clearly_is_not_tried_and_a_reset_forgets(plans: tuple
     assert alone.judge(split, NODES, ("a", 20.0), 30.0, 3.0) is not None
     alone.reset()  # a node measured itself again: the trial is off
     assert alone.planned_on(NODES) == "" and alone.judge(single, NODES, ("a", 20.0), 10.0, 4.0) is None
+
+
+def test_a_lab_plans_on_costs_only_once_the_live_plan_is_judged_and_no_replan_follows() -> None:
+    node = NodeCosts("fitted", 20.0, {}, 4.0, 0.1, 100.0, 100.0, 0.2, share=1.0)
+    plan = PlanInfo(3, "g3", "m", "edgeflow", [1, 3, 8, 8], ["a"], [], [])
+    judged = Costs(3, 20.0, {"a": node}, judged=True)
+    assert settled_costs(judged, plan, 3)
+    assert not settled_costs(msgspec.structs.replace(judged, judged=False), plan, 3)  # not judged yet
+    assert not settled_costs(msgspec.structs.replace(judged, replanning=True), plan, 3)  # a trial is coming
+    assert not settled_costs(msgspec.structs.replace(judged, generation=2), plan, 3)  # costs of the last plan
+    assert not settled_costs(judged, plan, 2)  # the plan changed during the round
+    unfitted = msgspec.structs.replace(node, source="benchmark")
+    assert not settled_costs(msgspec.structs.replace(judged, nodes={"a": unfitted}), plan, 3)

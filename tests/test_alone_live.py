@@ -17,6 +17,7 @@ import torch
 from controller.control.requester import InferenceClient
 from controller.control.verify import TOLERANCE, reference_outputs, relative_error
 from controller.lab.launch import controller_process
+from controller.lab.learn import settled_costs
 from controller.zoo import build_model
 from edgeflowd.wire.messages import ControllerEvent, Costs, PlanInfo, decode_control
 from tests.cluster import DaemonProcess, Watcher, mosquitto_broker
@@ -92,8 +93,11 @@ def test_a_split_slower_than_one_device_is_replaced_by_that_device_alone(tmp_pat
             timeout_s=60,
         )
         costs = decode_control(watcher.last[f"{watcher.root}/controller/costs/{MODEL}"], "costs", Costs)
+        plan = decode_control(watcher.last[plan_topic], "plan", PlanInfo)
         if decided.event == "alone-faster":
             assert costs.alone == decided.node
             assert [n for n, c in costs.nodes.items() if c.share > 0] == [decided.node]
+            # What a lab waits for before it plans on these costs (controller/lab/learn.py).
+            assert costs.judged and not costs.replanning and settled_costs(costs, plan, plan.generation)
         else:
             assert costs.alone == ""

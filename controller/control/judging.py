@@ -68,8 +68,11 @@ class Judge:
             said += f"; the best single device ({node}) {single_ms:.0f} ms"
         return judged, said
 
-    def costs(self, served: Served, cluster: Cluster, measured_rates: bool, now: float) -> Costs | None:
-        """``served``'s live plan as :class:`~edgeflowd.wire.messages.Costs` (None: no live plan)."""
+    def costs(
+        self, served: Served, cluster: Cluster, measured_rates: bool, now: float, rolling: bool = False
+    ) -> Costs | None:
+        """``served``'s live plan as :class:`~edgeflowd.wire.messages.Costs` (None: no live plan);
+        ``rolling``: a new plan of it is rolling out."""
         live = served.live
         if live is None:
             return None
@@ -86,4 +89,6 @@ class Judge:
             served.single,
             self.message_flop,
             served.alone.node if served.alone.state == "alone" else "",
+            judged=served.judged == generation,
+            replanning=rolling or served.dirty_since is not None,
         )

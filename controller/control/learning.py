@@ -232,11 +232,14 @@ def costs_report(
     single: tuple[str, float],
     message_flop: float,
     alone: str = "",
+    judged: bool = False,
+    replanning: bool = False,
 ) -> Costs:
     """The retained ``controller/costs`` document: each node of ``cluster`` as it is planned
     (``fitted`` where ``fits`` has a fit, else ``unfitted``), the plan's predicted latency beside
     the ``(median ms, requests)`` measured, the best single device ``(node, ms)``, the message work,
-    and the node measured faster alone than the split (:mod:`controller.control.alone`)."""
+    the node measured faster alone than the split (:mod:`controller.control.alone`), whether the
+    generation has been ``judged`` and whether a re-plan is due or rolling (``replanning``)."""
     nodes = {
         d.id: costs_of(d, "fitted" if fits.get(d.id) else unfitted, fits.get(d.id), shares.get(d.id, 0.0))
         for d in cluster.devices
@@ -251,6 +254,8 @@ def costs_report(
         single[0],
         round(message_flop / 1e6, 4),
         alone,
+        judged,
+        replanning,
     )
 
 

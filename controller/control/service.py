@@ -324,7 +324,8 @@ class ControllerService:
     def _publish_costs(self, served: Served) -> None:
         """Retained ``controller/costs/<model>`` (see :class:`~edgeflowd.wire.messages.Costs`)."""
         cluster = self.registry.live_cluster(self.measured_rates, self._fitted() if self.measured_rates else None)
-        report = self.judge.costs(served, cluster, self.measured_rates, self.clock())
+        rolling = self.rolling is not None and self.rolling.rollout.model == served.spec
+        report = self.judge.costs(served, cluster, self.measured_rates, self.clock(), rolling)
         if report is not None:
             topic = self.topics.controller("costs", served.spec)
             self.conn.publish(topic, encode_control(report), qos=1, retain=True)

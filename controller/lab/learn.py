@@ -24,7 +24,7 @@ from edgeflowd.profiles.devices import Cluster
 from edgeflowd.wire.messages import Costs, Info, PlanInfo, decode_control
 from edgeflowd.wire.topics import ControllerTopic, NodeTopic, Topics
 
-__all__ = ["PlaneWatch", "fitted_cluster", "learn_costs", "planned_as_learned"]
+__all__ = ["PlaneWatch", "fitted_cluster", "learn_costs", "planned_as_learned", "settled_costs"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,11 @@ def learn_costs(
     watch: PlaneWatch, broker: Broker, model_spec: str, inputs: list[torch.Tensor], nodes: Sequence[str]
 ) -> Costs:
     """Warm-up rounds while the controller runs: their unit times are what it fits the nodes'
-    cost models to, and it re-plans when they differ from its plan. Until a round passes with no
-    new plan and the published costs are fitted for the plan's nodes (at most six rounds); the
-    last published costs."""
-    for _ in range(6):
+    cost models to, and it re-plans when they differ from its plan or when it tries one device
+    alone against the split (:mod:`controller.control.alone`). Until the controller has judged the
+    live plan on fitted costs and asked for no re-plan after it (at most ten rounds); the last
+    published costs."""
+    for _ in range(10):
         watch.until(lambda: watch.settled(nodes, 3.0), 300.0, "a settled plan on every node")
         assert watch.plan is not None
         generation = watch.plan.generation
@@ -95,14 +96,20 @@ def learn_costs(
         finally:
             client.close()
         watch.poll(2.5)  # a telemetry report of every node, and a re-plan if the fit asks for one
-        costs, plan = watch.costs, watch.plan
-        if plan is None or costs is None or plan.generation != generation or costs.generation != generation:
-            continue
-        if all(c.source == "fitted" for c in costs.nodes.values() if c.share > 0):
+        if settled_costs(watch.costs, watch.plan, generation):
             break
     if watch.costs is None:
         raise EdgeFlowError("the controller published no cost model")
     return watch.costs
+
+
+def settled_costs(costs: Costs | None, plan: PlanInfo | None, generation: int) -> bool:
+    """The controller's published ``costs`` are final for the plan of ``generation``: it is still the
+    live plan, its nodes are fitted, its median was judged and no re-plan followed."""
+    if costs is None or plan is None or plan.generation != generation or costs.generation != generation:
+        return False
+    fitted = all(c.source == "fitted" for c in costs.nodes.values() if c.share > 0)
+    return fitted and costs.judged and not costs.replanning
 
 
 def fitted_cluster(cluster: Cluster, costs: Costs) -> Cluster:

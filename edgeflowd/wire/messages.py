@@ -289,6 +289,8 @@ class Costs(Document, frozen=True, tag="edgeflow.costs/1"):
     single_node: str = ""
     message_mflop: float = 0.0  # fitted work of handling one message, in MFLOP at each node's rate
     alone: str = ""  # the node measured faster alone than the split, which it runs instead ("": none)
+    judged: bool = False  # this generation's median has been judged against its prediction
+    replanning: bool = False  # a re-plan of this model is due or rolling out
 
 
 M = TypeVar("M", bound=Document)
