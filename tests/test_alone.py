@@ -94,3 +94,15 @@ def test_a_lab_plans_on_costs_only_once_the_live_plan_is_judged_and_no_replan_fo
     assert not settled_costs(judged, plan, 2)  # the plan changed during the round
     unfitted = msgspec.structs.replace(node, source="benchmark")
     assert not settled_costs(msgspec.structs.replace(judged, nodes={"a": unfitted}), plan, 3)
+
+
+def test_a_device_alone_that_slows_down_outdates_the_verdict(plans: tuple[Plan, Plan]) -> None:
+    split, single = plans
+    alone = Alone()
+    assert not alone.outdated_by(2.0)  # no trial, no verdict: nothing to outdate
+    assert alone.judge(split, NODES, ("b", 20.0), 31.0, 0.0) is not None
+    assert alone.judge(single, NODES, ("b", 20.0), 24.0, 1.0) is not None
+    assert alone.state == "alone"
+    assert not alone.outdated_by(0.6)  # whole layers run faster than the split's fit planned them
+    assert alone.planned_on(NODES) == "b"
+    assert alone.outdated_by(1.6)  # b slowed down since it was measured alone

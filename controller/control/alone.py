@@ -115,6 +115,14 @@ class Alone:
             self.reset()
         return ""
 
+    def outdated_by(self, ratio: float) -> bool:
+        """A node of the live plan runs its units ``ratio`` times the planned time: whether that
+        outdates the trial or its verdict. Faster does not: a device alone runs its whole layers
+        faster than the fit to the split's pieces planned them, and the verdict stands. Slower
+        does: the device alone was measured faster than it now runs (a CPU quota cut to a quarter
+        mid-stream), and a verdict kept would plan it alone again at that speed."""
+        return bool(self.state) and ratio > 1
+
     def reset(self) -> None:
         """The conditions the verdict was measured under changed (a node came or went, measured
         itself again, its load moved): plan with the method asked for. The next trial on the same

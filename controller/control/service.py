@@ -274,9 +274,8 @@ class ControllerService:
             index = live.rollout.nodes.index(node)
             ratio = slowdown(live.planned.plan, served.graph, index, live.cluster.devices[index], fitted)
             if served.speeds.observe(node, math.log(ratio)):
-                # Not fresh: a trial's device alone runs its whole layers faster than a fit to the
-                # split's pieces planned them (controller.control.alone); its verdict stands.
-                self._mark(f"{node} runs its units {ratio:.2f}x the planned time", served, debounce=False, fresh=False)
+                said = f"{node} runs its units {ratio:.2f}x the planned time"
+                self._mark(said, served, debounce=False, fresh=served.alone.outdated_by(ratio))
             self._publish_costs(served)
 
     def _on_latency(self, report: Latency) -> None:
