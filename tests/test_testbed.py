@@ -56,12 +56,23 @@ def test_cpu_quota_throttles_each_device() -> None:
     assert leftovers(os.getpid()) == []
 
 
+# The benchmark, then what the device delivers: the probe convolution back to back for 2 s on the
+# wall clock, in the same throttled process (no CPU time, no share: calls done over time taken).
 BENCH = (
-    "import json, sys, torch\n"
+    "import json, sys, time, torch\n"
     f"sys.path.insert(0, {str(REPO)!r})\n"
-    "from edgeflowd.node.benchmark import run_benchmark\n"
+    "from edgeflowd.node.benchmark import _probe_conv, run_benchmark\n"
     "torch.set_num_threads(1)\n"
-    "print(json.dumps(run_benchmark()))"
+    "figures = run_benchmark()\n"
+    "op, flops = _probe_conv()\n"
+    "with torch.no_grad():\n"
+    "    op()\n"
+    "    calls, start = 0, time.perf_counter()\n"
+    "    while calls < 10_000 and time.perf_counter() - start < 2.0:\n"
+    "        op()\n"
+    "        calls += 1\n"
+    "    figures['delivered_gflops'] = flops * calls / (time.perf_counter() - start) / 1e9\n"
+    "print(json.dumps(figures))"
 )
 
 
@@ -69,7 +80,8 @@ BENCH = (
 def test_a_throttled_device_benchmarks_at_its_share() -> None:
     """Under a quota a short op runs at full speed or waits out a period: timed on the wall clock,
     the 0.1-core device's convolution read 12-155 GFLOP/s. Timed in CPU time and scaled by the
-    share measured over a window, every figure follows the quota."""
+    share measured over a window, the conv rate is what the throttled device delivers, and the
+    compute-bound rates follow the quotas."""
     slots = [Slot(0, "slow", 0.1), Slot(1, "fast", 0.4)]
     with Testbed(slots, shape_links=False) as bed:
         bed.throttle()
@@ -80,17 +92,28 @@ def test_a_throttled_device_benchmarks_at_its_share() -> None:
             assert done.returncode == 0, done.stderr[-2000:]
             figures.append(json.loads(done.stdout.strip().splitlines()[-1]))
     slow, fast = figures
-    print({k: (slow[k], fast[k]) for k in ("cpu_share", "conv_gflops", "matmul_gflops", "eltwise_gflops")})
+    keys = ("cpu_share", "conv_gflops", "delivered_gflops", "matmul_gflops", "eltwise_gflops")
+    print({k: (slow[k], fast[k]) for k in keys})
     # A quota is a cap: a device may get less on a busy machine, never more.
     assert 0.07 <= slow["cpu_share"] <= 0.11
     assert 0.25 <= fast["cpu_share"] <= 0.42
-    # Each rate is the CPU-time rate times the share: the two devices' rates stand as their shares
-    # do (a full run on 2026-12-04 read 5.2x for conv, beyond a fixed bound of 5x quota-to-quota).
-    shares = fast["cpu_share"] / slow["cpu_share"]
-    for key in ("conv_gflops", "matmul_gflops", "eltwise_gflops"):
+    # The conv rate is what the throttled device delivers. Read against the shares instead, it
+    # failed on CI (5.8x for shares 3.8x apart): the two devices run one after the other, and this
+    # machine's own speed drifts by tens of percent within minutes (the fast device's conv rate
+    # per CPU second read 135-170 GFLOP/s in four runs). Seconds apart, in one process, it holds:
+    # 0.92-1.22x of the delivered rate in those runs; wall-clock timing read 12-155 GFLOP/s.
+    for name, device in (("0.1 core", slow), ("0.4 core", fast)):
+        read = device["conv_gflops"] / device["delivered_gflops"]
+        said = f"conv_gflops {device['conv_gflops']} on {name}, which delivered {device['delivered_gflops']:.2f}"
+        assert 1 / 1.4 <= read <= 1.4, said
+    # The compute-bound rates follow the quotas, 4x apart, within that drift.
+    for key in ("conv_gflops", "matmul_gflops"):
         ratio = fast[key] / slow[key]
-        said = f"{key}: {fast[key]} on 0.4 core against {slow[key]} on 0.1, shares {shares:.2f}x apart"
-        assert ratio >= 2.5 and 1 / 1.4 <= ratio / shares <= 1.4, said
+        assert 2.5 <= ratio <= 7.0, f"{key}: {fast[key]} on 0.4 core against {slow[key]} on 0.1"
+    # Not the element-wise rate: a memory-bound add of 0.1 ms reads what the shared machine's memory
+    # and caches give it after each throttled pause (0.28-0.88 GFLOP/s on the 0.1-core device,
+    # 1.5-4.7 on the 0.4-core one, in seven runs on 2026-12-04); the fit of a node's unit times
+    # replaces it once units run (docs/partitioning.md).
     # The weight pass is the difference of two timings (one row and eight), noisier than a rate.
     ratio = fast["weights_gbps"] / slow["weights_gbps"]
     assert 2.0 <= ratio <= 8.0, f"weights_gbps: {fast['weights_gbps']} on 0.4 core, {slow['weights_gbps']} on 0.1"
