@@ -11,7 +11,8 @@ throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / o
 ``x_nthreads``: daemons / N threads; below 1 is faster), and the worst relative error of every
 output; and, at 1 in flight, the CPU each daemon, the broker and the requester spent per
 request, the nodes' sum as a ratio to one thread (``cpu_x_1thread``: what the split costs in
-work, apart from any wait). Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
+work, apart from any wait), and each daemon's split of it between the worker that runs its units
+and its other threads (``threads_ms``: network and engine). Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
 the same rounds as the requests (each request follows the same input through the model here, on
 1 and N threads), and each ratio is the median of the rounds' ratios: this machine's speed drifts
 by tens of percent within minutes.
@@ -153,6 +154,12 @@ def _run_model(
                     spent = ", ".join(f"{k} {v:.0f}" for k, v in one.get("cpu_ms", {}).items())
                     work = one.get("cpu_x_1thread", 0.0)
                     print(f"  {'':<18} CPU ms per request: {spent}; the nodes' = {work:.2f}x one thread")
+                    split = ", ".join(
+                        f"{k} {v['busiest']:.0f} + {v['others']:.0f}"
+                        for k, v in one.get("threads_ms", {}).items()
+                        if k != "broker"
+                    )
+                    print(f"  {'':<18} of which the busiest thread (the worker) + the other threads: {split}")
             finally:
                 for daemon in daemons:
                     daemon.terminate()

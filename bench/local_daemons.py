@@ -54,6 +54,11 @@ def _cpu_s(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def _threads_s(process: psutil.Process) -> dict[int, float]:
+    """CPU seconds of each of ``process``'s threads, by thread id."""
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
 def _other_threads_s() -> float:
     """CPU seconds of this process's threads other than the calling one (the broker client's)."""
     me = threading.get_native_id()
@@ -80,7 +85,9 @@ def measure(
     relative error of every output against the local model. ``processes`` (name -> pid: the
     daemons, the broker): the CPU each spent per request at 1 in flight (``cpu_ms``), the
     requester's threads but the one that runs the reference (``requester``), and the nodes' sum
-    as a ratio to one thread (``cpu_x_1thread``: what splitting costs in work, whatever the wait).
+    as a ratio to one thread (``cpu_x_1thread``: what splitting costs in work, whatever the wait);
+    and of each process, its busiest thread's and the others' (``threads_ms``: a daemon's busiest
+    is the worker that runs its units, the others its network and engine threads).
 
     This machine's speed drifts by tens of percent within minutes, so the reference runs in the
     same rounds: each timed request is preceded by the same input through the model in this
@@ -107,15 +114,20 @@ def measure(
         results = []
         watched = {name: psutil.Process(pid) for name, pid in (processes or {}).items()}
         cpu = dict.fromkeys([*watched, "requester"], 0.0)
+        per_thread: dict[str, dict[int, float]] = {name: {} for name in watched}
         for x in inputs:
             sample = {f"{t}": _forward_ms(model, x, t) for t in threads}
-            before = {name: _cpu_s(p) for name, p in watched.items()}
+            before = {name: (_cpu_s(p), _threads_s(p)) for name, p in watched.items()}
             mine = time.thread_time()  # this thread's: the requester's others are its broker client's
             others = _other_threads_s()
             (result,) = client.run(iter([x]), 1, 60.0)
-            for name, p in watched.items():
-                cpu[name] += _cpu_s(p) - before[name]
+            # Read before the other processes: reading them is this thread's work, not the request's.
             cpu["requester"] += time.thread_time() - mine + _other_threads_s() - others
+            for name, p in watched.items():
+                total, threads_before = before[name]
+                cpu[name] += _cpu_s(p) - total
+                for tid, spent in _threads_s(p).items():
+                    per_thread[name][tid] = per_thread[name].get(tid, 0.0) + spent - threads_before.get(tid, 0.0)
             results.append((result, x))
             if result.ok:
                 sample["daemons"] = result.latency_s * 1e3
@@ -137,6 +149,14 @@ def measure(
             one[f"x_{t}thread"] = statistics.median(r["daemons"] / r[f"{t}"] for r in rounds)
     if processes and inputs:
         one["cpu_ms"] = {name: round(s * 1e3 / len(inputs), 1) for name, s in cpu.items()}
+        busiest = {name: max(spent.values(), default=0.0) for name, spent in per_thread.items()}
+        one["threads_ms"] = {
+            name: {
+                "busiest": round(busiest[name] * 1e3 / len(inputs), 1),
+                "others": round((cpu[name] - busiest[name]) * 1e3 / len(inputs), 1),
+            }
+            for name in per_thread
+        }
         nodes = sum(v for k, v in one["cpu_ms"].items() if k not in ("broker", "requester"))
         if "1" in out["one_process_ms"]:  # the ratio is to one thread: only when that was measured
             one["cpu_x_1thread"] = round(nodes / out["one_process_ms"]["1"], 3)
