@@ -12,10 +12,11 @@ throughput at 4, each also as a ratio to one process (``x_1thread``: daemons / o
 output; and, at 1 in flight, the CPU each daemon, the broker and the requester spent per
 request, the nodes' sum as a ratio to one thread (``cpu_x_1thread``: what the split costs in
 work, apart from any wait), and each daemon's split of it between the worker that runs its units
-and its other threads (``threads_ms``: network and engine). Writes ``cores.json`` and ``cores.png`` into ``--out``. The one-process reference runs in
-the same rounds as the requests (each request follows the same input through the model here, on
-1 and N threads), and each ratio is the median of the rounds' ratios: this machine's speed drifts
-by tens of percent within minutes.
+and its other threads (``threads_ms``: network and engine). Writes ``cores.json`` and
+``cores.png`` into ``--out``. The one-process reference runs in the same rounds as the
+requests (each request follows the same input through the model here, on 1 and N threads), and
+each ratio is the median of the rounds' ratios: this machine's speed drifts by tens of percent
+within minutes.
 
 Plans rest on measurements only: with ``--rates learned`` (the default) the controller runs while
 warm-up requests flow and fits each node's cost model from its real unit times, and every method
