@@ -116,7 +116,9 @@ def measure(
         cpu = dict.fromkeys([*watched, "requester"], 0.0)
         per_thread: dict[str, dict[int, float]] = {name: {} for name in watched}
         for x in inputs:
-            sample = {f"{t}": _forward_ms(model, x, t) for t in threads}
+            # Most threads first: torch's pool spin-waits a few ms after its last parallel op, and
+            # that must not overlap the request (whose requester runs torch on one thread).
+            sample = {f"{t}": _forward_ms(model, x, t) for t in sorted(threads, reverse=True)}
             before = {name: (_cpu_s(p), _threads_s(p)) for name, p in watched.items()}
             mine = time.thread_time()  # this thread's: the requester's others are its broker client's
             others = _other_threads_s()

@@ -34,7 +34,16 @@ def test_a_request_is_drawn_as_the_nodes_measured_it(tmp_path: Path, capsys: pyt
             assert code == 0, out
             client = InferenceClient.connect(broker.settings, CLUSTER, "small_dag")
             try:
-                results = client.run(iter([torch.randn(client.input_shape) for _ in range(3)]), 1, 30.0)
+                # The requester runs torch on one thread while requests fly (its copies would
+                # otherwise spin torch's pool on the nodes' cores), and gives the process back its own.
+                threads, seen = torch.get_num_threads(), []
+                torch.set_num_threads(2)
+                try:
+                    inputs = iter([torch.randn(client.input_shape) for _ in range(3)])
+                    results = client.run(inputs, 1, 30.0, on_result=lambda r: seen.append(torch.get_num_threads()))
+                    assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+                finally:
+                    torch.set_num_threads(threads)
                 assert all(r.ok for r in results)
                 measured, predicted = request_timeline(client, results[-1])
             finally:
