@@ -155,7 +155,7 @@ def measure(
         one["threads_ms"] = {
             name: {
                 "busiest": round(busiest[name] * 1e3 / len(inputs), 1),
-                "others": round((cpu[name] - busiest[name]) * 1e3 / len(inputs), 1),
+                "others": round(max(0.0, cpu[name] - busiest[name]) * 1e3 / len(inputs), 1),
             }
             for name in per_thread
         }
