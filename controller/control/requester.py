@@ -17,12 +17,12 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from controller.control.deploy import current_plan
+from controller.control.torch_threads import one_torch_thread
 from edgeflowd.core.rows import RowRange
 from edgeflowd.core.units import check_epilogue, run_epilogue
 from edgeflowd.errors import EdgeFlowError, ProtocolError
@@ -125,22 +125,6 @@ class _Flight:
 
     def results(self) -> list[Result]:
         return [self.done[r] for r in self.order]
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """torch on one thread while requests are in flight. A requester's tensor work is cutting
-    inputs into row slices and joining results: copies, which torch runs in parallel on every
-    core, after which libgomp's threads spin-wait (its default policy) on those cores. With the
-    nodes on the same cores (a local cluster, this project's 2-core test machine) that was 10-12 ms
-    of CPU per ResNet-50 request against 0-2 ms on one thread, and the median request 9% longer
-    (70.0 against 63.9 ms, two pinned daemons, batches alternated)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class InferenceClient:
@@ -249,8 +233,9 @@ class InferenceClient:
         request order. A request with no complete result after ``timeout_s`` fails. One beyond
         what the plan admits at once (:attr:`PlanInfo.admits`) fails as busy without being sent,
         and one that a node refused fails as busy as soon as the refusal comes. torch runs on one
-        thread meanwhile (:func:`_one_torch_thread`), ``inputs`` and ``on_result`` included."""
-        with _one_torch_thread():
+        thread meanwhile (:func:`~controller.control.torch_threads.one_torch_thread`), ``inputs``
+        and ``on_result`` included."""
+        with one_torch_thread():
             return self._run(inputs, concurrency, timeout_s, _Flight(on_result))
 
     def _run(self, inputs: Iterator[torch.Tensor], concurrency: int, timeout_s: float, flight: _Flight) -> list[Result]:
