@@ -62,7 +62,7 @@ def _threads_s(process: psutil.Process) -> dict[int, float]:
 def _other_threads_s() -> float:
     """CPU seconds of this process's threads other than the calling one (the broker client's)."""
     me = threading.get_native_id()
-    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id != me)
+    return sum(spent for tid, spent in _threads_s(psutil.Process()).items() if tid != me)
 
 
 def _forward_ms(model: torch.nn.Module, x: torch.Tensor, threads: int) -> float:
